@@ -1,0 +1,361 @@
+"""Public functions and all argument checking.
+
+Everything a caller can get wrong is checked here, in Python, before a kernel
+runs or an output is written. The kernels (``fastgn._kernels`` or its NumPy
+mirror ``fastgn._reference``) then see only C-contiguous, native-order
+float32/float64 arrays with consistent shapes.
+"""
+
+import operator
+import os
+import warnings
+from math import isfinite
+
+import numpy as np
+
+from . import _reference
+
+__all__ = ["group_norm", "group_norm_backward"]
+
+ACTIVATIONS = ("relu", "silu", "gelu")
+_ACT_CODE = {None: 0, "relu": 1, "silu": 2, "gelu": 3}
+
+_F2, _F4, _F8 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
+
+
+def _load_backend():
+    """Pick the kernels named by ``FASTGN_BACKEND`` (read once, at import)."""
+    choice = os.environ.get("FASTGN_BACKEND", "").strip().lower()
+    if choice == "python":
+        return _reference, "python"
+    if choice not in ("", "auto", "cython"):
+        raise ValueError(f"FASTGN_BACKEND must be 'python', 'cython' or "
+                         f"'auto', got {choice!r}")
+    try:
+        from . import _kernels
+    except ImportError as exc:
+        if choice == "cython":
+            raise
+        warnings.warn(f"fastgn: compiled kernels unavailable ({exc}); using "
+                      f"the pure-NumPy fallback", RuntimeWarning, stacklevel=3)
+        return _reference, "python"
+    return _kernels, ("openmp" if _kernels.OPENMP else "serial")
+
+
+_kern, BACKEND = _load_backend()
+
+
+def _set_backend(name):
+    """Switch backend ("python" or "cython"); returns the previous name.
+
+    For tests and benchmarks, which run both backends in one process.
+    """
+    global _kern, BACKEND
+    previous = BACKEND
+    if name == "python":
+        _kern, BACKEND = _reference, "python"
+    else:
+        from . import _kernels
+        _kern = _kernels
+        BACKEND = "openmp" if _kernels.OPENMP else "serial"
+    return previous
+
+
+# ---------------------------------------------------------------- checking
+
+def _as_input(a, what):
+    """``a`` as an ndarray plus its (compute dtype, result dtype)."""
+    arr = a if type(a) is np.ndarray else np.asarray(a)
+    dt = arr.dtype
+    if dt is _F4:                       # the common case, checked first
+        return arr, _F4, _F4
+    kind, size = dt.kind, dt.itemsize
+    if kind == "f" and size <= 8:       # any byte order
+        if size == 8:
+            return arr, _F8, _F8
+        if size == 4:
+            return arr, _F4, _F4
+        return arr, _F4, _F2
+    if kind in "biu":
+        return arr, _F8, _F8
+    raise TypeError(f"{what} must be a float16/32/64, integer or bool array, "
+                    f"got dtype {dt}")
+
+
+def _check_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an integer, got "
+                        f"{type(value).__name__} {value!r}")
+    return operator.index(value)
+
+
+def _check_threads(num_threads):
+    if num_threads is None:
+        return _kern.max_threads()
+    n = _check_int(num_threads, "num_threads")
+    if n < 1:
+        raise ValueError(f"num_threads must be >= 1 or None, got {n}")
+    return n
+
+
+def _check_groups(num_groups, C):
+    G = _check_int(num_groups, "num_groups")
+    if G <= 0:
+        raise ValueError(f"num_groups must be positive, got {G}")
+    if C % G:
+        raise ValueError(f"number of channels C={C} is not divisible by "
+                         f"num_groups={G}")
+    return G
+
+
+def _check_eps(eps):
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(
+            eps, (int, float, np.integer, np.floating)):
+        raise TypeError(f"eps must be a real number, got "
+                        f"{type(eps).__name__} {eps!r}")
+    eps = float(eps)
+    if not (isfinite(eps) and eps >= 0.0):
+        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
+    return eps
+
+
+def _check_activation(activation):
+    if activation is not None and not isinstance(activation, str):
+        raise TypeError(f"activation must be None or one of {ACTIVATIONS}, "
+                        f"got {type(activation).__name__} {activation!r}")
+    code = _ACT_CODE.get(activation)
+    if code is None:
+        raise ValueError(f"unknown activation {activation!r}; valid ones are "
+                         f"None, {', '.join(map(repr, ACTIVATIONS))}")
+    return code
+
+
+def _check_param(p, name, C, cdt):
+    """weight/bias: None or shape (C,), cast to the compute dtype."""
+    if p is None:
+        return None
+    arr = p if type(p) is np.ndarray else np.asarray(p)
+    if arr.dtype.kind not in "fiub" or (arr.dtype.kind == "f" and
+                                          arr.dtype.itemsize > 8):
+        raise TypeError(f"{name} must be a float16/32/64, integer or bool "
+                        f"array, got dtype {arr.dtype}")
+    if arr.shape != (C,):
+        raise ValueError(f"{name} must have shape ({C},) to match C={C}, got "
+                         f"{arr.shape}")
+    return np.ascontiguousarray(arr, dtype=cdt)
+
+
+def _check_out(out, shape, rdt, name="out"):
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got "
+                        f"{type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"{name} has shape {out.shape}, expected {shape}")
+    if out.dtype != rdt:
+        raise TypeError(f"{name} has dtype {out.dtype}, expected {rdt}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out
+
+
+def _dims(shape, channels_last):
+    """(N, C, HW) of an input of ``shape``; HW is the spatial size."""
+    N = shape[0]
+    C = shape[-1] if channels_last else shape[1]
+    HW = 1
+    for s in (shape[1:-1] if channels_last else shape[2:]):
+        HW *= s
+    return N, C, HW
+
+
+def _kernel_ready(a, cdt):
+    """C-contiguous, native-order array of dtype ``cdt`` (copy if needed)."""
+    if a.dtype is cdt and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dtype=cdt)
+
+
+def _writable_target(out, cdt, inputs):
+    """Where a kernel may write: ``out`` itself, or None for a temporary.
+
+    ``out`` is used directly when it is C-contiguous with the compute dtype
+    and either shares no memory with ``inputs`` or *is* the first of them
+    (same buffer, same layout: an exact in-place update).
+    """
+    if out is None or out.dtype != cdt or not out.flags.c_contiguous \
+            or not out.dtype.isnative:
+        return None
+    first = inputs[0]
+    if (out.__array_interface__["data"][0] ==
+            first.__array_interface__["data"][0]
+            and out.strides == first.strides and out.dtype == first.dtype):
+        others = inputs[1:]
+    else:
+        others = inputs
+    for a in others:
+        if a is not None and np.may_share_memory(out, a):
+            return None
+    return out
+
+
+# ---------------------------------------------------------------- forward
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *,
+               out=None, return_stats=False, channels_last=False,
+               activation=None, num_threads=None):
+    """Group Normalization over the (n, g) slabs of ``input``.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C, *spatial), or (N, *spatial, C)
+        Data; ndim >= 2. float16/32/64 keep their dtype (float16 is computed
+        in float32); bool and integers are promoted to float64.
+    num_groups : int
+        Number of groups G; C must be divisible by G.
+    weight, bias : array_like, shape (C,), optional
+        Per-channel scale (gamma) and shift (beta).
+    eps : float, default 1e-5
+        Added to the variance; finite and >= 0.
+    out : ndarray, optional
+        Result array of the input's shape and the result dtype. May be the
+        input itself (in place). Untouched if an exception is raised.
+    return_stats : bool, default False
+        Also return ``mean`` and ``rstd = 1/sqrt(var + eps)``, shape (N, G),
+        float32 for float16/32 input, float64 otherwise.
+    channels_last : bool, default False
+        Input is (N, *spatial, C) (NHWC) instead of (N, C, *spatial).
+    activation : {None, 'relu', 'silu', 'gelu'}
+        Activation fused into the same pass ('gelu' is the exact erf form).
+    num_threads : int, optional
+        Threads to use; None means OpenMP's default.
+
+    Returns
+    -------
+    y : ndarray
+        ``out`` if given, else a new array. ``(y, mean, rstd)`` when
+        ``return_stats`` is true.
+    """
+    x, cdt, rdt = _as_input(input, "input")
+    shape = x.shape
+    if len(shape) < 2:
+        raise ValueError(f"input must have at least 2 dimensions (N, C, ...), "
+                         f"got shape {shape}")
+    N, C, HW = _dims(shape, channels_last)
+    G = _check_groups(num_groups, C)
+    w = _check_param(weight, "weight", C, cdt)
+    b = _check_param(bias, "bias", C, cdt)
+    eps = _check_eps(eps)
+    act = _check_activation(activation)
+    nt = _check_threads(num_threads)
+    out = _check_out(out, shape, rdt)
+    for p, pname in ((weight, "weight"), (bias, "bias")):
+        if out is not None and isinstance(p, np.ndarray) and \
+                np.may_share_memory(out, p):
+            raise ValueError(f"out must not share memory with {pname}")
+
+    mean = rstd = None
+    if return_stats:
+        mean = np.empty((N, G), dtype=cdt)
+        rstd = np.empty((N, G), dtype=cdt)
+    if x.size == 0:
+        y = np.empty(shape, dtype=rdt) if out is None else out
+        if return_stats:
+            mean.fill(np.nan)   # statistics of an empty slab are undefined
+            rstd.fill(np.nan)
+            return y, mean, rstd
+        return y
+
+    target = _writable_target(out, cdt, (x, w, b))
+    xk = _kernel_ready(x, cdt)
+    if target is not None:
+        y = target
+    elif out is None and rdt is cdt:
+        y = np.empty(shape, dtype=cdt)
+    elif xk is not x:
+        y = xk          # our own copy: normalize it in place
+    else:
+        y = np.empty(shape, dtype=cdt)
+    _kern.forward(xk, y, w, b, N, C, HW, G, eps, bool(channels_last), act,
+                  mean, rstd, nt)
+    if out is not None and y is not out:
+        np.copyto(out, y, casting="unsafe")
+        y = out
+    elif y.dtype != rdt:
+        y = y.astype(rdt)
+    if return_stats:
+        return y, mean, rstd
+    return y
+
+
+# ---------------------------------------------------------------- backward
+
+def group_norm_backward(grad_output, input, mean, rstd, num_groups,
+                        weight=None, *, channels_last=False, num_threads=None):
+    """Gradients of :func:`group_norm` (without activation).
+
+    Parameters
+    ----------
+    grad_output : array_like
+        Gradient of the loss w.r.t. the output, the input's shape.
+    input : array_like
+        The forward input, shape (N, C, *spatial) or (N, *spatial, C).
+    mean, rstd : array_like, shape (N, G)
+        Statistics returned by ``group_norm(..., return_stats=True)``.
+    num_groups : int
+        Number of groups used in the forward call.
+    weight : array_like, shape (C,), optional
+        The forward weight; None means ones.
+    channels_last : bool, default False
+        Layout of ``input`` and ``grad_output``.
+    num_threads : int, optional
+        Threads to use; None means OpenMP's default.
+
+    Returns
+    -------
+    grad_input, grad_weight, grad_bias : ndarray
+        Shapes: the input's, (C,) and (C,); grad_weight and grad_bias are
+        returned even when ``weight`` is None (as if it were ones).
+
+    Notes
+    -----
+    A fused activation is not differentiated: call this with the gradient
+    taken before the activation.
+    """
+    x, xc, xr = _as_input(input, "input")
+    dy, gc, gr = _as_input(grad_output, "grad_output")
+    cdt = np.promote_types(xc, gc)
+    rdt = np.promote_types(xr, gr)
+    shape = x.shape
+    if len(shape) < 2:
+        raise ValueError(f"input must have at least 2 dimensions (N, C, ...), "
+                         f"got shape {shape}")
+    if dy.shape != shape:
+        raise ValueError(f"grad_output has shape {dy.shape}, expected the "
+                         f"input's shape {shape}")
+    N, C, HW = _dims(shape, channels_last)
+    G = _check_groups(num_groups, C)
+    stats = []
+    for s, sname in ((mean, "mean"), (rstd, "rstd")):
+        sa, _, _ = _as_input(s, sname)
+        if sa.shape != (N, G):
+            raise ValueError(f"{sname} must have shape ({N}, {G}) = (N, "
+                             f"num_groups), got {sa.shape}")
+        stats.append(_kernel_ready(sa, cdt))
+    w = _check_param(weight, "weight", C, cdt)
+    nt = _check_threads(num_threads)
+
+    dx = np.empty(shape, dtype=cdt)
+    dw = np.empty(C, dtype=cdt)
+    db = np.empty(C, dtype=cdt)
+    if x.size == 0:
+        dw.fill(0)
+        db.fill(0)
+    else:
+        _kern.backward(_kernel_ready(dy, cdt), _kernel_ready(x, cdt),
+                       stats[0], stats[1], w, N, C, HW, G,
+                       bool(channels_last), dx, dw, db, nt)
+    if rdt != cdt:
+        return dx.astype(rdt), dw.astype(rdt), db.astype(rdt)
+    return dx, dw, db

@@ -1,0 +1,474 @@
+"""Cython/OpenMP Group Normalization kernels (private; see fastgn._api).
+
+Callers pass validated, C-contiguous, native-order float32/float64 arrays with
+consistent shapes; nothing here checks them again.
+
+A *slab* is one (n, g): Cg = C/G channels at every spatial position. NCHW:
+one contiguous run of Cg*HW values. Channels-last (NHWC): HW rows of Cg
+values, C apart. Statistics are gathered per fixed-size *chunk* of a slab
+(corrected two-pass in float64, the chunk hot in L1), and the chunks are merged
+in order with Chan's formula. Chunk boundaries depend on the shape only, so a
+slab owned by one thread and a slab split over several threads give bitwise
+the same numbers: results do not depend on the thread count.
+"""
+
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport parallel, prange
+from libc.math cimport erf, erff, exp, expf, sqrt
+
+from ._openmp cimport FASTGN_OPENMP, FASTGN_OPENMP_VERSION, omp_get_max_threads
+
+import numpy as np
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #ifndef FASTGN_COMPILE_ARGS
+    #define FASTGN_COMPILE_ARGS ""
+    #endif
+    """
+    const char* FASTGN_COMPILE_ARGS
+
+OPENMP = bool(FASTGN_OPENMP)
+OPENMP_VERSION = FASTGN_OPENMP_VERSION
+COMPILE_ARGS = FASTGN_COMPILE_ARGS.decode().split()
+
+cdef enum:
+    ACT_NONE = 0
+    ACT_RELU = 1
+    ACT_SILU = 2
+    ACT_GELU = 3
+
+# Values per statistics chunk (NCHW; channels-last rounds to whole rows).
+cdef Py_ssize_t CHUNK = 4096
+# Below this many values a call runs on the calling thread.
+cdef Py_ssize_t SERIAL_BELOW = 32768
+
+
+ctypedef struct Moments:
+    double n
+    double mean
+    double m2
+
+
+def max_threads():
+    """OpenMP's default thread count (OMP_NUM_THREADS, threadpoolctl)."""
+    return omp_get_max_threads()
+
+
+# ------------------------------------------------------------ small helpers
+
+cdef inline void _merge(Moments* a, const Moments* b) noexcept nogil:
+    """a <- a merged with b (Chan et al.); exact when the means agree."""
+    cdef double n, delta
+    if b.n == 0:
+        return
+    if a.n == 0:
+        a[0] = b[0]
+        return
+    n = a.n + b.n
+    delta = b.mean - a.mean
+    a.mean = a.mean + delta * (b.n / n)
+    a.m2 = a.m2 + b.m2 + delta * delta * (a.n * (b.n / n))
+    a.n = n
+
+
+cdef inline void _moments(const floating* x, Py_ssize_t rows,
+                          Py_ssize_t rowlen, Py_ssize_t stride,
+                          Moments* out) noexcept nogil:
+    """Corrected two-pass moments of ``rows`` runs of ``rowlen`` values."""
+    cdef Py_ssize_t r, i, n4 = rowlen - rowlen % 4
+    cdef const floating* p
+    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0, mu, n
+    cdef double d0, d1, d2, d3
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
+    cdef double q0 = 0, q1 = 0, q2 = 0, q3 = 0
+    n = <double>(rows * rowlen)
+    for r in range(rows):
+        p = x + r * stride
+        for i in range(0, n4, 4):
+            a0 += p[i]
+            a1 += p[i + 1]
+            a2 += p[i + 2]
+            a3 += p[i + 3]
+        for i in range(n4, rowlen):
+            a0 += p[i]
+    mu = ((a0 + a1) + (a2 + a3)) / n
+    for r in range(rows):
+        p = x + r * stride
+        for i in range(0, n4, 4):
+            d0 = p[i] - mu
+            d1 = p[i + 1] - mu
+            d2 = p[i + 2] - mu
+            d3 = p[i + 3] - mu
+            s0 += d0
+            s1 += d1
+            s2 += d2
+            s3 += d3
+            q0 += d0 * d0
+            q1 += d1 * d1
+            q2 += d2 * d2
+            q3 += d3 * d3
+        for i in range(n4, rowlen):
+            d0 = p[i] - mu
+            s0 += d0
+            q0 += d0 * d0
+    s0 = (s0 + s1) + (s2 + s3)
+    out.n = n
+    out.mean = mu + s0 / n
+    out.m2 = ((q0 + q1) + (q2 + q3)) - s0 * (s0 / n)
+
+
+cdef inline floating _act(floating v, int act) noexcept nogil:
+    if act == ACT_RELU:
+        return 0 if v < 0 else v          # NaN stays NaN
+    if act == ACT_SILU:
+        if floating is float:
+            return v / (1 + expf(-v))
+        else:
+            return v / (1 + exp(-v))
+    if act == ACT_GELU:
+        if floating is float:
+            return 0.5 * v * (1 + erff(v * <float>0.7071067811865476))
+        else:
+            return 0.5 * v * (1 + erf(v * 0.7071067811865476))
+    return v
+
+
+cdef inline void _apply_run(const floating* x, floating* y, Py_ssize_t n,
+                            floating mhi, floating mlo, floating sc,
+                            floating sh, int act) noexcept nogil:
+    """y = act(((x - mhi) - mlo) * sc + sh) over one channel's run."""
+    cdef Py_ssize_t i
+    if act == ACT_NONE:
+        for i in range(n):
+            y[i] = ((x[i] - mhi) - mlo) * sc + sh
+    else:
+        for i in range(n):
+            y[i] = _act(((x[i] - mhi) - mlo) * sc + sh, act)
+
+
+cdef inline void _apply_row(const floating* x, floating* y, Py_ssize_t n,
+                            floating mhi, floating mlo, floating rs,
+                            const floating* w, const floating* b,
+                            int act) noexcept nogil:
+    """The same over a row of n channels (w, b per channel)."""
+    cdef Py_ssize_t i
+    if act == ACT_NONE:
+        for i in range(n):
+            y[i] = ((x[i] - mhi) - mlo) * (w[i] * rs) + b[i]
+    else:
+        for i in range(n):
+            y[i] = _act(((x[i] - mhi) - mlo) * (w[i] * rs) + b[i], act)
+
+
+# ------------------------------------------------------------ forward
+
+cdef struct Geometry:
+    Py_ssize_t N, C, HW, G, Cg
+    Py_ssize_t T        # units per slab: values (NCHW) or rows (NHWC)
+    Py_ssize_t U        # units per chunk
+    Py_ssize_t K        # chunks per slab
+    bint rows           # NHWC-like: a slab is HW rows of Cg values, C apart
+
+
+cdef inline const floating* _slab_ptr(const floating* x, Geometry* g,
+                                      Py_ssize_t s) noexcept nogil:
+    cdef Py_ssize_t n = s // g.G, grp = s % g.G
+    if g.rows:
+        return x + n * g.HW * g.C + grp * g.Cg
+    return x + n * g.C * g.HW + grp * g.Cg * g.HW
+
+
+cdef inline void _chunk_moments(const floating* xs, Geometry* g,
+                                Py_ssize_t k, Moments* m) noexcept nogil:
+    cdef Py_ssize_t u0 = k * g.U
+    cdef Py_ssize_t u1 = min(u0 + g.U, g.T)
+    if g.rows:
+        _moments(xs + u0 * g.C, u1 - u0, g.Cg, g.C, m)
+    else:
+        _moments(xs + u0, 1, u1 - u0, 0, m)
+
+
+cdef inline void _finish(Moments* m, double eps, double* mean,
+                         double* rstd) noexcept nogil:
+    cdef double var = m.m2 / m.n
+    if var < 0:
+        var = 0
+    mean[0] = m.mean
+    rstd[0] = 1.0 / sqrt(var + eps)
+
+
+cdef inline void _apply_units(const floating* xs, floating* ys, Geometry* g,
+                              Py_ssize_t grp, Py_ssize_t u0, Py_ssize_t u1,
+                              double mean, double rstd, const floating* w,
+                              const floating* b, int act) noexcept nogil:
+    """Normalize units [u0, u1) of a slab with the slab's mean and rstd."""
+    cdef floating mhi = <floating>mean
+    cdef floating mlo = <floating>(mean - <double>mhi)
+    cdef floating rs = <floating>rstd
+    cdef Py_ssize_t u, c, c0, e
+    w = w + grp * g.Cg
+    b = b + grp * g.Cg
+    if g.rows:
+        for u in range(u0, u1):
+            _apply_row(xs + u * g.C, ys + u * g.C, g.Cg, mhi, mlo, rs, w, b,
+                       act)
+        return
+    u = u0
+    while u < u1:
+        c = u // g.HW
+        e = min(u1, (c + 1) * g.HW)
+        _apply_run(xs + u, ys + u, e - u, mhi, mlo, <floating>(w[c] * rs),
+                   b[c], act)
+        u = e
+
+
+cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
+                           Py_ssize_t s, double eps, const floating* w,
+                           const floating* b, int act, floating* mean_out,
+                           floating* rstd_out) noexcept nogil:
+    """A whole slab on the calling thread: statistics, then the apply."""
+    cdef Moments acc, part
+    cdef Py_ssize_t k
+    cdef double mean, rstd
+    cdef const floating* xs = _slab_ptr(x, g, s)
+    acc.n = acc.mean = acc.m2 = 0
+    for k in range(g.K):
+        _chunk_moments(xs, g, k, &part)
+        _merge(&acc, &part)
+    _finish(&acc, eps, &mean, &rstd)
+    if mean_out != NULL:
+        mean_out[s] = <floating>mean
+        rstd_out[s] = <floating>rstd
+    _apply_units(xs, y + (xs - x), g, s % g.G, 0, g.T, mean, rstd, w, b, act)
+
+
+cdef void _forward_impl(const floating* x, floating* y, const floating* w,
+                        const floating* b, Geometry* g, double eps, int act,
+                        floating* mean_out, floating* rstd_out,
+                        Moments* parts, double* stats,
+                        int nt) noexcept nogil:
+    cdef Py_ssize_t S = g.N * g.G, s, it, k, u0
+    cdef const floating* xs
+    cdef Moments acc
+    if nt == 1:
+        for s in range(S):
+            _one_slab(x, y, g, s, eps, w, b, act, mean_out, rstd_out)
+    elif parts == NULL:
+        # One thread per slab, from first read to last write.
+        for s in prange(S, schedule="static", num_threads=nt):
+            _one_slab(x, y, g, s, eps, w, b, act, mean_out, rstd_out)
+    else:
+        # Fewer slabs than threads: split every slab into its chunks.
+        with parallel(num_threads=nt):
+            for it in prange(S * g.K, schedule="static"):
+                _chunk_moments(_slab_ptr(x, g, it // g.K), g, it % g.K,
+                               &parts[it])
+            for s in prange(S, schedule="static"):
+                acc.n = acc.mean = acc.m2 = 0
+                for k in range(g.K):
+                    _merge(&acc, &parts[s * g.K + k])
+                _finish(&acc, eps, &stats[2 * s], &stats[2 * s + 1])
+                if mean_out != NULL:
+                    mean_out[s] = <floating>stats[2 * s]
+                    rstd_out[s] = <floating>stats[2 * s + 1]
+            for it in prange(S * g.K, schedule="static"):
+                s = it // g.K
+                xs = _slab_ptr(x, g, s)
+                u0 = (it % g.K) * g.U
+                _apply_units(xs, y + (xs - x), g, s % g.G, u0,
+                             min(u0 + g.U, g.T), stats[2 * s],
+                             stats[2 * s + 1], w, b, act)
+
+
+def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
+            Py_ssize_t C, Py_ssize_t HW, Py_ssize_t G, double eps,
+            bint channels_last, int activation, mean, rstd, int num_threads):
+    """Normalize x into y (may be x). See fastgn._reference.forward."""
+    cdef Geometry g
+    cdef cnp.ndarray w, b, parts = None, stats = None
+    cdef cnp.ndarray mo = mean, ro = rstd
+    cdef bint f32 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
+    g.N, g.C, g.HW, g.G, g.Cg = N, C, HW, G, C // G
+    g.rows = channels_last or HW == 1
+    if g.rows:
+        g.T = HW
+        g.U = max(1, CHUNK // g.Cg)
+    else:
+        g.T = g.Cg * HW
+        g.U = CHUNK
+    g.K = (g.T + g.U - 1) // g.U
+    w = np.ones(C, dtype=x.dtype) if weight is None else weight
+    b = np.zeros(C, dtype=x.dtype) if bias is None else bias
+    cdef int nt = num_threads
+    if N * C * HW < SERIAL_BELOW:
+        nt = 1
+    if nt > 1 and N * G < nt and g.K > 1:
+        parts = np.empty((N * G * g.K * sizeof(Moments)) // 8, dtype=np.float64)
+        stats = np.empty(2 * N * G, dtype=np.float64)
+    cdef Moments* pp = NULL if parts is None else <Moments*>cnp.PyArray_DATA(parts)
+    cdef double* sp = NULL if stats is None else <double*>cnp.PyArray_DATA(stats)
+    cdef void* mp = NULL if mo is None else cnp.PyArray_DATA(mo)
+    cdef void* rp = NULL if ro is None else cnp.PyArray_DATA(ro)
+    cdef void* xp = cnp.PyArray_DATA(x)
+    cdef void* yp = cnp.PyArray_DATA(y)
+    cdef void* wp = cnp.PyArray_DATA(w)
+    cdef void* bp = cnp.PyArray_DATA(b)
+    with nogil:
+        if f32:
+            _forward_impl(<const float*>xp, <float*>yp, <const float*>wp,
+                          <const float*>bp, &g, eps, activation, <float*>mp,
+                          <float*>rp, pp, sp, nt)
+        else:
+            _forward_impl(<const double*>xp, <double*>yp, <const double*>wp,
+                          <const double*>bp, &g, eps, activation,
+                          <double*>mp, <double*>rp, pp, sp, nt)
+
+
+# ------------------------------------------------------------ backward
+
+cdef void _backward_slab(const floating* dy, const floating* x,
+                         const floating* mean, const floating* rstd,
+                         const floating* w, Geometry* g, Py_ssize_t s,
+                         floating* dx, double* ds, double* db) noexcept nogil:
+    """dx of one slab, and its per-channel sums of dy*(x-mean) and dy."""
+    cdef Py_ssize_t n = s // g.G, grp = s % g.G, c, u, i, off
+    cdef Py_ssize_t base = (n * g.HW * g.C + grp * g.Cg) if g.rows else \
+        (n * g.C * g.HW + grp * g.Cg * g.HW)
+    cdef double mu = mean[s], rs = rstd[s], a, q, d, sum1 = 0, sum2 = 0
+    cdef double M = <double>(g.Cg * g.HW)
+    cdef floating mhi = <floating>mu
+    cdef floating mlo = <floating>(mu - <double>mhi)
+    cdef floating fB, fD, frs = <floating>rs
+    cdef const floating* xs = x + base
+    cdef const floating* gs = dy + base
+    cdef floating* out = dx + base
+    cdef double* dsc = ds + n * g.C + grp * g.Cg
+    cdef double* dbc = db + n * g.C + grp * g.Cg
+    w = w + grp * g.Cg
+    for c in range(g.Cg):
+        dsc[c] = 0
+        dbc[c] = 0
+    if g.rows:
+        for u in range(g.HW):
+            off = u * g.C
+            for c in range(g.Cg):
+                dsc[c] += gs[off + c] * (<double>xs[off + c] - mu)
+                dbc[c] += gs[off + c]
+    else:
+        for c in range(g.Cg):
+            off = c * g.HW
+            a = 0
+            q = 0
+            for i in range(g.HW):
+                d = gs[off + i]
+                a += d * (<double>xs[off + i] - mu)
+                q += d
+            dsc[c] = a
+            dbc[c] = q
+    for c in range(g.Cg):
+        sum1 += w[c] * dsc[c]
+        sum2 += w[c] * dbc[c]
+    fB = <floating>(-rs * rs * rs * sum1 / M)
+    fD = <floating>(-rs * sum2 / M)
+    if g.rows:
+        for u in range(g.HW):
+            off = u * g.C
+            for c in range(g.Cg):
+                out[off + c] = (w[c] * frs) * gs[off + c] + \
+                    fB * ((xs[off + c] - mhi) - mlo) + fD
+    else:
+        for c in range(g.Cg):
+            off = c * g.HW
+            a = w[c] * frs
+            for i in range(g.HW):
+                out[off + i] = (<floating>a) * gs[off + i] + \
+                    fB * ((xs[off + i] - mhi) - mlo) + fD
+
+
+cdef void _backward_impl(const floating* dy, const floating* x,
+                         const floating* mean, const floating* rstd,
+                         const floating* w, Geometry* g, floating* dx,
+                         floating* dw, floating* dbias, double* ds,
+                         double* db, int nt) noexcept nogil:
+    cdef Py_ssize_t S = g.N * g.G, s, c, n
+    cdef double a, q
+    with parallel(num_threads=nt):
+        for s in prange(S, schedule="static"):
+            _backward_slab(dy, x, mean, rstd, w, g, s, dx, ds, db)
+        for c in prange(g.C, schedule="static"):
+            a = 0
+            q = 0
+            for n in range(g.N):
+                a = a + rstd[n * g.G + c // g.Cg] * ds[n * g.C + c]
+                q = q + db[n * g.C + c]
+            dw[c] = <floating>a
+            dbias[c] = <floating>q
+
+
+def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
+             cnp.ndarray rstd, weight, Py_ssize_t N, Py_ssize_t C,
+             Py_ssize_t HW, Py_ssize_t G, bint channels_last,
+             cnp.ndarray dx, cnp.ndarray dweight, cnp.ndarray dbias,
+             int num_threads):
+    """Gradients of group_norm. See fastgn._reference.backward."""
+    cdef Geometry g
+    cdef cnp.ndarray w = np.ones(C, dtype=x.dtype) if weight is None \
+        else weight
+    cdef cnp.ndarray sums = np.empty(2 * N * C, dtype=np.float64)
+    cdef double* ds = <double*>cnp.PyArray_DATA(sums)
+    cdef bint f32 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
+    cdef int nt = num_threads
+    g.N, g.C, g.HW, g.G, g.Cg = N, C, HW, G, C // G
+    g.rows = channels_last or HW == 1
+    if N * C * HW < SERIAL_BELOW:
+        nt = 1
+    cdef void* p0 = cnp.PyArray_DATA(dy)
+    cdef void* p1 = cnp.PyArray_DATA(x)
+    cdef void* p2 = cnp.PyArray_DATA(mean)
+    cdef void* p3 = cnp.PyArray_DATA(rstd)
+    cdef void* p4 = cnp.PyArray_DATA(w)
+    cdef void* p5 = cnp.PyArray_DATA(dx)
+    cdef void* p6 = cnp.PyArray_DATA(dweight)
+    cdef void* p7 = cnp.PyArray_DATA(dbias)
+    with nogil:
+        if f32:
+            _backward_impl(<const float*>p0, <const float*>p1,
+                           <const float*>p2, <const float*>p3,
+                           <const float*>p4, &g, <float*>p5, <float*>p6,
+                           <float*>p7, ds, ds + N * C, nt)
+        else:
+            _backward_impl(<const double*>p0, <const double*>p1,
+                           <const double*>p2, <const double*>p3,
+                           <const double*>p4, &g, <double*>p5, <double*>p6,
+                           <double*>p7, ds, ds + N * C, nt)
+
+
+# ------------------------------------------------------------ floor
+
+cdef void _scale_copy(const floating* src, floating* dst, Py_ssize_t n,
+                      floating alpha, int nt) noexcept nogil:
+    cdef Py_ssize_t blk = 16384, nb = (n + blk - 1) // blk, j, i, e
+    for j in prange(nb, schedule="static", num_threads=nt):
+        e = min(n, (j + 1) * blk)
+        for i in range(j * blk, e):
+            dst[i] = alpha * src[i]
+
+
+def scale_copy(cnp.ndarray src, cnp.ndarray dst, double alpha,
+               int num_threads):
+    """dst = alpha * src: one read and one write, the benchmarks' floor."""
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(src)
+    cdef void* sp = cnp.PyArray_DATA(src)
+    cdef void* dp = cnp.PyArray_DATA(dst)
+    if cnp.PyArray_TYPE(src) == cnp.NPY_FLOAT32:
+        with nogil:
+            _scale_copy(<const float*>sp, <float*>dp, n, <float>alpha,
+                        num_threads)
+    else:
+        with nogil:
+            _scale_copy(<const double*>sp, <double*>dp, n, alpha,
+                        num_threads)
