@@ -72,14 +72,17 @@ class BuildExt(build_ext):
             lflags += san
         if _flag("FASTGN_NATIVE") and not msvc:
             cflags.append("-march=native")   # opt-in only
+        omp = None
         if _flag("FASTGN_NO_OPENMP"):
             warnings.warn("fastgn: FASTGN_NO_OPENMP set; building the serial "
                           "extension")
         else:
             omp = _openmp_flags(self.compiler)
-            if omp is not None:
-                cflags += omp[0]
-                lflags += omp[1]
+        if omp is not None:
+            cflags += omp[0]
+            lflags += omp[1]
+        elif not msvc:
+            cflags.append("-fopenmp-simd")  # vectorize reductions, no runtime
         for ext in self.extensions:
             ext.extra_compile_args = cflags
             ext.extra_link_args = lflags
@@ -102,7 +105,8 @@ extensions = [
     Extension(
         "fastgn._kernels",
         ["fastgn/_kernels.pyx"],
-        include_dirs=[numpy.get_include()],
+        include_dirs=[numpy.get_include(), "fastgn"],
+        depends=["fastgn/_simd.h", "fastgn/_openmp.pxd"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
 ]

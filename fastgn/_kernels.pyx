@@ -31,6 +31,20 @@ cdef extern from *:
     """
     const char* FASTGN_COMPILE_ARGS
 
+cdef extern from "_simd.h" nogil:
+    void fg_moments_f32(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                        double*)
+    void fg_moments_f64(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                        double*)
+    void fg_apply_run_f32(const float*, float*, Py_ssize_t, float, float,
+                          float, float)
+    void fg_apply_run_f64(const double*, double*, Py_ssize_t, double, double,
+                          double, double)
+    void fg_apply_row_f32(const float*, float*, Py_ssize_t, float, float,
+                          float, const float*, const float*)
+    void fg_apply_row_f64(const double*, double*, Py_ssize_t, double, double,
+                          double, const double*, const double*)
+
 OPENMP = bool(FASTGN_OPENMP)
 OPENMP_VERSION = FASTGN_OPENMP_VERSION
 COMPILE_ARGS = FASTGN_COMPILE_ARGS.decode().split()
@@ -79,46 +93,13 @@ cdef inline void _moments(const floating* x, Py_ssize_t rows,
                           Py_ssize_t rowlen, Py_ssize_t stride,
                           Moments* out) noexcept nogil:
     """Corrected two-pass moments of ``rows`` runs of ``rowlen`` values."""
-    cdef Py_ssize_t r, i, n4 = rowlen - rowlen % 4
-    cdef const floating* p
-    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0, mu, n
-    cdef double d0, d1, d2, d3
-    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
-    cdef double q0 = 0, q1 = 0, q2 = 0, q3 = 0
-    n = <double>(rows * rowlen)
-    for r in range(rows):
-        p = x + r * stride
-        for i in range(0, n4, 4):
-            a0 += p[i]
-            a1 += p[i + 1]
-            a2 += p[i + 2]
-            a3 += p[i + 3]
-        for i in range(n4, rowlen):
-            a0 += p[i]
-    mu = ((a0 + a1) + (a2 + a3)) / n
-    for r in range(rows):
-        p = x + r * stride
-        for i in range(0, n4, 4):
-            d0 = p[i] - mu
-            d1 = p[i + 1] - mu
-            d2 = p[i + 2] - mu
-            d3 = p[i + 3] - mu
-            s0 += d0
-            s1 += d1
-            s2 += d2
-            s3 += d3
-            q0 += d0 * d0
-            q1 += d1 * d1
-            q2 += d2 * d2
-            q3 += d3 * d3
-        for i in range(n4, rowlen):
-            d0 = p[i] - mu
-            s0 += d0
-            q0 += d0 * d0
-    s0 = (s0 + s1) + (s2 + s3)
-    out.n = n
-    out.mean = mu + s0 / n
-    out.m2 = ((q0 + q1) + (q2 + q3)) - s0 * (s0 / n)
+    if rows > 1 and stride == rowlen:
+        rowlen = rows * rowlen
+        rows = 1
+    if floating is float:
+        fg_moments_f32(x, rows, rowlen, stride, <double*>out)
+    else:
+        fg_moments_f64(x, rows, rowlen, stride, <double*>out)
 
 
 cdef inline floating _act(floating v, int act) noexcept nogil:
@@ -143,8 +124,10 @@ cdef inline void _apply_run(const floating* x, floating* y, Py_ssize_t n,
     """y = act(((x - mhi) - mlo) * sc + sh) over one channel's run."""
     cdef Py_ssize_t i
     if act == ACT_NONE:
-        for i in range(n):
-            y[i] = ((x[i] - mhi) - mlo) * sc + sh
+        if floating is float:
+            fg_apply_run_f32(x, y, n, mhi, mlo, sc, sh)
+        else:
+            fg_apply_run_f64(x, y, n, mhi, mlo, sc, sh)
     else:
         for i in range(n):
             y[i] = _act(((x[i] - mhi) - mlo) * sc + sh, act)
@@ -157,8 +140,10 @@ cdef inline void _apply_row(const floating* x, floating* y, Py_ssize_t n,
     """The same over a row of n channels (w, b per channel)."""
     cdef Py_ssize_t i
     if act == ACT_NONE:
-        for i in range(n):
-            y[i] = ((x[i] - mhi) - mlo) * (w[i] * rs) + b[i]
+        if floating is float:
+            fg_apply_row_f32(x, y, n, mhi, mlo, rs, w, b)
+        else:
+            fg_apply_row_f64(x, y, n, mhi, mlo, rs, w, b)
     else:
         for i in range(n):
             y[i] = _act(((x[i] - mhi) - mlo) * (w[i] * rs) + b[i], act)
