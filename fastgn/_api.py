@@ -8,6 +8,7 @@ float32/float64 arrays with consistent shapes.
 
 import operator
 import os
+import sys
 import warnings
 from math import isfinite
 
@@ -23,6 +24,40 @@ _ACT_CODE = {None: 0, "relu": 1, "silu": 2, "gelu": 3}
 _F2, _F4, _F8 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 
 
+def _import_kernels():
+    """Import the compiled kernels.
+
+    A source checkout without a built extension can shadow the installed
+    package (``python -m fastgn`` run from the repository root puts the root
+    first on ``sys.path``). Then the installed build of the same version is
+    used: its directory joins this package's ``__path__``.
+    """
+    try:
+        from . import _kernels
+        return _kernels
+    except ImportError:
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, "_version.py")) as f:
+            version = f.read()
+        for entry in sys.path:
+            cand = os.path.join(os.path.abspath(entry or os.curdir), "fastgn")
+            try:
+                if cand == here or not any(
+                        name.startswith("_kernels.") and
+                        name.endswith((".so", ".pyd"))
+                        for name in os.listdir(cand)):
+                    continue
+                with open(os.path.join(cand, "_version.py")) as f:
+                    if f.read() != version:
+                        continue
+            except OSError:
+                continue
+            sys.modules[__package__].__path__.append(cand)
+            from . import _kernels
+            return _kernels
+        raise
+
+
 def _load_backend():
     """Pick the kernels named by ``FASTGN_BACKEND`` (read once, at import)."""
     choice = os.environ.get("FASTGN_BACKEND", "").strip().lower()
@@ -32,7 +67,7 @@ def _load_backend():
         raise ValueError(f"FASTGN_BACKEND must be 'python', 'cython' or "
                          f"'auto', got {choice!r}")
     try:
-        from . import _kernels
+        _kernels = _import_kernels()
     except ImportError as exc:
         if choice == "cython":
             raise
@@ -55,9 +90,8 @@ def _set_backend(name):
     if name == "python":
         _kern, BACKEND = _reference, "python"
     else:
-        from . import _kernels
-        _kern = _kernels
-        BACKEND = "openmp" if _kernels.OPENMP else "serial"
+        _kern = _import_kernels()
+        BACKEND = "openmp" if _kern.OPENMP else "serial"
     return previous
 
 
