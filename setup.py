@@ -107,6 +107,7 @@ extensions = [
         ["fastgn/_kernels.pyx"],
         include_dirs=[numpy.get_include(), "fastgn"],
         depends=["fastgn/_simd.h", "fastgn/_openmp.pxd"],
+        libraries=[] if sys.platform == "win32" else ["m"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
 ]

@@ -205,10 +205,13 @@ def _dims(shape, channels_last):
 
 
 def _kernel_ready(a, cdt):
-    """C-contiguous, native-order array of dtype ``cdt`` (copy if needed)."""
-    if a.dtype is cdt and a.flags.c_contiguous:
+    """``a`` if it is C-contiguous with dtype ``cdt`` (native), else a copy.
+
+    The caller may write into the array exactly when ``result is not a``.
+    """
+    if (a.dtype is cdt or a.dtype == cdt) and a.flags.c_contiguous:
         return a
-    return np.ascontiguousarray(a, dtype=cdt)
+    return np.array(a, dtype=cdt, order="C", copy=True)
 
 
 def _writable_target(out, cdt, inputs):

@@ -15,7 +15,7 @@ the same numbers: results do not depend on the thread count.
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport parallel, prange
-from libc.math cimport erf, erff, exp, expf, sqrt
+from libc.math cimport sqrt
 
 from ._openmp cimport FASTGN_OPENMP, FASTGN_OPENMP_VERSION, omp_get_max_threads
 
@@ -37,23 +37,17 @@ cdef extern from "_simd.h" nogil:
     void fg_moments_f64(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                         double*)
     void fg_apply_run_f32(const float*, float*, Py_ssize_t, float, float,
-                          float, float)
+                          float, float, int)
     void fg_apply_run_f64(const double*, double*, Py_ssize_t, double, double,
-                          double, double)
+                          double, double, int)
     void fg_apply_row_f32(const float*, float*, Py_ssize_t, float, float,
-                          float, const float*, const float*)
+                          float, const float*, const float*, int)
     void fg_apply_row_f64(const double*, double*, Py_ssize_t, double, double,
-                          double, const double*, const double*)
+                          double, const double*, const double*, int)
 
 OPENMP = bool(FASTGN_OPENMP)
 OPENMP_VERSION = FASTGN_OPENMP_VERSION
 COMPILE_ARGS = FASTGN_COMPILE_ARGS.decode().split()
-
-cdef enum:
-    ACT_NONE = 0
-    ACT_RELU = 1
-    ACT_SILU = 2
-    ACT_GELU = 3
 
 # Values per statistics chunk (NCHW; channels-last rounds to whole rows).
 cdef Py_ssize_t CHUNK = 4096
@@ -102,35 +96,14 @@ cdef inline void _moments(const floating* x, Py_ssize_t rows,
         fg_moments_f64(x, rows, rowlen, stride, <double*>out)
 
 
-cdef inline floating _act(floating v, int act) noexcept nogil:
-    if act == ACT_RELU:
-        return 0 if v < 0 else v          # NaN stays NaN
-    if act == ACT_SILU:
-        if floating is float:
-            return v / (1 + expf(-v))
-        else:
-            return v / (1 + exp(-v))
-    if act == ACT_GELU:
-        if floating is float:
-            return 0.5 * v * (1 + erff(v * <float>0.7071067811865476))
-        else:
-            return 0.5 * v * (1 + erf(v * 0.7071067811865476))
-    return v
-
-
 cdef inline void _apply_run(const floating* x, floating* y, Py_ssize_t n,
                             floating mhi, floating mlo, floating sc,
                             floating sh, int act) noexcept nogil:
     """y = act(((x - mhi) - mlo) * sc + sh) over one channel's run."""
-    cdef Py_ssize_t i
-    if act == ACT_NONE:
-        if floating is float:
-            fg_apply_run_f32(x, y, n, mhi, mlo, sc, sh)
-        else:
-            fg_apply_run_f64(x, y, n, mhi, mlo, sc, sh)
+    if floating is float:
+        fg_apply_run_f32(x, y, n, mhi, mlo, sc, sh, act)
     else:
-        for i in range(n):
-            y[i] = _act(((x[i] - mhi) - mlo) * sc + sh, act)
+        fg_apply_run_f64(x, y, n, mhi, mlo, sc, sh, act)
 
 
 cdef inline void _apply_row(const floating* x, floating* y, Py_ssize_t n,
@@ -138,15 +111,10 @@ cdef inline void _apply_row(const floating* x, floating* y, Py_ssize_t n,
                             const floating* w, const floating* b,
                             int act) noexcept nogil:
     """The same over a row of n channels (w, b per channel)."""
-    cdef Py_ssize_t i
-    if act == ACT_NONE:
-        if floating is float:
-            fg_apply_row_f32(x, y, n, mhi, mlo, rs, w, b)
-        else:
-            fg_apply_row_f64(x, y, n, mhi, mlo, rs, w, b)
+    if floating is float:
+        fg_apply_row_f32(x, y, n, mhi, mlo, rs, w, b, act)
     else:
-        for i in range(n):
-            y[i] = _act(((x[i] - mhi) - mlo) * (w[i] * rs) + b[i], act)
+        fg_apply_row_f64(x, y, n, mhi, mlo, rs, w, b, act)
 
 
 # ------------------------------------------------------------ forward

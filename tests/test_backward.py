@@ -1,0 +1,430 @@
+"""Tests of ``fastgn.group_norm_backward``.
+
+Checked against an independent float64 formula, against ``torch.autograd``
+(when torch is installed), and against finite differences. Every test is
+backend-agnostic: the conftest (if present) runs each on every backend.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastgn
+
+# (NCHW shape, num_groups) for ranks 2..5
+SHAPES = {
+    2: ((5, 12), 3),
+    3: ((3, 6, 7), 2),
+    4: ((2, 8, 5, 3), 4),
+    5: ((2, 6, 3, 2, 3), 3),
+}
+
+
+def to_layout(a, channels_last):
+    """An NCHW-ordered array in the requested layout (contiguous)."""
+    return np.ascontiguousarray(np.moveaxis(a, 1, -1)) if channels_last \
+        else a
+
+
+def from_layout(a, channels_last):
+    return np.moveaxis(a, -1, 1) if channels_last else a
+
+
+def ref_stats(x, G, eps):
+    """float64 mean and rstd, shape (N, G), of an NCHW array."""
+    xs = np.asarray(x, np.float64).reshape(x.shape[0], G, -1)
+    mean = xs.mean(axis=-1)
+    var = ((xs - mean[..., None]) ** 2).mean(axis=-1)
+    return mean, 1.0 / np.sqrt(var + eps)
+
+
+def ref_backward(dy, x, G, weight, eps):
+    """Independent float64 gradients of group_norm for NCHW arrays.
+
+    Returns (dx, dweight, dbias, mags) where ``mags`` holds the magnitudes
+    of the terms summed into dx and dweight (the scales of rounding error).
+    """
+    x = np.asarray(x, np.float64)
+    dy = np.asarray(dy, np.float64)
+    N, C = x.shape[:2]
+    bshape = (1, C) + (1,) * (x.ndim - 2)
+    mean, rstd = ref_stats(x, G, eps)
+    xs = x.reshape(N, G, -1)
+    xhat_s = (xs - mean[..., None]) * rstd[..., None]
+    xhat = xhat_s.reshape(x.shape)
+    w = np.ones(C) if weight is None else np.asarray(weight, np.float64)
+    g = dy * w.reshape(bshape)
+    gs = g.reshape(N, G, -1)
+    m1 = gs.mean(axis=-1, keepdims=True)
+    m2 = (gs * xhat_s).mean(axis=-1, keepdims=True)
+    dx = rstd[..., None] * (gs - m1 - xhat_s * m2)
+    dx_mag = rstd[..., None] * (np.abs(gs) + np.abs(m1) + np.abs(xhat_s * m2))
+    axes = (0,) + tuple(range(2, x.ndim))
+    dw = (dy * xhat).sum(axis=axes)
+    db = dy.sum(axis=axes)
+    mags = {"dx": dx_mag.reshape(x.shape),
+            "dw": np.abs(dy * xhat).sum(axis=axes),
+            "db": np.abs(dy).sum(axis=axes)}
+    return dx.reshape(x.shape), dw, db, mags
+
+
+def check_close(actual, expected, tol, mag=None):
+    """|actual - expected| <= tol * (|expected| + mag) elementwise.
+
+    ``mag`` (scalar or array): the size of the terms that cancelled into
+    ``expected``; defaults to the largest |expected|.
+    """
+    expected = np.asarray(expected, np.float64)
+    if mag is None:
+        mag = np.abs(expected).max()
+    err = np.abs(np.asarray(actual, np.float64) - expected)
+    bound = tol * (np.abs(expected) + mag)
+    bad = err > bound
+    assert not bad.any(), (
+        f"{bad.sum()} of {bad.size} elements off; worst error "
+        f"{err.max():.3g}, bound there {bound.ravel()[err.argmax()]:.3g}")
+
+
+def make_data(shape, dtype, rng, with_weight):
+    """x (offset, scaled), dy, weight for an NCHW shape."""
+    x = (rng.standard_normal(shape) * 1.7 + 0.4).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = shape[1]
+    w = None
+    if with_weight:
+        w = (rng.uniform(0.5, 1.5, C) * rng.choice([-1, 1], C)).astype(dtype)
+    return x, dy, w
+
+
+# ------------------------------------------------------- vs the formula
+
+@pytest.mark.parametrize("rank", [2, 3, 4, 5])
+@pytest.mark.parametrize("channels_last", [False, True],
+                         ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5),
+                                       (np.float64, 1e-10)],
+                         ids=["f32", "f64"])
+@pytest.mark.parametrize("with_weight", [True, False],
+                         ids=["weight", "noweight"])
+def test_matches_formula(rank, channels_last, dtype, tol, with_weight):
+    shape, G = SHAPES[rank]
+    rng = np.random.default_rng(rank * 10 + channels_last)
+    eps = 1e-5
+    x, dy, w = make_data(shape, dtype, rng, with_weight)
+    xl, dyl = to_layout(x, channels_last), to_layout(dy, channels_last)
+
+    _, mean, rstd = fastgn.group_norm(xl, G, w, None, eps, return_stats=True,
+                                      channels_last=channels_last)
+    ref_mean, ref_rstd = ref_stats(x, G, eps)
+    check_close(mean, ref_mean, tol, mag=1.0)
+    check_close(rstd, ref_rstd, tol)
+
+    dx, dw, db = fastgn.group_norm_backward(dyl, xl, mean, rstd, G, w,
+                                            channels_last=channels_last)
+    for a in (dx, dw, db):
+        assert a.dtype == dtype
+    assert dx.shape == xl.shape
+    assert dw.shape == db.shape == (shape[1],)
+
+    rdx, rdw, rdb, mags = ref_backward(dy, x, G, w, eps)
+    check_close(from_layout(dx, channels_last), rdx, tol, mag=mags["dx"])
+    check_close(dw, rdw, tol, mag=mags["dw"])
+    check_close(db, rdb, tol, mag=mags["db"])
+
+
+def test_weight_none_equals_ones():
+    rng = np.random.default_rng(1)
+    x, dy, _ = make_data((2, 6, 4, 4), np.float64, rng, False)
+    _, mean, rstd = fastgn.group_norm(x, 3, return_stats=True)
+    a = fastgn.group_norm_backward(dy, x, mean, rstd, 3)
+    b = fastgn.group_norm_backward(dy, x, mean, rstd, 3, np.ones(6))
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u, v, rtol=1e-14, atol=1e-14)
+
+
+def test_weight_scales_grad_input_only():
+    """dx is linear in the weight; dweight and dbias do not depend on it."""
+    rng = np.random.default_rng(2)
+    x, dy, w = make_data((3, 8, 5), np.float64, rng, True)
+    _, mean, rstd = fastgn.group_norm(x, 4, return_stats=True)
+    dx1, dw1, db1 = fastgn.group_norm_backward(dy, x, mean, rstd, 4, w)
+    dx2, dw2, db2 = fastgn.group_norm_backward(dy, x, mean, rstd, 4, 3 * w)
+    np.testing.assert_allclose(dx2, 3 * dx1, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(dw2, dw1, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(db2, db1, rtol=1e-13, atol=1e-13)
+
+
+def test_grad_input_sums_to_zero_per_slab():
+    """A shift of a whole slab does not change the output: sum(dx) == 0."""
+    rng = np.random.default_rng(3)
+    x, dy, w = make_data((2, 8, 6, 6), np.float64, rng, True)
+    _, mean, rstd = fastgn.group_norm(x, 2, w, return_stats=True)
+    dx, _, _ = fastgn.group_norm_backward(dy, x, mean, rstd, 2, w)
+    sums = dx.reshape(2, 2, -1).sum(axis=-1)
+    assert np.abs(sums).max() < 1e-11
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(N=st.integers(1, 3), G=st.integers(1, 4), Cg=st.integers(1, 3),
+       spatial=st.lists(st.integers(1, 4), min_size=0, max_size=3),
+       channels_last=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_random_shapes_match_formula(N, G, Cg, spatial, channels_last, seed):
+    shape = (N, G * Cg, *spatial)
+    rng = np.random.default_rng(seed)
+    x, dy, w = make_data(shape, np.float64, rng, True)
+    xl, dyl = to_layout(x, channels_last), to_layout(dy, channels_last)
+    _, mean, rstd = fastgn.group_norm(xl, G, w, return_stats=True,
+                                      channels_last=channels_last)
+    dx, dw, db = fastgn.group_norm_backward(dyl, xl, mean, rstd, G, w,
+                                            channels_last=channels_last)
+    rdx, rdw, rdb, mags = ref_backward(dy, x, G, w, 1e-5)
+    # (one-element slabs: rstd ~316 and dx is an exact cancellation to 0)
+    check_close(from_layout(dx, channels_last), rdx, 1e-10, mag=mags["dx"])
+    check_close(dw, rdw, 1e-10, mag=mags["dw"])
+    check_close(db, rdb, 1e-12, mag=mags["db"])
+
+
+# ------------------------------------------------------- vs torch.autograd
+
+def torch_grads(x, dy, G, w, b, eps, channels_last):
+    """Gradients by torch.autograd; x and dy in the requested layout."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    xt = torch.from_numpy(np.array(x)).requires_grad_()
+    wt = None if w is None else torch.from_numpy(np.array(w)).requires_grad_()
+    bt = None if b is None else torch.from_numpy(np.array(b)).requires_grad_()
+    inp = xt
+    if channels_last:   # NHWC data viewed as NCHW
+        inp = xt.permute(0, xt.ndim - 1, *range(1, xt.ndim - 1))
+    out = F.group_norm(inp, G, wt, bt, eps)
+    if channels_last:
+        out = out.permute(0, *range(2, out.ndim), 1)
+    out.backward(torch.from_numpy(np.array(dy)))
+    return (out.detach().numpy(), xt.grad.numpy(),
+            None if wt is None else wt.grad.numpy(),
+            None if bt is None else bt.grad.numpy())
+
+
+@pytest.mark.parametrize("rank", [2, 3, 4, 5])
+@pytest.mark.parametrize("channels_last", [False, True],
+                         ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-4),
+                                       (np.float64, 1e-10)],
+                         ids=["f32", "f64"])
+@pytest.mark.parametrize("with_weight", [True, False],
+                         ids=["weight", "noweight"])
+def test_matches_torch_autograd(rank, channels_last, dtype, tol,
+                                with_weight):
+    pytest.importorskip("torch")
+    shape, G = SHAPES[rank]
+    rng = np.random.default_rng(100 + rank)
+    eps = 1e-5
+    x, dy, w = make_data(shape, dtype, rng, with_weight)
+    b = None if w is None else rng.standard_normal(shape[1]).astype(dtype)
+    xl, dyl = to_layout(x, channels_last), to_layout(dy, channels_last)
+
+    y, mean, rstd = fastgn.group_norm(xl, G, w, b, eps, return_stats=True,
+                                      channels_last=channels_last)
+    dx, dw, db = fastgn.group_norm_backward(dyl, xl, mean, rstd, G, w,
+                                            channels_last=channels_last)
+    ty, tdx, tdw, tdb = torch_grads(xl, dyl, G, w, b, eps, channels_last)
+
+    np.testing.assert_allclose(y, ty, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx, tdx, rtol=tol,
+                               atol=tol * np.abs(tdx).max())
+    if w is not None:
+        np.testing.assert_allclose(dw, tdw, rtol=tol,
+                                   atol=tol * np.abs(tdw).max())
+        np.testing.assert_allclose(db, tdb, rtol=tol,
+                                   atol=tol * np.abs(tdb).max())
+
+
+# ------------------------------------------------------- finite differences
+
+@pytest.mark.parametrize("channels_last", [False, True],
+                         ids=["nchw", "nhwc"])
+def test_finite_differences(channels_last):
+    rng = np.random.default_rng(7)
+    shape, G, eps = (2, 4, 3), 2, 1e-3
+    x = to_layout(rng.standard_normal(shape), channels_last)
+    w = rng.standard_normal(4)
+    b = rng.standard_normal(4)
+    R = rng.standard_normal(x.shape)     # L = sum(R * group_norm(x))
+
+    def loss(xv, wv, bv):
+        return float((R * fastgn.group_norm(
+            xv, G, wv, bv, eps, channels_last=channels_last)).sum())
+
+    _, mean, rstd = fastgn.group_norm(x, G, w, b, eps, return_stats=True,
+                                      channels_last=channels_last)
+    dx, dw, db = fastgn.group_norm_backward(R, x, mean, rstd, G, w,
+                                            channels_last=channels_last)
+    h = 1e-5
+    num_dx = np.empty_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += h
+        xm[i] -= h
+        num_dx[i] = (loss(xp, w, b) - loss(xm, w, b)) / (2 * h)
+    num_dw = np.empty_like(w)
+    num_db = np.empty_like(b)
+    for c in range(4):
+        wp, wm = w.copy(), w.copy()
+        wp[c] += h
+        wm[c] -= h
+        num_dw[c] = (loss(x, wp, b) - loss(x, wm, b)) / (2 * h)
+        bp, bm = b.copy(), b.copy()
+        bp[c] += h
+        bm[c] -= h
+        num_db[c] = (loss(x, w, bp) - loss(x, w, bm)) / (2 * h)
+    np.testing.assert_allclose(dx, num_dx, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dw, num_dw, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(db, num_db, rtol=1e-6, atol=1e-7)
+    assert np.abs(dx).max() > 0.1     # the check is not vacuous
+
+
+# ------------------------------------------------------- threads, dtypes
+
+@pytest.mark.parametrize("channels_last", [False, True],
+                         ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_threads_bitwise_identical(channels_last, dtype):
+    rng = np.random.default_rng(11)
+    x, dy, w = make_data((5, 24, 9, 7), dtype, rng, True)
+    xl, dyl = to_layout(x, channels_last), to_layout(dy, channels_last)
+    _, mean, rstd = fastgn.group_norm(xl, 6, w, return_stats=True,
+                                      channels_last=channels_last,
+                                      num_threads=1)
+    results = [fastgn.group_norm_backward(dyl, xl, mean, rstd, 6, w,
+                                          channels_last=channels_last,
+                                          num_threads=nt)
+               for nt in (1, 2, 3)]
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.dtype == b.dtype
+            assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("channels_last", [False, True],
+                         ids=["nchw", "nhwc"])
+def test_float16(channels_last):
+    rng = np.random.default_rng(12)
+    x, dy, w = make_data((2, 8, 4, 5), np.float16, rng, True)
+    xl, dyl = to_layout(x, channels_last), to_layout(dy, channels_last)
+    y, mean, rstd = fastgn.group_norm(xl, 4, w, return_stats=True,
+                                      channels_last=channels_last)
+    assert y.dtype == np.float16
+    dx, dw, db = fastgn.group_norm_backward(dyl, xl, mean, rstd, 4, w,
+                                            channels_last=channels_last)
+    for a in (dx, dw, db):
+        assert a.dtype == np.float16
+    # float16 data is exact in float64: compare with the formula
+    rdx, rdw, rdb, mags = ref_backward(dy, x, 4, w, 1e-5)
+    check_close(from_layout(dx, channels_last), rdx, 2e-3, mag=mags["dx"])
+    check_close(dw, rdw, 2e-3, mag=mags["dw"])
+    check_close(db, rdb, 2e-3, mag=mags["db"])
+
+
+def test_mixed_precision_promotes():
+    """float32 input with float64 grad_output gives float64 gradients."""
+    rng = np.random.default_rng(13)
+    x, dy, w = make_data((2, 4, 6), np.float32, rng, True)
+    _, mean, rstd = fastgn.group_norm(x, 2, w, return_stats=True)
+    dx, dw, db = fastgn.group_norm_backward(dy.astype(np.float64), x, mean,
+                                            rstd, 2, w)
+    assert dx.dtype == dw.dtype == db.dtype == np.float64
+
+
+def test_noncontiguous_inputs():
+    rng = np.random.default_rng(14)
+    x, dy, w = make_data((2, 6, 5, 4), np.float64, rng, True)
+    _, mean, rstd = fastgn.group_norm(x, 3, w, return_stats=True)
+    expected = fastgn.group_norm_backward(dy, x, mean, rstd, 3, w)
+    # Fortran-ordered and strided views of the same values
+    xf = np.asfortranarray(x)
+    big = np.zeros((2, 6, 5, 8))
+    big[..., ::2] = dy
+    dys = big[..., ::2]
+    wf = np.repeat(w, 2)[::2]
+    got = fastgn.group_norm_backward(dys, xf, mean.T.copy().T, rstd, 3, wf)
+    for a, b in zip(expected, got):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14)
+    # non-native byte order
+    got = fastgn.group_norm_backward(dy.astype(">f8"), x.astype(">f8"),
+                                     mean.astype(">f8"), rstd, 3,
+                                     w.astype(">f8"))
+    for a, b in zip(expected, got):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14)
+
+
+def test_inputs_not_modified():
+    rng = np.random.default_rng(15)
+    x, dy, w = make_data((2, 6, 3, 3), np.float32, rng, True)
+    _, mean, rstd = fastgn.group_norm(x, 3, w, return_stats=True)
+    copies = [a.copy() for a in (dy, x, mean, rstd, w)]
+    fastgn.group_norm_backward(dy, x, mean, rstd, 3, w)
+    for a, c in zip((dy, x, mean, rstd, w), copies):
+        assert np.array_equal(a, c)
+
+
+def test_empty_batch():
+    x = np.zeros((0, 4, 3), np.float32)
+    mean = rstd = np.zeros((0, 2), np.float32)
+    dx, dw, db = fastgn.group_norm_backward(x, x, mean, rstd, 2)
+    assert dx.shape == (0, 4, 3)
+    assert np.array_equal(dw, np.zeros(4)) and np.array_equal(db, np.zeros(4))
+
+
+# ------------------------------------------------------- errors
+
+@pytest.fixture
+def small():
+    rng = np.random.default_rng(16)
+    x, dy, w = make_data((2, 6, 4), np.float64, rng, True)
+    _, mean, rstd = fastgn.group_norm(x, 3, w, return_stats=True)
+    return x, dy, w, mean, rstd
+
+
+@pytest.mark.parametrize("bad_shape", [(2, 4), (3, 3), (2,), (2, 3, 1),
+                                       (6,)])
+@pytest.mark.parametrize("which", ["mean", "rstd"])
+def test_stats_wrong_shape(small, which, bad_shape):
+    x, dy, w, mean, rstd = small
+    bad = np.ones(bad_shape)
+    args = (bad, rstd) if which == "mean" else (mean, bad)
+    with pytest.raises(ValueError, match=which):
+        fastgn.group_norm_backward(dy, x, *args, 3, w)
+
+
+@pytest.mark.parametrize("dy_shape", [(2, 6, 5), (2, 6), (1, 6, 4),
+                                      (2, 4, 6)])
+def test_grad_output_wrong_shape(small, dy_shape):
+    x, _, w, mean, rstd = small
+    with pytest.raises(ValueError, match="grad_output"):
+        fastgn.group_norm_backward(np.ones(dy_shape), x, mean, rstd, 3, w)
+
+
+def test_grad_output_layout_mismatch(small):
+    """NCHW grad_output for a channels_last input of another shape."""
+    x, dy, w, mean, rstd = small
+    with pytest.raises(ValueError, match="grad_output"):
+        fastgn.group_norm_backward(dy, np.moveaxis(x, 1, -1), mean, rstd, 3,
+                                   w, channels_last=True)
+
+
+def test_other_argument_errors(small):
+    x, dy, w, mean, rstd = small
+    with pytest.raises(ValueError, match="weight"):
+        fastgn.group_norm_backward(dy, x, mean, rstd, 3, w[:4])
+    with pytest.raises(ValueError, match="divisible"):
+        fastgn.group_norm_backward(dy, x, mean, rstd, 4, w)
+    with pytest.raises(TypeError, match="num_groups"):
+        fastgn.group_norm_backward(dy, x, mean, rstd, 3.0, w)
+    with pytest.raises(ValueError, match="num_threads"):
+        fastgn.group_norm_backward(dy, x, mean, rstd, 3, w, num_threads=0)
+    with pytest.raises(TypeError, match="grad_output"):
+        fastgn.group_norm_backward(dy.astype(complex), x, mean, rstd, 3, w)
+    with pytest.raises(ValueError, match="2 dimensions"):
+        fastgn.group_norm_backward(dy[0, 0], x[0, 0], mean, rstd, 3, w)
