@@ -21,6 +21,8 @@ __all__ = ["group_norm", "group_norm_backward"]
 ACTIVATIONS = ("relu", "silu", "gelu")
 _ACT_CODE = {None: 0, "relu": 1, "silu": 2, "gelu": 3}
 
+MAX_THREADS = 1024
+
 _F2, _F4, _F8 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 
 
@@ -127,8 +129,9 @@ def _check_threads(num_threads):
     if num_threads is None:
         return _kern.max_threads()
     n = _check_int(num_threads, "num_threads")
-    if n < 1:
-        raise ValueError(f"num_threads must be >= 1 or None, got {n}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"num_threads must be None or between 1 and "
+                         f"{MAX_THREADS}, got {n}")
     return n
 
 
@@ -147,10 +150,13 @@ def _check_eps(eps):
             eps, (int, float, np.integer, np.floating)):
         raise TypeError(f"eps must be a real number, got "
                         f"{type(eps).__name__} {eps!r}")
-    eps = float(eps)
-    if not (isfinite(eps) and eps >= 0.0):
+    try:
+        value = float(eps)
+    except OverflowError:       # an int too large for a float
+        value = float("inf")
+    if not (isfinite(value) and value >= 0.0):
         raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
-    return eps
+    return value
 
 
 def _check_activation(activation):

@@ -1,0 +1,108 @@
+"""Accuracy with large offsets: the headline feature.
+
+Naive one-pass statistics (E[x^2] - E[x]^2) or float32 accumulators fail all
+of these by orders of magnitude. The reference is the float64 oracle run on
+the very same input values (float32 inputs are widened exactly).
+"""
+
+import numpy as np
+import pytest
+
+import fastgn
+
+gn = fastgn.group_norm
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_float32_large_offset(rng, oracle, channels_last):
+    shape = (4, 32, 32, 32)
+    x = (1e4 + rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+    if channels_last:
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    y, mean, rstd = gn(x, 8, return_stats=True, channels_last=channels_last)
+    assert y.dtype == np.float32
+    ref, rm, rr = oracle(x.astype(np.float64), 8, channels_last=channels_last)
+    err = np.max(np.abs(y.astype(np.float64) - ref))
+    assert err <= 1e-5, f"max |y - y_f64| = {err:.3g}"
+    # statistics: as good as rounding to float32 allows (plus a little)
+    np.testing.assert_allclose(mean, rm, rtol=1e-7, atol=0)
+    np.testing.assert_allclose(rstd, rr, rtol=1e-6)
+
+
+def test_float32_8M_element_group(rng, oracle_stats):
+    """One slab of 8M float32 values around 1e3: stats to 1e-6 (relative)."""
+    shape = (1, 8, 1024, 1024)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    x += np.float32(1e3)
+    y, mean, rstd = gn(x, 1, return_stats=True)
+    rm, _, rr = oracle_stats(x, 1)
+    assert mean.shape == (1, 1) and rstd.shape == (1, 1)
+    # float32 rounding of the mean alone is 3e-8 relative at 1e3
+    np.testing.assert_allclose(mean, rm, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(rstd, rr, rtol=1e-6, atol=0)
+    # outputs, on a sample (the full float64 reference would be large)
+    flat = x.reshape(-1)
+    idx = rng.integers(0, flat.size, 200_000)
+    ref = (flat[idx].astype(np.float64) - rm[0, 0]) * rr[0, 0]
+    err = np.max(np.abs(y.reshape(-1)[idx] - ref))
+    assert err <= 1e-5, f"max |y - y_f64| = {err:.3g}"
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_float64_large_offset(rng, oracle, channels_last):
+    shape = (4, 16, 16, 16)
+    x = 1e6 + rng.standard_normal(shape)
+    if channels_last:
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    w = rng.uniform(0.5, 2.0, 16)
+    b = rng.standard_normal(16)
+    y, mean, rstd = gn(x, 4, w, b, return_stats=True,
+                       channels_last=channels_last)
+    ref, rm, rr = oracle(x, 4, w, b, channels_last=channels_last)
+    err = np.max(np.abs(y - ref))
+    assert err <= 1e-9, f"max |y - y_oracle| = {err:.3g}"
+    np.testing.assert_allclose(mean, rm, rtol=1e-15, atol=1e-9)
+    np.testing.assert_allclose(rstd, rr, rtol=1e-9)
+
+
+def test_float64_tiny_spread_around_offset(rng, oracle):
+    """std 1e-4 around 1e4: var/mean^2 = 1e-16, below float64 epsilon."""
+    shape = (3, 8, 20, 20)
+    x = 1e4 + 1e-4 * rng.standard_normal(shape)
+    y, mean, rstd = gn(x, 4, eps=0.0, return_stats=True)
+    ref, rm, rr = oracle(x, 4, eps=0.0)
+    # the input grid (ulp(1e4) = 1.8e-12) is 2e-8 of a standard deviation:
+    # outputs are meaningful to ~1e-7 in units of the standard deviation
+    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(rstd, rr, rtol=1e-8)
+    np.testing.assert_allclose(mean, rm, rtol=1e-15, atol=0)
+    assert np.all((rstd > 5e3) & (rstd < 2e4))    # 1/std, not 1/sqrt(eps)...
+
+
+def test_float32_tiny_spread_around_offset(rng, oracle):
+    # std 0.01 around 1e3 in float32: the data sit on a 6e-5 grid
+    x = (1e3 + 0.01 * rng.standard_normal((2, 8, 32, 32))).astype(np.float32)
+    y, mean, rstd = gn(x, 2, eps=0.0, return_stats=True)
+    ref, rm, rr = oracle(x, 2, eps=0.0)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(rstd, rr, rtol=1e-6)
+
+
+def test_float32_huge_magnitude_does_not_overflow(rng, oracle):
+    # x**2 ~ 1e36 and sums of squares exceed float32's 3.4e38
+    x = (1e18 * rng.standard_normal((2, 4, 64, 64))).astype(np.float32)
+    y, mean, rstd = gn(x, 2, return_stats=True)
+    ref, rm, rr = oracle(x, 2)
+    assert np.isfinite(y).all() and np.isfinite(rstd).all()
+    np.testing.assert_allclose(y, ref, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(rstd, rr, rtol=1e-6)
+
+
+def test_float16_large_offset(rng, oracle):
+    # float16 data near 1000 (grid 0.5): computed in float32, still exact-ish
+    x = (1000 + 8 * rng.standard_normal((2, 8, 16, 16))).astype(np.float16)
+    y = gn(x, 4)
+    ref, _, _ = oracle(x, 4)
+    np.testing.assert_allclose(y.astype(np.float64),
+                               ref.astype(np.float16).astype(np.float64),
+                               rtol=1e-3, atol=2e-3)

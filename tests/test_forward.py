@@ -1,0 +1,675 @@
+"""Forward pass of fastgn.group_norm against the float64 oracle (conftest).
+
+Every test runs on both backends (autouse ``backend`` fixture).
+"""
+
+import pickle
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastgn
+import fastgn._api as _api
+
+gn = fastgn.group_norm
+
+F16, F32, F64 = (np.dtype(np.float16), np.dtype(np.float32),
+                 np.dtype(np.float64))
+
+# (rtol, atol) against the float64 oracle, for outputs of magnitude ~1.
+TOL = {F64: (1e-12, 1e-12), F32: (2e-6, 2e-6), F16: (1e-3, 2e-3)}
+
+
+def assert_close(y, ref, dtype, scale=1.0):
+    """``y`` (computed in ``dtype``) against the float64 oracle ``ref``."""
+    dtype = np.dtype(dtype)
+    rtol, atol = TOL[dtype]
+    ref = np.asarray(ref, dtype=np.float64)
+    if dtype == F16:                    # compare with the correctly rounded
+        ref = ref.astype(F16).astype(np.float64)    # float16 result
+    np.testing.assert_allclose(np.asarray(y, dtype=np.float64), ref,
+                               rtol=rtol, atol=atol * scale)
+
+
+def data(rng, shape, dtype=F32, offset=0.5, scale=2.0):
+    return (offset + scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def params(rng, C, mode="both", dtype=F32):
+    """(weight, bias) for affine ``mode`` in {none, weight, bias, both}."""
+    w = b = None
+    if mode in ("weight", "both"):
+        w = rng.uniform(0.5, 2.0, C) * rng.choice([-1.0, 1.0], C)
+        w = w.astype(dtype)
+    if mode in ("bias", "both"):
+        b = rng.standard_normal(C).astype(dtype)
+    return w, b
+
+
+# ------------------------------------------------------------ basic values
+
+SHAPES = [(6, 12), (3, 12, 7), (2, 12, 5, 6), (2, 12, 3, 4, 5)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"rank{len(s)}")
+@pytest.mark.parametrize("G", [1, 3, 12])
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("affine", ["none", "weight", "bias", "both"])
+def test_matches_oracle(rng, oracle, shape, G, dtype, affine):
+    x = data(rng, shape, dtype)
+    x0 = x.copy()
+    w, b = params(rng, shape[1], affine, dtype)
+    y = gn(x, G, w, b)
+    assert isinstance(y, np.ndarray)
+    assert y.shape == shape and y.dtype == dtype
+    assert not np.shares_memory(y, x)
+    np.testing.assert_array_equal(x, x0)        # input untouched
+    ref, _, _ = oracle(x, G, w, b)
+    assert_close(y, ref, dtype, scale=4.0)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-5, 0.25, 3.0])
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+def test_eps_values(rng, oracle, eps, dtype):
+    # a small spread makes eps matter
+    x = data(rng, (3, 8, 4, 5), dtype, offset=-1.0, scale=0.3)
+    y, mean, rstd = gn(x, 4, eps=eps, return_stats=True)
+    ref, rm, rr = oracle(x, 4, eps=eps)
+    assert_close(y, ref, dtype)
+    assert_close(rstd, rr, dtype, scale=4.0)
+
+
+def test_default_eps_is_1e_5(rng, oracle):
+    x = data(rng, (2, 4, 3), F64, scale=0.01)
+    ref, _, _ = oracle(x, 2, eps=1e-5)
+    assert_close(gn(x, 2), ref, F64)
+    # and it is really used: a different eps gives a different answer here
+    assert not np.allclose(gn(x, 2, eps=0.0), ref, rtol=1e-6, atol=0)
+
+
+def test_array_likes_accepted(oracle):
+    x = [[[1.0, 2.0], [3.0, 5.0]], [[-1.0, 0.0], [4.0, 4.5]]]
+    y = gn(x, 1, weight=[1.0, 2.0], bias=(0.5, -0.5))
+    assert y.dtype == F64
+    ref, _, _ = oracle(np.array(x), 1, [1.0, 2.0], [0.5, -0.5])
+    assert_close(y, ref, F64)
+
+
+def test_weight_dtype_is_cast_to_compute_dtype(rng, oracle):
+    x = data(rng, (2, 6, 5), F32)
+    w = rng.uniform(0.5, 2, 6)                  # float64 weights, float32 x
+    b = rng.integers(-3, 3, 6)                  # integer bias
+    y = gn(x, 3, w, b)
+    assert y.dtype == F32
+    ref, _, _ = oracle(x, 3, w.astype(F32), b.astype(F32))
+    assert_close(y, ref, F32, scale=4.0)
+
+
+# ------------------------------------------------------------ dtypes
+
+@pytest.mark.parametrize("affine", ["none", "both"])
+def test_float16_in_float16_out(rng, oracle, affine):
+    x = data(rng, (3, 8, 6, 5), F16)
+    w, b = params(rng, 8, affine, F16)
+    y, mean, rstd = gn(x, 4, w, b, return_stats=True)
+    assert y.dtype == F16 and y.shape == x.shape
+    assert mean.dtype == F32 and rstd.dtype == F32
+    ref, rm, rr = oracle(x, 4, w, b)
+    assert_close(y, ref, F16)
+    # statistics are float32 values, not float16 ones
+    np.testing.assert_allclose(mean, rm, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(rstd, rr, rtol=2e-6)
+
+
+def test_float16_large_values_do_not_overflow_internally(rng, oracle):
+    # x*x overflows float16 (max 65504): the computation must not be float16
+    x = (3000.0 + 500.0 * rng.standard_normal((2, 4, 16))).astype(F16)
+    y = gn(x, 2)
+    assert np.isfinite(y).all()
+    ref, _, _ = oracle(x, 2)
+    assert_close(y, ref, F16)
+
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.int8, np.uint8, np.int16,
+                                   np.int32, np.int64, np.uint64],
+                         ids=lambda d: np.dtype(d).name)
+def test_bool_and_integer_inputs_give_float64(rng, oracle, dtype):
+    if dtype is np.bool_:
+        x = rng.random((3, 6, 7)) < 0.4
+    else:
+        info = np.iinfo(dtype)
+        x = rng.integers(max(info.min, -1000), min(info.max, 1000),
+                         (3, 6, 7)).astype(dtype)
+    w, b = params(rng, 6, "both", F64)
+    y, mean, rstd = gn(x, 3, w, b, return_stats=True)
+    assert y.dtype == F64 and mean.dtype == F64 and rstd.dtype == F64
+    ref, rm, rr = oracle(x, 3, w, b)
+    assert_close(y, ref, F64, scale=4.0)
+    assert_close(mean, rm, F64, scale=1e3)
+    assert_close(rstd, rr, F64, scale=1e3)
+
+
+def test_large_int64_values(oracle):
+    x = (2**40 + np.arange(2 * 4 * 9, dtype=np.int64)).reshape(2, 4, 9)
+    y = gn(x, 2)
+    ref, _, _ = oracle(x, 2)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------ out=
+
+@pytest.mark.parametrize("dtype", [F16, F32, F64, np.dtype(np.int32)], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "fortran"])
+def test_out_is_returned_and_filled(rng, oracle, dtype, layout):
+    shape = (3, 6, 5, 4)
+    x = (rng.integers(-50, 50, shape) if dtype.kind == "i"
+         else data(rng, shape)).astype(dtype)
+    x0 = x.copy()
+    rdt = F64 if dtype.kind == "i" else dtype
+    if layout == "contiguous":
+        out = np.full(shape, np.nan, rdt)
+    elif layout == "strided":
+        out = np.full(shape[:-1] + (2 * shape[-1],), np.nan, rdt)[..., ::2]
+    else:
+        out = np.asfortranarray(np.full(shape, np.nan, rdt))
+    w, b = params(rng, 6, "both", F64 if rdt == F64 else F32)
+    y = gn(x, 3, w, b, out=out)
+    assert y is out
+    np.testing.assert_array_equal(x, x0)
+    ref, _, _ = oracle(x, 3, w, b)
+    assert_close(out, ref, rdt, scale=4.0)
+    # same numbers as without out=
+    np.testing.assert_array_equal(out, gn(x, 3, w, b))
+
+
+def test_out_with_return_stats(rng, oracle):
+    x = data(rng, (2, 8, 9), F64)
+    out = np.empty_like(x)
+    res = gn(x, 4, out=out, return_stats=True)
+    assert isinstance(res, tuple) and len(res) == 3
+    assert res[0] is out
+    ref, rm, rr = oracle(x, 4)
+    assert_close(out, ref, F64)
+    assert_close(res[1], rm, F64)
+    assert_close(res[2], rr, F64)
+
+
+@pytest.mark.parametrize("dtype", [F16, F32, F64], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_in_place(rng, oracle, dtype, channels_last):
+    x = data(rng, (3, 8, 7, 6), dtype)
+    C = x.shape[-1] if channels_last else x.shape[1]
+    w, b = params(rng, C, "both", F64 if dtype == F64 else F32)
+    x0 = x.copy()
+    expected = gn(x0, 2, w, b, channels_last=channels_last)
+    y = gn(x, 2, w, b, out=x, channels_last=channels_last)
+    assert y is x
+    ref, _, _ = oracle(x0, 2, w, b, channels_last=channels_last)
+    assert_close(x, ref, dtype, scale=4.0)
+    np.testing.assert_array_equal(x, expected)
+
+
+class _KernelSpy:
+    """Wraps the active kernel module and records forward()'s x and y."""
+
+    def __init__(self, real):
+        self._real = real
+        self.calls = []
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def forward(self, *args):
+        self.calls.append((args[0], args[1]))
+        return self._real.forward(*args)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+def test_in_place_kernel_writes_into_x(monkeypatch, rng, oracle, dtype):
+    """out=x (float32/64, contiguous): the kernel reads and writes x itself,
+    no temporary of x's size is made."""
+    spy = _KernelSpy(_api._kern)
+    monkeypatch.setattr(_api, "_kern", spy)
+    x = data(rng, (2, 8, 16, 16), dtype)
+    x0 = x.copy()
+    y = gn(x, 4, out=x)
+    assert y is x
+    assert len(spy.calls) == 1
+    xk, yk = spy.calls[0]
+    assert xk is x and yk is x
+    assert_close(x, oracle(x0, 4)[0], dtype)
+
+
+def test_separate_out_kernel_writes_into_out(monkeypatch, rng):
+    spy = _KernelSpy(_api._kern)
+    monkeypatch.setattr(_api, "_kern", spy)
+    x = data(rng, (2, 8, 16, 16), F32)
+    out = np.empty_like(x)
+    gn(x, 4, out=out)
+    assert spy.calls[0][1] is out
+
+
+@pytest.mark.parametrize("mode", ["in_place", "out"])
+def test_no_full_size_temporary(backend, rng, mode):
+    if backend == "python":
+        pytest.skip("the NumPy fallback computes in float64 temporaries by "
+                    "design")
+    x = data(rng, (4, 32, 64, 64), F32)            # 2 MiB
+    w, b = params(rng, 32, "both", F32)
+    out = x if mode == "in_place" else np.empty_like(x)
+    gn(x[:1, :, :4, :4].copy(), 4, w, b)           # warm up lazy init
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        y = gn(x, 8, w, b, out=out, return_stats=True)[0]
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
+    assert y is out
+    assert peak < x.nbytes // 8, (
+        f"group_norm(out=...) allocated {peak} bytes for a {x.nbytes}-byte "
+        f"input")
+
+
+@pytest.mark.parametrize("dtype", [F16, F32, F64], ids=str)
+@pytest.mark.parametrize("overlap", ["shift_last_axis", "flat_forward",
+                                     "flat_backward", "transposed_alias",
+                                     "reversed_batch"])
+def test_partially_overlapping_out(rng, oracle, dtype, overlap):
+    N, C, H, W = 3, 6, 5, 5
+    n = N * C * H * W
+    if overlap == "shift_last_axis":
+        buf = data(rng, (N, C, H, W + 1), dtype)
+        x, out = buf[..., :-1], buf[..., 1:]
+    elif overlap == "flat_forward":
+        buf = data(rng, n + 7, dtype)
+        x, out = buf[:n].reshape(N, C, H, W), buf[7:].reshape(N, C, H, W)
+    elif overlap == "flat_backward":
+        buf = data(rng, n + 7, dtype)
+        x, out = buf[7:].reshape(N, C, H, W), buf[:n].reshape(N, C, H, W)
+    elif overlap == "transposed_alias":     # same start, other strides
+        x = data(rng, (N, C, H, W), dtype)
+        out = x.transpose(0, 1, 3, 2)
+    else:
+        x = data(rng, (N, C, H, W), dtype)
+        out = x[::-1]
+    assert np.shares_memory(x, out)
+    w, b = params(rng, C, "both", F64 if dtype == F64 else F32)
+    xc = x.copy()
+    expected = gn(xc, 3, w, b)
+    y = gn(x, 3, w, b, out=out)
+    assert y is out
+    np.testing.assert_array_equal(out, expected)
+    ref, _, _ = oracle(xc, 3, w, b)
+    assert_close(out, ref, dtype, scale=4.0)
+
+
+@pytest.mark.parametrize("kind", ["pickled", "dtype_metadata"])
+def test_input_never_written_when_out_given(rng, kind):
+    """A separate ``out`` must leave the input alone, whatever the input's
+    dtype object is (pickling creates an equal but distinct float32 dtype)."""
+    x0 = data(rng, (2, 4, 6), F32)
+    if kind == "pickled":
+        x = pickle.loads(pickle.dumps(x0))
+    else:
+        x = x0.astype(np.dtype(np.float32, metadata={"unit": "m"}))
+    out = np.zeros((2, 4, 12), F32)[..., ::2]     # not C-contiguous
+    y = gn(x, 2, out=out)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, gn(x0, 2))
+
+
+@pytest.mark.parametrize("mode", ["in_place", "new", "contiguous_out"])
+def test_equal_but_distinct_dtype_objects(rng, oracle, mode):
+    x0 = data(rng, (2, 4, 6), F64)
+    x = pickle.loads(pickle.dumps(x0))
+    w = pickle.loads(pickle.dumps(rng.uniform(1, 2, 4)))
+    expected = gn(x0, 2, w.copy())
+    out = {"in_place": x, "new": None, "contiguous_out": np.empty_like(x0)}
+    y = gn(x, 2, w, out=out[mode])
+    if mode != "new":
+        assert y is out[mode]
+    if mode != "in_place":
+        np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, expected)
+    assert_close(y, oracle(x0, 2, w)[0], F64, scale=2.0)
+
+
+# ------------------------------------------------------------ layouts
+
+def _views(rng, dtype):
+    """(name, non-contiguous x) pairs, all of shape (3, 8, 5, 6)."""
+    N, C, H, W = 3, 8, 5, 6
+    big = data(rng, (N + 2, 2 * C, H + 3, 2 * W), dtype)
+    yield "slice", big[1:N + 1, ::2, 2:H + 2, 1::2]
+    yield "transpose", data(rng, (C, N, H, W), dtype).transpose(1, 0, 2, 3)
+    yield "nhwc_view", data(rng, (N, H, W, C), dtype).transpose(0, 3, 1, 2)
+    yield "fortran", np.asfortranarray(data(rng, (N, C, H, W), dtype))
+    yield "negative", data(rng, (N, C, H, W), dtype)[::-1, ::-1, :, ::-1]
+    yield "broadcast", np.broadcast_to(data(rng, (1, C, H, W), dtype),
+                                       (N, C, H, W))
+    raw = bytearray(N * C * H * W * dtype.itemsize + 1)
+    un = np.frombuffer(raw, dtype=dtype, offset=1).reshape(N, C, H, W)
+    un[...] = data(rng, (N, C, H, W), dtype)
+    assert not un.flags.aligned
+    yield "unaligned", un
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+def test_noncontiguous_inputs_bitwise_equal_contiguous(rng, oracle, dtype):
+    w, b = params(rng, 8, "both", dtype)
+    for name, x in _views(rng, dtype):
+        xc = np.ascontiguousarray(x)
+        y, m, r = gn(x, 4, w, b, return_stats=True)
+        yc, mc, rc = gn(xc, 4, w, b, return_stats=True)
+        assert y.flags.c_contiguous, name
+        np.testing.assert_array_equal(y, yc, err_msg=name)
+        np.testing.assert_array_equal(m, mc, err_msg=name)
+        np.testing.assert_array_equal(r, rc, err_msg=name)
+        assert_close(y, oracle(xc, 4, w, b)[0], dtype, scale=4.0)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+def test_noncontiguous_weight_and_bias(rng, dtype):
+    x = data(rng, (2, 8, 9), dtype)
+    wb = rng.standard_normal((8, 2)).astype(dtype)
+    w, b = wb[:, 0], wb[::-1, 1]
+    np.testing.assert_array_equal(gn(x, 2, w, b),
+                                  gn(x, 2, w.copy(), b.copy()))
+
+
+@pytest.mark.parametrize("dt", [">f4", ">f8", ">f2", ">i4"])
+def test_big_endian_equals_native(rng, dt):
+    big = np.dtype(dt)
+    native = big.newbyteorder("=")
+    x = (rng.integers(-100, 100, (3, 8, 4, 5)) if big.kind == "i"
+         else data(rng, (3, 8, 4, 5), native)).astype(native)
+    wdt = F64 if big.kind == "i" else (F32 if big.itemsize == 2 else native)
+    w, b = params(rng, 8, "both", wdt)
+    xb = x.astype(big)
+    wbig = w.astype(w.dtype.newbyteorder(">"))
+    bbig = b.astype(b.dtype.newbyteorder(">"))
+    y, m, r = gn(xb, 2, wbig, bbig, return_stats=True)
+    yn, mn, rn = gn(x, 2, w, b, return_stats=True)
+    assert y.dtype == yn.dtype and y.dtype.isnative
+    np.testing.assert_array_equal(y, yn)
+    np.testing.assert_array_equal(m, mn)
+    np.testing.assert_array_equal(r, rn)
+
+
+# ------------------------------------------------------------ statistics
+
+@pytest.mark.parametrize("dtype,stat_dtype", [
+    (F16, F32), (F32, F32), (F64, F64), (np.dtype(np.int32), F64),
+    (np.dtype(np.bool_), F64)], ids=["f16", "f32", "f64", "i32", "bool"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_return_stats(rng, oracle, dtype, stat_dtype, channels_last):
+    shape = (4, 5, 6, 6) if channels_last else (4, 6, 5, 6)
+    if dtype.kind == "b":
+        x = rng.random(shape) < 0.3
+    elif dtype.kind == "i":
+        x = rng.integers(-20, 20, shape).astype(dtype)
+    else:
+        x = data(rng, shape, dtype)
+    res = gn(x, 3, return_stats=True, channels_last=channels_last)
+    assert isinstance(res, tuple) and len(res) == 3
+    y, mean, rstd = res
+    assert mean.shape == (4, 3) and rstd.shape == (4, 3)
+    assert mean.dtype == stat_dtype and rstd.dtype == stat_dtype
+    ref, rm, rr = oracle(x, 3, channels_last=channels_last)
+    tol = F64 if stat_dtype == F64 else F32
+    assert_close(mean, rm, tol, scale=10.0)
+    assert_close(rstd, rr, tol)
+    assert_close(y, ref, dtype if dtype.kind == "f" else F64)
+    # without return_stats: just the array, identical values
+    y2 = gn(x, 3, channels_last=channels_last)
+    assert isinstance(y2, np.ndarray)
+    np.testing.assert_array_equal(y2, y)
+
+
+# ------------------------------------------------------------ threads
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("case", [
+    ((1, 4, 128, 128), 1, False),       # one big slab
+    ((4, 32, 16, 16), 8, False),        # many slabs
+    ((3, 10, 15, 32), 4, True),         # channels last
+    ((5, 12), 6, False),                # rank 2, tiny slabs
+], ids=["one_slab", "many_slabs", "nhwc", "rank2"])
+def test_num_threads_bitwise_identical(rng, oracle, dtype, case):
+    shape, G, cl = case
+    x = data(rng, shape, dtype, offset=3.0)
+    C = shape[-1] if cl else shape[1]
+    w, b = params(rng, C, "both", dtype)
+    results = [gn(x, G, w, b, channels_last=cl, return_stats=True,
+                  num_threads=nt) for nt in (1, 2, 3, 4)]
+    for nt, (y, m, r) in zip((2, 3, 4), results[1:]):
+        for got, want in zip((y, m, r), results[0]):
+            np.testing.assert_array_equal(got, want,
+                                          err_msg=f"num_threads={nt}")
+    assert_close(results[0][0], oracle(x, G, w, b, channels_last=cl)[0],
+                 dtype, scale=4.0)
+
+
+@pytest.mark.parametrize("nt", [None, np.int64(2), 16])
+def test_num_threads_values_accepted(rng, oracle, nt):
+    x = data(rng, (3, 8, 9, 9), F64)
+    y = gn(x, 4, num_threads=nt)
+    assert_close(y, oracle(x, 4)[0], F64)
+    np.testing.assert_array_equal(y, gn(x, 4, num_threads=1))
+
+
+def test_under_threadpool_limits(rng, oracle):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    x = data(rng, (2, 16, 32, 32), F32)
+    expected = gn(x, 4, num_threads=1)
+    with threadpoolctl.threadpool_limits(limits=1):
+        y = gn(x, 4)
+        y2 = gn(x, 4, num_threads=2)
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(y2, expected)
+    assert_close(y, oracle(x, 4)[0], F32)
+
+
+# ------------------------------------------------------------ special values
+
+@pytest.mark.parametrize("poison", [np.nan, np.inf, -np.inf],
+                         ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("activation", [None, "relu", "silu", "gelu"])
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_nonfinite_poisons_exactly_its_group(rng, oracle, poison, activation,
+                                             dtype, channels_last):
+    N, C, H, W, G = 3, 8, 5, 5, 4
+    x = data(rng, (N, C, H, W), dtype)
+    x[1, 4, 2, 3] = poison                 # sample 1, group 2 (channels 4:6)
+    bad = np.zeros(x.shape, bool)
+    bad[1, 4:6] = True
+    w, b = params(rng, C, "both", dtype)
+    xin = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if channels_last else x
+    y, mean, rstd = gn(xin, G, w, b, activation=activation,
+                       channels_last=channels_last, return_stats=True)
+    if channels_last:
+        y = np.moveaxis(y, -1, 1)
+    assert np.isnan(y[bad]).all()
+    assert np.isfinite(y[~bad]).all()
+    ref, rm, rr = oracle(x, G, w, b, activation=activation)
+    assert_close(y[~bad], ref[~bad], dtype, scale=4.0)
+    good = np.ones((N, G), bool)
+    good[1, 2] = False
+    assert_close(mean[good], rm[good], dtype)
+    assert_close(rstd[good], rr[good], dtype)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("fill", [3.7, -1234.5678])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_constant_group_gives_exactly_bias(rng, oracle, dtype, fill,
+                                           channels_last):
+    N, C, H, W, G = 2, 6, 33, 65, 3       # group size 2 * 33 * 65 = 4290
+    x = data(rng, (N, C, H, W), dtype)
+    x[1, 2:4] = fill                       # sample 1, group 1
+    w = rng.uniform(-3, 3, C).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    xin = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if channels_last else x
+    y, mean, rstd = gn(xin, G, w, b, eps=1e-5, channels_last=channels_last,
+                       return_stats=True)
+    if channels_last:
+        y = np.moveaxis(y, -1, 1)
+    np.testing.assert_array_equal(
+        y[1, 2:4], np.broadcast_to(b[2:4, None, None], (2, H, W)))
+    assert mean[1, 1] == dtype.type(fill)
+    np.testing.assert_allclose(rstd[1, 1], 1 / np.sqrt(1e-5), rtol=1e-6)
+    ref, _, _ = oracle(x, G, w, b)
+    assert_close(y, ref, dtype, scale=4.0)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+def test_constant_group_without_bias_is_zero(rng, dtype):
+    x = np.full((2, 4, 10, 10), -0.1, dtype)
+    y = gn(x, 2, rng.uniform(1, 2, 4).astype(dtype))
+    np.testing.assert_array_equal(y, 0)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+def test_single_element_groups(rng, oracle, dtype):
+    x = data(rng, (4, 6), dtype)                # G == C, no spatial dims
+    w, b = params(rng, 6, "both", dtype)
+    y = gn(x, 6, w, b)
+    np.testing.assert_array_equal(y, np.broadcast_to(b, x.shape))
+
+
+# ------------------------------------------------------------ empty
+
+@pytest.mark.parametrize("shape", [(0, 4, 3), (2, 4, 0), (0, 4), (2, 4, 0, 5),
+                                   (0, 4, 2, 2)], ids=str)
+@pytest.mark.parametrize("dtype", [F16, F32, F64, np.dtype(np.int32)], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_empty_inputs(shape, dtype, channels_last):
+    if channels_last:                          # keep C == 4 as the last axis
+        shape = (shape[0],) + shape[2:] + (shape[1],)
+    x = np.zeros(shape, dtype)
+    rdt = F64 if dtype.kind == "i" else dtype
+    sdt = F64 if dtype in (F64, np.dtype(np.int32)) else F32
+    y, mean, rstd = gn(x, 2, np.ones(4), np.zeros(4), return_stats=True,
+                       channels_last=channels_last)
+    assert y.shape == shape and y.dtype == rdt and y.size == 0
+    assert mean.shape == (shape[0], 2) and rstd.shape == (shape[0], 2)
+    assert mean.dtype == sdt and rstd.dtype == sdt
+    y2 = gn(x, 2, channels_last=channels_last)
+    assert y2.shape == shape and y2.dtype == rdt
+    out = np.empty(shape, rdt)
+    assert gn(x, 2, out=out, channels_last=channels_last) is out
+
+
+# ------------------------------------------------------------ consistency
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batch_size_independence(rng, dtype, channels_last):
+    x = data(rng, (5, 8, 6, 7), dtype, offset=10.0)
+    if channels_last:
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    w, b = params(rng, 8, "both", dtype)
+    y, m, r = gn(x, 4, w, b, channels_last=channels_last, return_stats=True)
+    for i in range(5):
+        yi, mi, ri = gn(x[i:i + 1], 4, w, b, channels_last=channels_last,
+                        return_stats=True)
+        np.testing.assert_array_equal(yi, y[i:i + 1])
+        np.testing.assert_array_equal(mi, m[i:i + 1])
+        np.testing.assert_array_equal(ri, r[i:i + 1])
+    yi = gn(x[1:4], 4, w, b, channels_last=channels_last)
+    np.testing.assert_array_equal(yi, y[1:4])
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"rank{len(s)}")
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("G", [1, 4, 12])
+def test_channels_last_matches_nchw(rng, oracle, shape, dtype, G):
+    x = data(rng, shape, dtype)
+    w, b = params(rng, shape[1], "both", dtype)
+    y, m, r = gn(x, G, w, b, return_stats=True)
+    xl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    yl, ml, rl = gn(xl, G, w, b, channels_last=True, return_stats=True)
+    assert yl.shape == xl.shape
+    rtol, atol = TOL[dtype]
+    np.testing.assert_allclose(np.moveaxis(yl, -1, 1), y, rtol=rtol,
+                               atol=4 * atol)
+    np.testing.assert_allclose(ml, m, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(rl, r, rtol=rtol, atol=atol)
+    ref, _, _ = oracle(xl, G, w, b, channels_last=True)
+    assert_close(yl, ref, dtype, scale=4.0)
+
+
+def test_channels_last_rank2_is_plain(rng):
+    x = data(rng, (5, 6), F64)
+    np.testing.assert_allclose(gn(x, 3, channels_last=True), gn(x, 3),
+                               rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu", "gelu"])
+@pytest.mark.parametrize("dtype", [F16, F32, F64], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_activations(rng, oracle, activation, dtype, channels_last):
+    x = data(rng, (3, 6, 7, 6), dtype)
+    w, b = params(rng, 6, "both", F64 if dtype == F64 else F32)
+    y = gn(x, 3, w, b, activation=activation, channels_last=channels_last)
+    assert y.dtype == dtype and y.shape == x.shape
+    ref, _, _ = oracle(x, 3, w, b, channels_last=channels_last,
+                       activation=activation)
+    assert_close(y, ref, dtype, scale=4.0)
+    plain = oracle(x, 3, w, b, channels_last=channels_last)[0]
+    assert not np.allclose(ref, plain)          # the activation did something
+    if activation == "relu":
+        assert (y >= 0).all()
+
+
+def test_activation_none_is_identity(rng):
+    x = data(rng, (2, 4, 5), F64)
+    np.testing.assert_array_equal(gn(x, 2, activation=None), gn(x, 2))
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu", "gelu"])
+def test_activation_extreme_values(oracle, activation):
+    # large |v| after the affine step: no overflow, no NaN
+    x = np.array([[[-1.0, 1.0]] * 2], dtype=np.float64).reshape(1, 2, 2)
+    w = np.array([1e4, -800.0])
+    y = gn(x, 2, w, activation=activation, eps=0.0)
+    ref, _, _ = oracle(x, 2, w, activation=activation, eps=0.0)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------ show_config
+
+def test_show_config(backend, capsys):
+    info = fastgn.show_config(mode="dicts")
+    assert isinstance(info, dict)
+    for key in ("version", "backend", "openmp_version", "max_threads",
+                "compile_args"):
+        assert key in info
+    assert info["version"] == fastgn.__version__
+    assert isinstance(info["openmp_version"], int)
+    assert isinstance(info["max_threads"], int) and info["max_threads"] >= 1
+    assert isinstance(info["compile_args"], list)
+    assert all(isinstance(a, str) for a in info["compile_args"])
+    if backend == "python":
+        assert info["backend"] == "python"
+        assert info["max_threads"] == 1
+    else:
+        assert info["backend"] in ("openmp", "serial")
+        assert (info["openmp_version"] > 0) == (info["backend"] == "openmp")
+        if info["backend"] == "serial":
+            assert info["max_threads"] == 1
+    capsys.readouterr()
+    assert fastgn.show_config() is None
+    printed = capsys.readouterr().out
+    assert fastgn.__version__ in printed
+    assert info["backend"] in printed
+    for key in ("version", "backend", "max_threads"):
+        assert key in printed
