@@ -1,0 +1,172 @@
+"""pytest-benchmark suite: fastgn vs the NumPy reference, PyTorch, the floor.
+
+Run ``pytest benchmarks --benchmark-enable`` to time (groups are named by
+operation, shape and thread count, so contenders print side by side), or
+``--benchmark-disable`` for a smoke test that runs each body once.
+
+pytest-benchmark times one test after another, so on a noisy machine its
+comparisons are weaker than ``python -m fastgn bench``, which interleaves
+the contenders round-robin in one process.
+"""
+
+import numpy as np
+import pytest
+
+from fastgn import group_norm, group_norm_backward
+from fastgn._bench import (MISSING_FEATURE, SHAPES, dims, load_kernels,
+                           make_floor, probe, shape_str, to_channels_last,
+                           usable_cores)
+
+KERNELS = load_kernels()            # None when the extension is not built
+
+THREADS = sorted({1, KERNELS.max_threads() if KERNELS else usable_cores()})
+SHAPE_PARAMS = [pytest.param(s, G, id=f"{shape_str(s)}-G{G}")
+                for s, G in SHAPES]
+SPATIAL_SHAPE_PARAMS = [p for p in SHAPE_PARAMS if len(p.values[0]) > 2]
+
+
+def _rounds(x):
+    """Rounds for pedantic runs: more for small arrays."""
+    return 100 if x.nbytes < 2**20 else 20
+
+
+def _torch_tensors(torch, *arrays):
+    # writable copies: torch.from_numpy warns on read-only arrays
+    return [torch.from_numpy(np.array(a)) for a in arrays]
+
+
+def _require(feature):
+    """Skip (do not fail) when this build lacks a keyword or function."""
+    reason = probe(feature)
+    if reason:
+        pytest.skip(f"feature not available: {reason}")
+
+
+def _check(result, x):
+    y = result[0] if isinstance(result, tuple) else result
+    assert y.shape == x.shape
+
+
+# ------------------------------------------------------------------ forward
+
+FORWARD = ["fastgn", "fastgn_out", "fastgn_inplace", "reference", "torch",
+           "floor"]
+
+
+@pytest.mark.parametrize("threads", THREADS, ids=lambda t: f"t{t}")
+@pytest.mark.parametrize("contender", FORWARD)
+@pytest.mark.parametrize("shape,G", SHAPE_PARAMS)
+def test_forward(benchmark, request, arrays, shape, G, contender, threads):
+    benchmark.group = f"forward {shape_str(shape)} G={G} threads={threads}"
+    x, w, b, _ = arrays(shape, G)
+
+    if contender == "fastgn":
+        result = benchmark(group_norm, x, G, w, b, num_threads=threads)
+    elif contender == "fastgn_out":
+        y = np.empty_like(x)
+        result = benchmark(group_norm, x, G, w, b, out=y, num_threads=threads)
+        assert result is y
+    elif contender == "fastgn_inplace":
+        def inplace(a):
+            return group_norm(a, G, w, b, out=a, num_threads=threads)
+        result = benchmark.pedantic(inplace, setup=lambda: ((x.copy(),), {}),
+                                    rounds=_rounds(x), warmup_rounds=1)
+    elif contender == "reference":
+        request.getfixturevalue("reference_backend")
+        result = benchmark(group_norm, x, G, w, b)
+    elif contender == "torch":
+        torch = request.getfixturevalue("torch_module")
+        torch.set_num_threads(threads)
+        xt, wt, bt = _torch_tensors(torch, x, w, b)
+        result = benchmark(torch.nn.functional.group_norm, xt, G, wt, bt)
+    else:
+        floor, label = make_floor(x, threads, KERNELS)
+        benchmark.extra_info["floor"] = label
+        benchmark(floor)
+        return
+    _check(result, x)
+
+
+# ------------------------------------------------------------ channels_last
+
+@pytest.mark.parametrize("threads", THREADS, ids=lambda t: f"t{t}")
+@pytest.mark.parametrize("contender", ["fastgn_nchw", "fastgn_nhwc",
+                                       "torch_channels_last"])
+@pytest.mark.parametrize("shape,G", SPATIAL_SHAPE_PARAMS)
+def test_channels_last(benchmark, request, arrays, shape, G, contender,
+                       threads):
+    benchmark.group = (f"channels_last {shape_str(shape)} G={G} "
+                       f"threads={threads}")
+    x, w, b, _ = arrays(shape, G)
+    xcl = to_channels_last(x)
+    if contender == "fastgn_nchw":
+        result = benchmark(group_norm, x, G, w, b, num_threads=threads)
+    elif contender == "fastgn_nhwc":
+        _require(lambda: group_norm(xcl, G, w, b, channels_last=True))
+        result = benchmark(group_norm, xcl, G, w, b, channels_last=True,
+                           num_threads=threads)
+        x = xcl
+    else:
+        torch = request.getfixturevalue("torch_module")
+        torch.set_num_threads(threads)
+        fmt = torch.channels_last if len(shape) == 4 else \
+            torch.channels_last_3d
+        xt, wt, bt = _torch_tensors(torch, x, w, b)
+        xt = xt.contiguous(memory_format=fmt)
+        result = benchmark(torch.nn.functional.group_norm, xt, G, wt, bt)
+    _check(result, x)
+
+
+# --------------------------------------------------------------------- silu
+
+@pytest.mark.parametrize("threads", THREADS, ids=lambda t: f"t{t}")
+@pytest.mark.parametrize("contender", ["fastgn", "fastgn_silu", "torch_silu"])
+@pytest.mark.parametrize("shape,G", SHAPE_PARAMS)
+def test_silu(benchmark, request, arrays, shape, G, contender, threads):
+    benchmark.group = f"silu {shape_str(shape)} G={G} threads={threads}"
+    x, w, b, _ = arrays(shape, G)
+    if contender == "fastgn":
+        result = benchmark(group_norm, x, G, w, b, num_threads=threads)
+    elif contender == "fastgn_silu":
+        _require(lambda: group_norm(x, G, w, b, activation="silu"))
+        result = benchmark(group_norm, x, G, w, b, activation="silu",
+                           num_threads=threads)
+    else:
+        torch = request.getfixturevalue("torch_module")
+        torch.set_num_threads(threads)
+        F = torch.nn.functional
+        xt, wt, bt = _torch_tensors(torch, x, w, b)
+        result = benchmark(lambda: F.silu(F.group_norm(xt, G, wt, bt)))
+    _check(result, x)
+
+
+# ----------------------------------------------------------------- backward
+
+@pytest.mark.parametrize("threads", THREADS, ids=lambda t: f"t{t}")
+@pytest.mark.parametrize("contender", ["fastgn_forward", "fastgn_backward",
+                                       "torch_backward"])
+@pytest.mark.parametrize("shape,G", SHAPE_PARAMS)
+def test_backward(benchmark, request, arrays, shape, G, contender, threads):
+    benchmark.group = f"backward {shape_str(shape)} G={G} threads={threads}"
+    x, w, b, dy = arrays(shape, G)
+    if contender == "fastgn_forward":
+        result = benchmark(group_norm, x, G, w, b, num_threads=threads)
+    elif contender == "fastgn_backward":
+        try:
+            _, mean, rstd = group_norm(x, G, w, b, return_stats=True)
+        except MISSING_FEATURE as exc:
+            pytest.skip(f"feature not available: {exc}")
+        _require(lambda: group_norm_backward(dy, x, mean, rstd, G, w))
+        result = benchmark(group_norm_backward, dy, x, mean, rstd, G, w,
+                           num_threads=threads)
+        assert result[1].shape == result[2].shape == (shape[1],)
+    else:
+        torch = request.getfixturevalue("torch_module")
+        torch.set_num_threads(threads)
+        N, C, HW = dims(shape)
+        xt, wt, bt, dyt = _torch_tensors(torch, x, w, b, dy)
+        _, mt, rt = torch.ops.aten.native_group_norm(xt, wt, bt, N, C, HW, G,
+                                                     1e-5)
+        result = benchmark(torch.ops.aten.native_group_norm_backward, dyt, xt,
+                           mt, rt, wt, N, C, HW, G, [True, True, True])
+    _check(result, x)
