@@ -17,7 +17,9 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.math cimport sqrt
 
-from ._openmp cimport FASTGN_OPENMP, FASTGN_OPENMP_VERSION, omp_get_max_threads
+from ._openmp cimport (FASTGN_OPENMP, FASTGN_OPENMP_VERSION,
+                      omp_get_max_threads, omp_get_thread_num,
+                      fastgn_barrier)
 
 import numpy as np
 
@@ -40,17 +42,26 @@ cdef extern from "_simd.h" nogil:
                           float, float, int)
     void fg_apply_run_f64(const double*, double*, Py_ssize_t, double, double,
                           double, double, int)
-    void fg_apply_row_f32(const float*, float*, Py_ssize_t, float, float,
-                          float, const float*, const float*, int)
-    void fg_apply_row_f64(const double*, double*, Py_ssize_t, double, double,
-                          double, const double*, const double*, int)
+    void fg_apply_rows_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
+                           const float*, const float*, const float*,
+                           const float*, int)
+    void fg_apply_rows_f64(const double*, double*, Py_ssize_t, Py_ssize_t,
+                           const double*, const double*, const double*,
+                           const double*, int)
+    void fg_rows_moments_f32(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                             double*, float*, float*, float*, double*)
+    void fg_rows_moments_f64(const double*, Py_ssize_t, Py_ssize_t,
+                             Py_ssize_t, double*, double*, double*, double*,
+                             double*)
 
 OPENMP = bool(FASTGN_OPENMP)
 OPENMP_VERSION = FASTGN_OPENMP_VERSION
 COMPILE_ARGS = FASTGN_COMPILE_ARGS.decode().split()
 
-# Values per statistics chunk (NCHW; channels-last rounds to whole rows).
+# Values per statistics chunk (NCHW), and per work item (channels-last, in
+# whole rows of C values).
 cdef Py_ssize_t CHUNK = 4096
+cdef Py_ssize_t ROW_CHUNK = 8192
 # Below this many values a call runs on the calling thread.
 cdef Py_ssize_t SERIAL_BELOW = 32768
 
@@ -83,68 +94,6 @@ cdef inline void _merge(Moments* a, const Moments* b) noexcept nogil:
     a.n = n
 
 
-cdef inline void _moments(const floating* x, Py_ssize_t rows,
-                          Py_ssize_t rowlen, Py_ssize_t stride,
-                          Moments* out) noexcept nogil:
-    """Corrected two-pass moments of ``rows`` runs of ``rowlen`` values."""
-    if rows > 1 and stride == rowlen:
-        rowlen = rows * rowlen
-        rows = 1
-    if floating is float:
-        fg_moments_f32(x, rows, rowlen, stride, <double*>out)
-    else:
-        fg_moments_f64(x, rows, rowlen, stride, <double*>out)
-
-
-cdef inline void _apply_run(const floating* x, floating* y, Py_ssize_t n,
-                            floating mhi, floating mlo, floating sc,
-                            floating sh, int act) noexcept nogil:
-    """y = act(((x - mhi) - mlo) * sc + sh) over one channel's run."""
-    if floating is float:
-        fg_apply_run_f32(x, y, n, mhi, mlo, sc, sh, act)
-    else:
-        fg_apply_run_f64(x, y, n, mhi, mlo, sc, sh, act)
-
-
-cdef inline void _apply_row(const floating* x, floating* y, Py_ssize_t n,
-                            floating mhi, floating mlo, floating rs,
-                            const floating* w, const floating* b,
-                            int act) noexcept nogil:
-    """The same over a row of n channels (w, b per channel)."""
-    if floating is float:
-        fg_apply_row_f32(x, y, n, mhi, mlo, rs, w, b, act)
-    else:
-        fg_apply_row_f64(x, y, n, mhi, mlo, rs, w, b, act)
-
-
-# ------------------------------------------------------------ forward
-
-cdef struct Geometry:
-    Py_ssize_t N, C, HW, G, Cg
-    Py_ssize_t T        # units per slab: values (NCHW) or rows (NHWC)
-    Py_ssize_t U        # units per chunk
-    Py_ssize_t K        # chunks per slab
-    bint rows           # NHWC-like: a slab is HW rows of Cg values, C apart
-
-
-cdef inline const floating* _slab_ptr(const floating* x, Geometry* g,
-                                      Py_ssize_t s) noexcept nogil:
-    cdef Py_ssize_t n = s // g.G, grp = s % g.G
-    if g.rows:
-        return x + n * g.HW * g.C + grp * g.Cg
-    return x + n * g.C * g.HW + grp * g.Cg * g.HW
-
-
-cdef inline void _chunk_moments(const floating* xs, Geometry* g,
-                                Py_ssize_t k, Moments* m) noexcept nogil:
-    cdef Py_ssize_t u0 = k * g.U
-    cdef Py_ssize_t u1 = min(u0 + g.U, g.T)
-    if g.rows:
-        _moments(xs + u0 * g.C, u1 - u0, g.Cg, g.C, m)
-    else:
-        _moments(xs + u0, 1, u1 - u0, 0, m)
-
-
 cdef inline void _finish(Moments* m, double eps, double* mean,
                          double* rstd) noexcept nogil:
     cdef double var = m.m2 / m.n
@@ -154,28 +103,64 @@ cdef inline void _finish(Moments* m, double eps, double* mean,
     rstd[0] = 1.0 / sqrt(var + eps)
 
 
+cdef inline void _merge_slab(Moments* parts, Py_ssize_t K, Py_ssize_t step,
+                             Py_ssize_t s, double eps, double* stats,
+                             floating* mean_out,
+                             floating* rstd_out) noexcept nogil:
+    """Merge K chunk moments (``step`` apart) in order into slab s's stats."""
+    cdef Moments acc
+    cdef Py_ssize_t k
+    acc.n = acc.mean = acc.m2 = 0
+    for k in range(K):
+        _merge(&acc, &parts[k * step])
+    _finish(&acc, eps, &stats[2 * s], &stats[2 * s + 1])
+    if mean_out != NULL:
+        mean_out[s] = <floating>stats[2 * s]
+        rstd_out[s] = <floating>stats[2 * s + 1]
+
+
+# ------------------------------------------------------------ forward, NCHW
+#
+# A slab is one contiguous run of Cg*HW values, cut in chunks of CHUNK.
+
+cdef struct Geometry:
+    Py_ssize_t N, C, HW, G, Cg
+    Py_ssize_t T        # values per slab (NCHW) or positions per sample
+    Py_ssize_t U        # values (positions) per chunk
+    Py_ssize_t K        # chunks per slab (per sample)
+    bint rows           # channels-last memory (NHWC, or NCHW with HW == 1)
+
+
+cdef inline void _chunk_moments(const floating* xs, Geometry* g,
+                                Py_ssize_t k, Moments* m) noexcept nogil:
+    cdef Py_ssize_t u0 = k * g.U
+    cdef Py_ssize_t u1 = min(u0 + g.U, g.T)
+    if floating is float:
+        fg_moments_f32(xs + u0, 1, u1 - u0, 0, <double*>m)
+    else:
+        fg_moments_f64(xs + u0, 1, u1 - u0, 0, <double*>m)
+
+
 cdef inline void _apply_units(const floating* xs, floating* ys, Geometry* g,
                               Py_ssize_t grp, Py_ssize_t u0, Py_ssize_t u1,
                               double mean, double rstd, const floating* w,
                               const floating* b, int act) noexcept nogil:
-    """Normalize units [u0, u1) of a slab with the slab's mean and rstd."""
+    """Normalize values [u0, u1) of a slab, one channel's run at a time."""
     cdef floating mhi = <floating>mean
     cdef floating mlo = <floating>(mean - <double>mhi)
     cdef floating rs = <floating>rstd
-    cdef Py_ssize_t u, c, c0, e
+    cdef Py_ssize_t u = u0, c, e
     w = w + grp * g.Cg
     b = b + grp * g.Cg
-    if g.rows:
-        for u in range(u0, u1):
-            _apply_row(xs + u * g.C, ys + u * g.C, g.Cg, mhi, mlo, rs, w, b,
-                       act)
-        return
-    u = u0
     while u < u1:
         c = u // g.HW
         e = min(u1, (c + 1) * g.HW)
-        _apply_run(xs + u, ys + u, e - u, mhi, mlo, <floating>(w[c] * rs),
-                   b[c], act)
+        if floating is float:
+            fg_apply_run_f32(xs + u, ys + u, e - u, mhi, mlo, w[c] * rs, b[c],
+                             act)
+        else:
+            fg_apply_run_f64(xs + u, ys + u, e - u, mhi, mlo, w[c] * rs, b[c],
+                             act)
         u = e
 
 
@@ -185,28 +170,25 @@ cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
                            floating* rstd_out) noexcept nogil:
     """A whole slab on the calling thread: statistics, then the apply."""
     cdef Moments acc, part
-    cdef Py_ssize_t k
+    cdef Py_ssize_t k, off = s * g.T
     cdef double mean, rstd
-    cdef const floating* xs = _slab_ptr(x, g, s)
     acc.n = acc.mean = acc.m2 = 0
     for k in range(g.K):
-        _chunk_moments(xs, g, k, &part)
+        _chunk_moments(x + off, g, k, &part)
         _merge(&acc, &part)
     _finish(&acc, eps, &mean, &rstd)
     if mean_out != NULL:
         mean_out[s] = <floating>mean
         rstd_out[s] = <floating>rstd
-    _apply_units(xs, y + (xs - x), g, s % g.G, 0, g.T, mean, rstd, w, b, act)
+    _apply_units(x + off, y + off, g, s % g.G, 0, g.T, mean, rstd, w, b, act)
 
 
-cdef void _forward_impl(const floating* x, floating* y, const floating* w,
+cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
                         const floating* b, Geometry* g, double eps, int act,
                         floating* mean_out, floating* rstd_out,
                         Moments* parts, double* stats,
                         int nt) noexcept nogil:
-    cdef Py_ssize_t S = g.N * g.G, s, it, k, u0
-    cdef const floating* xs
-    cdef Moments acc
+    cdef Py_ssize_t S = g.N * g.G, s, it, u0
     if nt == 1:
         for s in range(S):
             _one_slab(x, y, g, s, eps, w, b, act, mean_out, rstd_out)
@@ -218,23 +200,97 @@ cdef void _forward_impl(const floating* x, floating* y, const floating* w,
         # Fewer slabs than threads: split every slab into its chunks.
         with parallel(num_threads=nt):
             for it in prange(S * g.K, schedule="static"):
-                _chunk_moments(_slab_ptr(x, g, it // g.K), g, it % g.K,
-                               &parts[it])
+                _chunk_moments(x + (it // g.K) * g.T, g, it % g.K, &parts[it])
+            fastgn_barrier()
             for s in prange(S, schedule="static"):
-                acc.n = acc.mean = acc.m2 = 0
-                for k in range(g.K):
-                    _merge(&acc, &parts[s * g.K + k])
-                _finish(&acc, eps, &stats[2 * s], &stats[2 * s + 1])
-                if mean_out != NULL:
-                    mean_out[s] = <floating>stats[2 * s]
-                    rstd_out[s] = <floating>stats[2 * s + 1]
+                _merge_slab(&parts[s * g.K], g.K, 1, s, eps, stats,
+                            mean_out, rstd_out)
+            fastgn_barrier()
             for it in prange(S * g.K, schedule="static"):
                 s = it // g.K
-                xs = _slab_ptr(x, g, s)
                 u0 = (it % g.K) * g.U
-                _apply_units(xs, y + (xs - x), g, s % g.G, u0,
+                _apply_units(x + s * g.T, y + s * g.T, g, s % g.G, u0,
                              min(u0 + g.U, g.T), stats[2 * s],
                              stats[2 * s + 1], w, b, act)
+
+
+# ------------------------------------------------------------ forward, NHWC
+#
+# Channels-last (and NCHW with HW == 1, the same memory): a sample is HW rows
+# of C values; a work item is a chunk of U rows of one sample, every group at
+# once, so every access is contiguous and vectorizes over channels. Three
+# phases: chunk moments per (item, group); merge per slab, in chunk order;
+# apply per item. Each thread applies the items it read (static schedule).
+
+cdef inline void _rows_moments(const floating* x, Geometry* g, Py_ssize_t it,
+                               char* scratch, Moments* out) noexcept nogil:
+    cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U
+    cdef Py_ssize_t p1 = min(p0 + g.U, g.T)
+    cdef double* dscr = <double*>scratch
+    cdef floating* acc = <floating*>(dscr + 2 * g.C)
+    x = x + (n * g.T + p0) * g.C
+    if floating is float:
+        fg_rows_moments_f32(x, p1 - p0, g.C, g.G, dscr, acc, acc + g.C,
+                            acc + 2 * g.C, <double*>out)
+    else:
+        fg_rows_moments_f64(x, p1 - p0, g.C, g.G, dscr, acc, acc + g.C,
+                            acc + 2 * g.C, <double*>out)
+
+
+cdef inline void _rows_apply(const floating* x, floating* y, Geometry* g,
+                             Py_ssize_t it, const double* stats,
+                             const floating* w, const floating* b, int act,
+                             char* scratch) noexcept nogil:
+    cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U
+    cdef Py_ssize_t p1 = min(p0 + g.U, g.T), c, off
+    cdef floating* mhi = <floating*>scratch
+    cdef floating* mlo = mhi + g.C
+    cdef floating* sc = mhi + 2 * g.C
+    cdef double mean
+    cdef floating rs
+    stats = stats + 2 * n * g.G
+    for c in range(g.C):
+        mean = stats[2 * (c // g.Cg)]
+        rs = <floating>stats[2 * (c // g.Cg) + 1]
+        mhi[c] = <floating>mean
+        mlo[c] = <floating>(mean - <double>mhi[c])
+        sc[c] = w[c] * rs
+    off = (n * g.T + p0) * g.C
+    if floating is float:
+        fg_apply_rows_f32(x + off, y + off, p1 - p0, g.C, mhi, mlo, sc, b,
+                          act)
+    else:
+        fg_apply_rows_f64(x + off, y + off, p1 - p0, g.C, mhi, mlo, sc, b,
+                          act)
+
+
+cdef void _forward_rows(const floating* x, floating* y, const floating* w,
+                        const floating* b, Geometry* g, double eps, int act,
+                        floating* mean_out, floating* rstd_out,
+                        Moments* parts, double* stats, char* scratch,
+                        Py_ssize_t scratch_bytes, int nt) noexcept nogil:
+    cdef Py_ssize_t items = g.N * g.K, S = g.N * g.G, it, s
+    cdef char* mine = NULL
+    if nt == 1:
+        for it in range(items):
+            _rows_moments(x, g, it, scratch, &parts[it * g.G])
+        for s in range(S):
+            _merge_slab(&parts[(s // g.G) * g.K * g.G + s % g.G], g.K, g.G,
+                        s, eps, stats, mean_out, rstd_out)
+        for it in range(items):
+            _rows_apply(x, y, g, it, stats, w, b, act, scratch)
+        return
+    with parallel(num_threads=nt):
+        mine = scratch + omp_get_thread_num() * scratch_bytes
+        for it in prange(items, schedule="static"):
+            _rows_moments(x, g, it, mine, &parts[it * g.G])
+        fastgn_barrier()
+        for s in prange(S, schedule="static"):
+            _merge_slab(&parts[(s // g.G) * g.K * g.G + s % g.G], g.K, g.G,
+                        s, eps, stats, mean_out, rstd_out)
+        fastgn_barrier()
+        for it in prange(items, schedule="static"):
+            _rows_apply(x, y, g, it, stats, w, b, act, mine)
 
 
 def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
@@ -242,28 +298,36 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
             bint channels_last, int activation, mean, rstd, int num_threads):
     """Normalize x into y (may be x). See fastgn._reference.forward."""
     cdef Geometry g
-    cdef cnp.ndarray w, b, parts = None, stats = None
+    cdef cnp.ndarray w, b, parts = None, stats = None, scratch = None
     cdef cnp.ndarray mo = mean, ro = rstd
     cdef bint f32 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
+    cdef bint rows = channels_last or HW == 1
+    cdef int nt = num_threads
+    cdef Py_ssize_t scratch_bytes = 0
     g.N, g.C, g.HW, g.G, g.Cg = N, C, HW, G, C // G
-    g.rows = channels_last or HW == 1
-    if g.rows:
+    g.rows = rows
+    if rows:
         g.T = HW
-        g.U = max(1, CHUNK // g.Cg)
+        g.U = max(1, ROW_CHUNK // C)
     else:
         g.T = g.Cg * HW
         g.U = CHUNK
     g.K = (g.T + g.U - 1) // g.U
-    w = np.ones(C, dtype=x.dtype) if weight is None else weight
-    b = np.zeros(C, dtype=x.dtype) if bias is None else bias
-    cdef int nt = num_threads
     if N * C * HW < SERIAL_BELOW:
         nt = 1
-    if nt > 1 and N * G < nt and g.K > 1:
-        parts = np.empty((N * G * g.K * sizeof(Moments)) // 8, dtype=np.float64)
+    w = np.ones(C, dtype=x.dtype) if weight is None else weight
+    b = np.zeros(C, dtype=x.dtype) if bias is None else bias
+    if rows:
+        parts = np.empty(N * g.K * G * 3, dtype=np.float64)
+        stats = np.empty(2 * N * G, dtype=np.float64)
+        scratch_bytes = 8 * (6 * C + 8)     # 2C doubles + 3C (or 4C) values
+        scratch = np.empty(scratch_bytes * nt, dtype=np.uint8)
+    elif nt > 1 and N * G < nt and g.K > 1:
+        parts = np.empty(N * G * g.K * 3, dtype=np.float64)
         stats = np.empty(2 * N * G, dtype=np.float64)
     cdef Moments* pp = NULL if parts is None else <Moments*>cnp.PyArray_DATA(parts)
     cdef double* sp = NULL if stats is None else <double*>cnp.PyArray_DATA(stats)
+    cdef char* scp = NULL if scratch is None else <char*>cnp.PyArray_DATA(scratch)
     cdef void* mp = NULL if mo is None else cnp.PyArray_DATA(mo)
     cdef void* rp = NULL if ro is None else cnp.PyArray_DATA(ro)
     cdef void* xp = cnp.PyArray_DATA(x)
@@ -271,12 +335,21 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
     cdef void* wp = cnp.PyArray_DATA(w)
     cdef void* bp = cnp.PyArray_DATA(b)
     with nogil:
-        if f32:
-            _forward_impl(<const float*>xp, <float*>yp, <const float*>wp,
+        if f32 and rows:
+            _forward_rows(<const float*>xp, <float*>yp, <const float*>wp,
+                          <const float*>bp, &g, eps, activation, <float*>mp,
+                          <float*>rp, pp, sp, scp, scratch_bytes, nt)
+        elif rows:
+            _forward_rows(<const double*>xp, <double*>yp, <const double*>wp,
+                          <const double*>bp, &g, eps, activation,
+                          <double*>mp, <double*>rp, pp, sp, scp,
+                          scratch_bytes, nt)
+        elif f32:
+            _forward_nchw(<const float*>xp, <float*>yp, <const float*>wp,
                           <const float*>bp, &g, eps, activation, <float*>mp,
                           <float*>rp, pp, sp, nt)
         else:
-            _forward_impl(<const double*>xp, <double*>yp, <const double*>wp,
+            _forward_nchw(<const double*>xp, <double*>yp, <const double*>wp,
                           <const double*>bp, &g, eps, activation,
                           <double*>mp, <double*>rp, pp, sp, nt)
 
@@ -352,6 +425,7 @@ cdef void _backward_impl(const floating* dy, const floating* x,
     with parallel(num_threads=nt):
         for s in prange(S, schedule="static"):
             _backward_slab(dy, x, mean, rstd, w, g, s, dx, ds, db)
+        fastgn_barrier()
         for c in prange(g.C, schedule="static"):
             a = 0
             q = 0

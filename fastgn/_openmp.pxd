@@ -7,7 +7,9 @@ cdef extern from *:
     #include <omp.h>
     #define FASTGN_OPENMP 1
     #define FASTGN_OPENMP_VERSION _OPENMP
+    #define fastgn_barrier() _Pragma("omp barrier")
     #else
+    #define fastgn_barrier()
     #define FASTGN_OPENMP 0
     #define FASTGN_OPENMP_VERSION 0
     static inline int omp_get_max_threads(void) { return 1; }
@@ -18,3 +20,6 @@ cdef extern from *:
     int FASTGN_OPENMP_VERSION
     int omp_get_max_threads() noexcept nogil
     int omp_get_thread_num() noexcept nogil
+    # Cython ends each prange inside ``with parallel()`` with ``nowait``:
+    # phases that read what the previous one wrote need this between them.
+    void fastgn_barrier() noexcept nogil

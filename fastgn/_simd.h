@@ -87,6 +87,68 @@ FG_CLONES void fg_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t rowlen, \
     out[2] = q - s * (s / n);                                                 \
 }
 
+/* Channels-last moments: `rows` positions of C channels (G groups of Cg),
+ * contiguous. Per-channel partial sums run across positions (vectorized over
+ * channels) in AT over blocks of FG_ROWBLK positions, then in float64;
+ * each group's sums are the sums of its channels. out[3*g..] = {n, mean, m2}
+ * per group, the same two-pass scheme as fg_moments. scratch: 3*C doubles
+ * plus C values of AT and C values of T. */
+#define FG_ROWBLK 64
+
+#define FG_ROWS_MOMENTS(T, AT, SUF)                                           \
+FG_CLONES void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, \
+                                     ptrdiff_t G, double *dscr, AT *acc,      \
+                                     AT *acq, T *kc, double *out) {           \
+    const ptrdiff_t Cg = C / G;                                               \
+    const double n = (double)rows * (double)Cg;                               \
+    double *da = dscr, *dq = dscr + C;                                        \
+    ptrdiff_t p, p0, p1, c, g;                                                \
+    for (c = 0; c < C; c++) da[c] = 0;                                        \
+    for (p0 = 0; p0 < rows; p0 += FG_ROWBLK) {                                \
+        p1 = p0 + FG_ROWBLK < rows ? p0 + FG_ROWBLK : rows;                   \
+        for (c = 0; c < C; c++) acc[c] = 0;                                   \
+        for (p = p0; p < p1; p++) {                                           \
+            const T *r = x + p * C;                                           \
+            for (c = 0; c < C; c++) acc[c] += r[c];                           \
+        }                                                                     \
+        for (c = 0; c < C; c++) da[c] += acc[c];                              \
+    }                                                                         \
+    for (g = 0; g < G; g++) {                                                 \
+        double a = 0;                                                         \
+        T k;                                                                  \
+        for (c = g * Cg; c < (g + 1) * Cg; c++) a += da[c];                   \
+        k = (T)(a / n);                                                       \
+        for (c = g * Cg; c < (g + 1) * Cg; c++) kc[c] = k;                    \
+    }                                                                         \
+    for (c = 0; c < C; c++) da[c] = dq[c] = 0;                                \
+    for (p0 = 0; p0 < rows; p0 += FG_ROWBLK) {                                \
+        p1 = p0 + FG_ROWBLK < rows ? p0 + FG_ROWBLK : rows;                   \
+        for (c = 0; c < C; c++) acc[c] = acq[c] = 0;                          \
+        for (p = p0; p < p1; p++) {                                           \
+            const T *r = x + p * C;                                           \
+            for (c = 0; c < C; c++) {                                         \
+                AT d = r[c] - kc[c];                                          \
+                acc[c] += d;                                                  \
+                acq[c] += d * d;                                              \
+            }                                                                 \
+        }                                                                     \
+        for (c = 0; c < C; c++) {                                             \
+            da[c] += acc[c];                                                  \
+            dq[c] += acq[c];                                                  \
+        }                                                                     \
+    }                                                                         \
+    for (g = 0; g < G; g++) {                                                 \
+        double s = 0, q = 0;                                                  \
+        for (c = g * Cg; c < (g + 1) * Cg; c++) {                             \
+            s += da[c];                                                       \
+            q += dq[c];                                                       \
+        }                                                                     \
+        out[3 * g] = n;                                                       \
+        out[3 * g + 1] = (double)kc[g * Cg] + s / n;                          \
+        out[3 * g + 2] = q - s * (s / n);                                     \
+    }                                                                         \
+}
+
 /* ---- activations: codes 0 none, 1 relu, 2 silu, 3 gelu (exact, erf) ----
  * float32 uses branch-free exp/erf approximations that vectorize (relative
  * error ~1e-7, at float32 rounding level); float64 uses libm. */
@@ -143,20 +205,25 @@ FG_CLONES void fg_apply_run_##SUF(const T *x, T *y, ptrdiff_t n, T mhi,       \
     FG_ACT_LOOP(T, SUF, ((x[i] - mhi) - mlo) * sc + sh)                       \
 }
 
-/* y = act(((x - mhi) - mlo) * (w * rs) + b) over a row of channels (NHWC). */
-#define FG_APPLY_ROW(T, SUF)                                                  \
-FG_CLONES void fg_apply_row_##SUF(const T *x, T *y, ptrdiff_t n, T mhi,       \
-                                  T mlo, T rs, const T *w, const T *b,        \
-                                  int act) {                                  \
-    ptrdiff_t i;                                                              \
-    FG_ACT_LOOP(T, SUF, ((x[i] - mhi) - mlo) * (w[i] * rs) + b[i])            \
+/* Channels-last apply over `rows` positions of C channels, with per-channel
+ * vectors: y = act(((x - mhi) - mlo) * sc + sh) (vectorized over channels). */
+#define FG_APPLY_ROWS(T, SUF)                                                 \
+FG_CLONES void fg_apply_rows_##SUF(const T *x, T *y, ptrdiff_t rows,          \
+                                   ptrdiff_t C, const T *mhi, const T *mlo,   \
+                                   const T *sc, const T *sh, int act) {       \
+    ptrdiff_t p, i, n = C;                                                    \
+    for (p = 0; p < rows; p++, x += C, y += C) {                              \
+        FG_ACT_LOOP(T, SUF, ((x[i] - mhi[i]) - mlo[i]) * sc[i] + sh[i])       \
+    }                                                                         \
 }
 
 FG_MOMENTS(float, float, f32)
 FG_MOMENTS(double, double, f64)
 FG_APPLY_RUN(float, f32)
 FG_APPLY_RUN(double, f64)
-FG_APPLY_ROW(float, f32)
-FG_APPLY_ROW(double, f64)
+FG_APPLY_ROWS(float, f32)
+FG_APPLY_ROWS(double, f64)
+FG_ROWS_MOMENTS(float, float, f32)
+FG_ROWS_MOMENTS(double, double, f64)
 
 #endif
