@@ -39,15 +39,18 @@ cdef extern from "_simd.h" nogil:
     void fg_moments_f64(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                         double*)
     void fg_apply_run_f32(const float*, float*, Py_ssize_t, float, float,
-                          float, float, int)
+                          float, int)
     void fg_apply_run_f64(const double*, double*, Py_ssize_t, double, double,
-                          double, double, int)
+                          double, int)
+    void fg_apply_affine_f32(const float*, float*, Py_ssize_t, float, float,
+                             float, const float*, const float*, int)
+    void fg_apply_affine_f64(const double*, double*, Py_ssize_t, double,
+                             double, double, const double*, const double*,
+                             int)
     void fg_apply_rows_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
-                           const float*, const float*, const float*,
-                           const float*, int)
+                           const float*, const float*, const float*, int)
     void fg_apply_rows_f64(const double*, double*, Py_ssize_t, Py_ssize_t,
-                           const double*, const double*, const double*,
-                           const double*, int)
+                           const double*, const double*, const double*, int)
     void fg_rows_moments_f32(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                              double*, float*, float*, float*, double*)
     void fg_rows_moments_f64(const double*, Py_ssize_t, Py_ssize_t,
@@ -128,7 +131,7 @@ cdef struct Geometry:
     Py_ssize_t T        # values per slab (NCHW) or positions per sample
     Py_ssize_t U        # values (positions) per chunk
     Py_ssize_t K        # chunks per slab (per sample)
-    bint rows           # channels-last memory (NHWC, or NCHW with HW == 1)
+    bint rows           # channels-last memory
 
 
 cdef inline void _chunk_moments(const floating* xs, Geometry* g,
@@ -148,18 +151,27 @@ cdef inline void _apply_units(const floating* xs, floating* ys, Geometry* g,
     """Normalize values [u0, u1) of a slab, one channel's run at a time."""
     cdef floating mhi = <floating>mean
     cdef floating mlo = <floating>(mean - <double>mhi)
-    cdef floating rs = <floating>rstd
+    cdef floating rs = <floating>rstd, sc
     cdef Py_ssize_t u = u0, c, e
     w = w + grp * g.Cg
     b = b + grp * g.Cg
+    if g.HW == 1:       # one value per channel: a single vector loop
+        if floating is float:
+            fg_apply_affine_f32(xs + u0, ys + u0, u1 - u0, mhi, mlo, rs,
+                                w + u0, b + u0, act)
+        else:
+            fg_apply_affine_f64(xs + u0, ys + u0, u1 - u0, mhi, mlo, rs,
+                                w + u0, b + u0, act)
+        return
     while u < u1:
         c = u // g.HW
         e = min(u1, (c + 1) * g.HW)
+        sc = w[c] * rs
         if floating is float:
-            fg_apply_run_f32(xs + u, ys + u, e - u, mhi, mlo, w[c] * rs, b[c],
+            fg_apply_run_f32(xs + u, ys + u, e - u, mhi, sc, b[c] - mlo * sc,
                              act)
         else:
-            fg_apply_run_f64(xs + u, ys + u, e - u, mhi, mlo, w[c] * rs, b[c],
+            fg_apply_run_f64(xs + u, ys + u, e - u, mhi, sc, b[c] - mlo * sc,
                              act)
         u = e
 
@@ -216,7 +228,7 @@ cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
 
 # ------------------------------------------------------------ forward, NHWC
 #
-# Channels-last (and NCHW with HW == 1, the same memory): a sample is HW rows
+# Channels-last (HW > 1; with HW == 1 the memory is NCHW): a sample is HW rows
 # of C values; a work item is a chunk of U rows of one sample, every group at
 # once, so every access is contiguous and vectorizes over channels. Three
 # phases: chunk moments per (item, group); merge per slab, in chunk order;
@@ -242,26 +254,27 @@ cdef inline void _rows_apply(const floating* x, floating* y, Geometry* g,
                              const floating* w, const floating* b, int act,
                              char* scratch) noexcept nogil:
     cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U
-    cdef Py_ssize_t p1 = min(p0 + g.U, g.T), c, off
+    cdef Py_ssize_t p1 = min(p0 + g.U, g.T), c, grp, off
     cdef floating* mhi = <floating*>scratch
-    cdef floating* mlo = mhi + g.C
-    cdef floating* sc = mhi + 2 * g.C
+    cdef floating* sc = mhi + g.C
+    cdef floating* sh = mhi + 2 * g.C
     cdef double mean
-    cdef floating rs
+    cdef floating rs, hi, lo
     stats = stats + 2 * n * g.G
-    for c in range(g.C):
-        mean = stats[2 * (c // g.Cg)]
-        rs = <floating>stats[2 * (c // g.Cg) + 1]
-        mhi[c] = <floating>mean
-        mlo[c] = <floating>(mean - <double>mhi[c])
-        sc[c] = w[c] * rs
+    for grp in range(g.G):
+        mean = stats[2 * grp]
+        rs = <floating>stats[2 * grp + 1]
+        hi = <floating>mean
+        lo = <floating>(mean - <double>hi)
+        for c in range(grp * g.Cg, (grp + 1) * g.Cg):
+            mhi[c] = hi
+            sc[c] = w[c] * rs
+            sh[c] = b[c] - lo * sc[c]
     off = (n * g.T + p0) * g.C
     if floating is float:
-        fg_apply_rows_f32(x + off, y + off, p1 - p0, g.C, mhi, mlo, sc, b,
-                          act)
+        fg_apply_rows_f32(x + off, y + off, p1 - p0, g.C, mhi, sc, sh, act)
     else:
-        fg_apply_rows_f64(x + off, y + off, p1 - p0, g.C, mhi, mlo, sc, b,
-                          act)
+        fg_apply_rows_f64(x + off, y + off, p1 - p0, g.C, mhi, sc, sh, act)
 
 
 cdef void _forward_rows(const floating* x, floating* y, const floating* w,
@@ -301,7 +314,7 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
     cdef cnp.ndarray w, b, parts = None, stats = None, scratch = None
     cdef cnp.ndarray mo = mean, ro = rstd
     cdef bint f32 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
-    cdef bint rows = channels_last or HW == 1
+    cdef bint rows = channels_last and HW > 1
     cdef int nt = num_threads
     cdef Py_ssize_t scratch_bytes = 0
     g.N, g.C, g.HW, g.G, g.Cg = N, C, HW, G, C // G

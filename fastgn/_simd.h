@@ -45,8 +45,12 @@ static inline FG_INLINE void fg_run_sum_##SUF(const T *p, ptrdiff_t len,      \
     double t = 0;                                                             \
     for (j = 0; j < nb; j += FG_LANES)                                        \
         for (l = 0; l < FG_LANES; l++) acc[l] += p[j + l];                    \
-    for (j = nb; j < len; j++) t += p[j];                                     \
-    for (l = 0; l < FG_LANES; l++) t += acc[l];                               \
+    for (j = nb; j + 8 <= len; j += 8)                                        \
+        for (l = 0; l < 8; l++) acc[l] += p[j + l];                           \
+    for (; j < len; j++) t += p[j];                                           \
+    if (nb)                                                                   \
+        for (l = 8; l < FG_LANES; l++) t += acc[l];                           \
+    for (l = 0; l < 8; l++) t += acc[l];                                      \
     *a += t;                                                                  \
 }                                                                             \
 static inline FG_INLINE void fg_run_dev_##SUF(const T *p, ptrdiff_t len, T k, \
@@ -61,12 +65,18 @@ static inline FG_INLINE void fg_run_dev_##SUF(const T *p, ptrdiff_t len, T k, \
             as[l] += d;                                                       \
             aq[l] += d * d;                                                   \
         }                                                                     \
-    for (j = nb; j < len; j++) {                                              \
+    for (j = nb; j + 8 <= len; j += 8)                                        \
+        for (l = 0; l < 8; l++) {                                             \
+            d = p[j + l] - k;                                                 \
+            as[l] += d;                                                       \
+            aq[l] += d * d;                                                   \
+        }                                                                     \
+    for (; j < len; j++) {                                                    \
         d = p[j] - k;                                                         \
         ts += d;                                                              \
         tq += (double)d * d;                                                  \
     }                                                                         \
-    for (l = 0; l < FG_LANES; l++) {                                          \
+    for (l = 0; l < (nb ? FG_LANES : 8); l++) {                               \
         ts += as[l];                                                          \
         tq += aq[l];                                                          \
     }                                                                         \
@@ -97,21 +107,29 @@ FG_CLONES void fg_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t rowlen, \
 
 #define FG_ROWS_MOMENTS(T, AT, SUF)                                           \
 FG_CLONES void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, \
-                                     ptrdiff_t G, double *dscr, AT *acc,      \
-                                     AT *acq, T *kc, double *out) {           \
+                                     ptrdiff_t G, double *restrict dscr,      \
+                                     AT *restrict acc, AT *restrict acq,      \
+                                     T *restrict kc, double *out) {           \
     const ptrdiff_t Cg = C / G;                                               \
     const double n = (double)rows * (double)Cg;                               \
-    double *da = dscr, *dq = dscr + C;                                        \
+    double *restrict da = dscr, *restrict dq = dscr + C;                      \
     ptrdiff_t p, p0, p1, c, g;                                                \
-    for (c = 0; c < C; c++) da[c] = 0;                                        \
     for (p0 = 0; p0 < rows; p0 += FG_ROWBLK) {                                \
         p1 = p0 + FG_ROWBLK < rows ? p0 + FG_ROWBLK : rows;                   \
-        for (c = 0; c < C; c++) acc[c] = 0;                                   \
-        for (p = p0; p < p1; p++) {                                           \
-            const T *r = x + p * C;                                           \
-            for (c = 0; c < C; c++) acc[c] += r[c];                           \
+        FG_SIMD for (c = 0; c < C; c++) acc[c] = x[p0 * C + c];               \
+        for (p = p0 + 1; p + 4 <= p1; p += 4) {                               \
+            const T *r0 = x + p * C, *r1 = r0 + C, *r2 = r1 + C, *r3 = r2 + C;\
+            FG_SIMD for (c = 0; c < C; c++)                                   \
+                acc[c] += ((AT)r0[c] + r1[c]) + ((AT)r2[c] + r3[c]);          \
         }                                                                     \
-        for (c = 0; c < C; c++) da[c] += acc[c];                              \
+        for (; p < p1; p++) {                                                 \
+            const T *r0 = x + p * C;                                          \
+            FG_SIMD for (c = 0; c < C; c++) acc[c] += r0[c];                  \
+        }                                                                     \
+        if (p0 == 0)                                                          \
+            for (c = 0; c < C; c++) da[c] = acc[c];                           \
+        else                                                                  \
+            for (c = 0; c < C; c++) da[c] += acc[c];                          \
     }                                                                         \
     for (g = 0; g < G; g++) {                                                 \
         double a = 0;                                                         \
@@ -120,22 +138,41 @@ FG_CLONES void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, \
         k = (T)(a / n);                                                       \
         for (c = g * Cg; c < (g + 1) * Cg; c++) kc[c] = k;                    \
     }                                                                         \
-    for (c = 0; c < C; c++) da[c] = dq[c] = 0;                                \
     for (p0 = 0; p0 < rows; p0 += FG_ROWBLK) {                                \
         p1 = p0 + FG_ROWBLK < rows ? p0 + FG_ROWBLK : rows;                   \
-        for (c = 0; c < C; c++) acc[c] = acq[c] = 0;                          \
-        for (p = p0; p < p1; p++) {                                           \
-            const T *r = x + p * C;                                           \
-            for (c = 0; c < C; c++) {                                         \
-                AT d = r[c] - kc[c];                                          \
+        FG_SIMD for (c = 0; c < C; c++) {                                     \
+            AT d = x[p0 * C + c] - kc[c];                                     \
+            acc[c] = d;                                                       \
+            acq[c] = d * d;                                                   \
+        }                                                                     \
+        for (p = p0 + 1; p + 4 <= p1; p += 4) {                               \
+            const T *r0 = x + p * C, *r1 = r0 + C, *r2 = r1 + C, *r3 = r2 + C;\
+            FG_SIMD for (c = 0; c < C; c++) {                                 \
+                AT k = kc[c];                                                 \
+                AT d0 = r0[c] - k, d1 = r1[c] - k;                            \
+                AT d2 = r2[c] - k, d3 = r3[c] - k;                            \
+                acc[c] += (d0 + d1) + (d2 + d3);                              \
+                acq[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);          \
+            }                                                                 \
+        }                                                                     \
+        for (; p < p1; p++) {                                                 \
+            const T *r0 = x + p * C;                                          \
+            FG_SIMD for (c = 0; c < C; c++) {                                 \
+                AT d = r0[c] - kc[c];                                         \
                 acc[c] += d;                                                  \
                 acq[c] += d * d;                                              \
             }                                                                 \
         }                                                                     \
-        for (c = 0; c < C; c++) {                                             \
-            da[c] += acc[c];                                                  \
-            dq[c] += acq[c];                                                  \
-        }                                                                     \
+        if (p0 == 0)                                                          \
+            for (c = 0; c < C; c++) {                                         \
+                da[c] = acc[c];                                               \
+                dq[c] = acq[c];                                               \
+            }                                                                 \
+        else                                                                  \
+            for (c = 0; c < C; c++) {                                         \
+                da[c] += acc[c];                                              \
+                dq[c] += acq[c];                                              \
+            }                                                                 \
     }                                                                         \
     for (g = 0; g < G; g++) {                                                 \
         double s = 0, q = 0;                                                  \
@@ -185,42 +222,92 @@ static inline FG_INLINE double fg_gelu_f64(double v) {
     return 0.5 * v * (1.0 + erf(v * 0.70710678118654752));
 }
 
-/* One loop per activation: the switch stays outside the vector loop. */
-#define FG_ACT_LOOP(T, SUF, LIN)                                              \
-    switch (act) {                                                            \
-    case 1: for (i = 0; i < n; i++) { T v = LIN; y[i] = v < 0 ? 0 : v; }      \
-        break;                                                                \
-    case 2: for (i = 0; i < n; i++) { T v = LIN; y[i] = fg_silu_##SUF(v); }   \
-        break;                                                                \
-    case 3: for (i = 0; i < n; i++) { T v = LIN; y[i] = fg_gelu_##SUF(v); }   \
-        break;                                                                \
-    default: for (i = 0; i < n; i++) y[i] = LIN;                              \
-    }
+static inline FG_INLINE float fg_relu_f32(float v) { return v < 0 ? 0 : v; }
+static inline FG_INLINE double fg_relu_f64(double v) { return v < 0 ? 0 : v; }
 
-/* y = act(((x - mhi) - mlo) * sc + sh) over a run (one channel, NCHW). */
+/* An apply body is written once with ACT(SUF, v) for the activation and
+ * expanded once per activation, so the switch stays outside the loops. */
+#define FG_NOACT(SUF, v) (v)
+#define FG_RELU(SUF, v) fg_relu_##SUF(v)
+#define FG_SILU(SUF, v) fg_silu_##SUF(v)
+#define FG_GELU(SUF, v) fg_gelu_##SUF(v)
+#define FG_ACT_SWITCH(BODY, SUF)                                              \
+    switch (act) {                                                            \
+    case 1: BODY(FG_RELU, SUF) break;                                         \
+    case 2: BODY(FG_SILU, SUF) break;                                         \
+    case 3: BODY(FG_GELU, SUF) break;                                         \
+    default: BODY(FG_NOACT, SUF)                                              \
+    }
+#define FG_SIMD _Pragma("omp simd")
+
+/* The affine is y = act((x - mhi) * sc + sh) where mhi is the slab mean
+ * rounded to T and sh = beta - (mean - mhi) * sc carries the rest of the
+ * mean: x - mhi is exact near the mean (Sterbenz), so float32 data far from
+ * zero keeps its precision without float64 arithmetic in the apply. */
+
+/* One channel's run (NCHW). */
+#define FG_RUN_BODY(ACT, SUF)                                                 \
+    FG_SIMD for (i = 0; i < n; i++) y[i] = ACT(SUF, (x[i] - mhi) * sc + sh);
+
 #define FG_APPLY_RUN(T, SUF)                                                  \
 FG_CLONES void fg_apply_run_##SUF(const T *x, T *y, ptrdiff_t n, T mhi,       \
-                                  T mlo, T sc, T sh, int act) {               \
+                                  T sc, T sh, int act) {                      \
     ptrdiff_t i;                                                              \
-    FG_ACT_LOOP(T, SUF, ((x[i] - mhi) - mlo) * sc + sh)                       \
+    FG_ACT_SWITCH(FG_RUN_BODY, SUF)                                           \
 }
 
-/* Channels-last apply over `rows` positions of C channels, with per-channel
- * vectors: y = act(((x - mhi) - mlo) * sc + sh) (vectorized over channels). */
+/* A run of channels with one value each (NCHW with HW == 1): the same
+ * affine with per-channel w, b: sc = w * rs, sh = b - mlo * sc. */
+#define FG_AFFINE_BODY(ACT, SUF)                                              \
+    FG_SIMD for (i = 0; i < n; i++) {                                         \
+        fg_t s = w[i] * rs;                                                   \
+        y[i] = ACT(SUF, (x[i] - mhi) * s + (b[i] - mlo * s));                 \
+    }
+
+#define FG_APPLY_AFFINE(T, SUF)                                               \
+FG_CLONES void fg_apply_affine_##SUF(const T *x, T *y, ptrdiff_t n, T mhi,    \
+                                     T mlo, T rs, const T *w, const T *b,     \
+                                     int act) {                               \
+    typedef T fg_t;                                                           \
+    ptrdiff_t i;                                                              \
+    FG_ACT_SWITCH(FG_AFFINE_BODY, SUF)                                        \
+}
+
+/* `rows` positions of C channels (NHWC), per-channel mhi/sc/sh vectors; two
+ * rows a step so each vector of parameters is loaded once for both. */
+#define FG_ROWS_BODY(ACT, SUF)                                                \
+    for (p = 0; p + 2 <= rows; p += 2) {                                      \
+        const fg_t *x0 = x + p * C, *x1 = x0 + C;                             \
+        fg_t *y0 = y + p * C, *y1 = y0 + C;                                   \
+        FG_SIMD for (i = 0; i < C; i++) {                                     \
+            fg_t m = mhi[i], s = sc[i], h = sh[i];                            \
+            y0[i] = ACT(SUF, (x0[i] - m) * s + h);                            \
+            y1[i] = ACT(SUF, (x1[i] - m) * s + h);                            \
+        }                                                                     \
+    }                                                                         \
+    for (; p < rows; p++) {                                                   \
+        const fg_t *x0 = x + p * C;                                           \
+        fg_t *y0 = y + p * C;                                                 \
+        FG_SIMD for (i = 0; i < C; i++)                                       \
+            y0[i] = ACT(SUF, (x0[i] - mhi[i]) * sc[i] + sh[i]);               \
+    }
+
 #define FG_APPLY_ROWS(T, SUF)                                                 \
 FG_CLONES void fg_apply_rows_##SUF(const T *x, T *y, ptrdiff_t rows,          \
-                                   ptrdiff_t C, const T *mhi, const T *mlo,   \
-                                   const T *sc, const T *sh, int act) {       \
-    ptrdiff_t p, i, n = C;                                                    \
-    for (p = 0; p < rows; p++, x += C, y += C) {                              \
-        FG_ACT_LOOP(T, SUF, ((x[i] - mhi[i]) - mlo[i]) * sc[i] + sh[i])       \
-    }                                                                         \
+                                   ptrdiff_t C, const T *restrict mhi,        \
+                                   const T *restrict sc,                      \
+                                   const T *restrict sh, int act) {           \
+    typedef T fg_t;                                                           \
+    ptrdiff_t p, i;                                                           \
+    FG_ACT_SWITCH(FG_ROWS_BODY, SUF)                                          \
 }
 
 FG_MOMENTS(float, float, f32)
 FG_MOMENTS(double, double, f64)
 FG_APPLY_RUN(float, f32)
 FG_APPLY_RUN(double, f64)
+FG_APPLY_AFFINE(float, f32)
+FG_APPLY_AFFINE(double, f64)
 FG_APPLY_ROWS(float, f32)
 FG_APPLY_ROWS(double, f64)
 FG_ROWS_MOMENTS(float, float, f32)
