@@ -216,14 +216,31 @@ def _dims(shape, channels_last):
     return N, C, HW
 
 
-def _kernel_ready(a, cdt):
+def _kernel_ready(a, cdt, nt=1):
     """``a`` if it is C-contiguous with dtype ``cdt`` (native), else a copy.
 
     The caller may write into the array exactly when ``result is not a``.
     """
     if (a.dtype is cdt or a.dtype == cdt) and a.flags.c_contiguous:
         return a
+    if a.dtype == _F2 and cdt is _F4 and a.flags.c_contiguous:
+        res = np.empty(a.shape, dtype=_F4)
+        _kern.convert(a, res, nt)       # parallel, vectorized
+        return res
     return np.array(a, dtype=cdt, order="C", copy=True)
+
+
+def _from_f32(y, out, rdt, nt):
+    """The float32 result ``y`` as float16, into ``out`` when given."""
+    if out is not None and out.flags.c_contiguous and out.dtype == _F2:
+        _kern.convert(y, out, nt)
+        return out
+    res = np.empty(y.shape, dtype=_F2)
+    _kern.convert(y, res, nt)
+    if out is None:
+        return res
+    np.copyto(out, res)
+    return out
 
 
 # ---------------------------------------------------------------- forward
@@ -293,7 +310,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *,
             return y, mean, rstd
         return y
 
-    xk = _kernel_ready(x, cdt)
+    xk = _kernel_ready(x, cdt, nt)
     if out is not None and out.dtype == cdt and out.flags.c_contiguous and (
             out is x or not np.may_share_memory(out, x)):
         y = out         # written directly; ``out is x`` is exactly in place
@@ -303,11 +320,11 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *,
         y = np.empty(shape, dtype=cdt)
     _kern.forward(xk, y, w, b, N, C, HW, G, eps, bool(channels_last), act,
                   mean, rstd, nt)
-    if out is not None and y is not out:
+    if y.dtype != rdt:          # float16 computed in float32
+        y = _from_f32(y, out, rdt, nt)
+    elif out is not None and y is not out:
         np.copyto(out, y, casting="unsafe")
         y = out
-    elif y.dtype != rdt:
-        y = y.astype(rdt)
     if return_stats:
         return y, mean, rstd
     return y
@@ -377,9 +394,9 @@ def group_norm_backward(grad_output, input, mean, rstd, num_groups,
         dw.fill(0)
         db.fill(0)
     else:
-        _kern.backward(_kernel_ready(dy, cdt), _kernel_ready(x, cdt),
+        _kern.backward(_kernel_ready(dy, cdt, nt), _kernel_ready(x, cdt, nt),
                        stats[0], stats[1], w, N, C, HW, G,
                        bool(channels_last), dx, dw, db, nt)
     if rdt != cdt:
-        return dx.astype(rdt), dw.astype(rdt), db.astype(rdt)
+        return _from_f32(dx, None, rdt, nt), dw.astype(rdt), db.astype(rdt)
     return dx, dw, db

@@ -57,6 +57,11 @@ cdef extern from "_simd.h" nogil:
                              Py_ssize_t, double*, double*, double*, double*,
                              double*)
 
+cdef extern from "_simd.h" nogil:
+    bint FG_HAVE_F16
+    void fg_f16_to_f32(const void*, float*, Py_ssize_t)
+    void fg_f32_to_f16(const float*, void*, Py_ssize_t)
+
 OPENMP = bool(FASTGN_OPENMP)
 OPENMP_VERSION = FASTGN_OPENMP_VERSION
 COMPILE_ARGS = FASTGN_COMPILE_ARGS.decode().split()
@@ -512,3 +517,31 @@ def scale_copy(cnp.ndarray src, cnp.ndarray dst, double alpha,
         with nogil:
             _scale_copy(<const double*>sp, <double*>dp, n, alpha,
                         num_threads)
+
+
+cdef void _convert(const void* src, void* dst, Py_ssize_t n, bint to_f32,
+                   int nt) noexcept nogil:
+    cdef Py_ssize_t blk = 32768, nb = (n + blk - 1) // blk, j, e
+    for j in prange(nb, schedule="static", num_threads=nt):
+        e = min(n, (j + 1) * blk)
+        if to_f32:
+            fg_f16_to_f32(<const char*>src + 2 * j * blk,
+                          <float*>dst + j * blk, e - j * blk)
+        else:
+            fg_f32_to_f16(<const float*>src + j * blk,
+                          <char*>dst + 2 * j * blk, e - j * blk)
+
+
+def convert(cnp.ndarray src, cnp.ndarray dst, int num_threads):
+    """dst[...] = src between C-contiguous native float16 and float32."""
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(src)
+    cdef bint to_f32 = cnp.PyArray_TYPE(src) == cnp.NPY_FLOAT16
+    cdef void* sp = cnp.PyArray_DATA(src)
+    cdef void* dp = cnp.PyArray_DATA(dst)
+    if not FG_HAVE_F16:
+        np.copyto(dst, src, casting="unsafe")
+        return
+    if n < SERIAL_BELOW:
+        num_threads = 1
+    with nogil:
+        _convert(sp, dp, n, to_f32, num_threads)

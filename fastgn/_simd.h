@@ -313,4 +313,60 @@ FG_APPLY_ROWS(double, f64)
 FG_ROWS_MOMENTS(float, float, f32)
 FG_ROWS_MOMENTS(double, double, f64)
 
+/* float16 <-> float32 for float16 input (computed in float32): vectorized
+ * F16C / AVX-512 conversions in the clones. Without _Float16 support in the
+ * compiler the caller converts with NumPy instead (FG_HAVE_F16 == 0). */
+#if defined(__FLT16_MAX__)
+#define FG_HAVE_F16 1
+#if defined(__GNUC__) && defined(__x86_64__)
+/* GCC does not vectorize _Float16 conversions: use F16C where present. */
+#include <immintrin.h>
+__attribute__((target("avx,f16c")))
+static void fg_f16_to_f32_f16c(const void *src, float *dst, ptrdiff_t n) {
+    const unsigned short *s = (const unsigned short *)src;
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(
+            _mm_loadu_si128((const __m128i *)(s + i))));
+    for (; i < n; i++) dst[i] = (float)((const _Float16 *)src)[i];
+}
+__attribute__((target("avx,f16c")))
+static void fg_f32_to_f16_f16c(const float *src, void *dst, ptrdiff_t n) {
+    unsigned short *d = (unsigned short *)dst;
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(d + i), _mm256_cvtps_ph(
+            _mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) ((_Float16 *)dst)[i] = (_Float16)src[i];
+}
+#define FG_F16C() __builtin_cpu_supports("f16c")
+#else
+#define FG_F16C() 0
+#define fg_f16_to_f32_f16c(s, d, n)
+#define fg_f32_to_f16_f16c(s, d, n)
+#endif
+static void fg_f16_to_f32(const void *src, float *dst, ptrdiff_t n) {
+    const _Float16 *s = (const _Float16 *)src;
+    ptrdiff_t i;
+    if (FG_F16C()) {
+        fg_f16_to_f32_f16c(src, dst, n);
+        return;
+    }
+    for (i = 0; i < n; i++) dst[i] = (float)s[i];
+}
+static void fg_f32_to_f16(const float *src, void *dst, ptrdiff_t n) {
+    _Float16 *d = (_Float16 *)dst;
+    ptrdiff_t i;
+    if (FG_F16C()) {
+        fg_f32_to_f16_f16c(src, dst, n);
+        return;
+    }
+    for (i = 0; i < n; i++) d[i] = (_Float16)src[i];
+}
+#else
+#define FG_HAVE_F16 0
+static void fg_f16_to_f32(const void *src, float *dst, ptrdiff_t n) {}
+static void fg_f32_to_f16(const float *src, void *dst, ptrdiff_t n) {}
+#endif
+
 #endif
