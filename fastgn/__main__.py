@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastgn {bench,config}``."""
+"""Command line: ``python -m fastgn {bench,accuracy,config}``."""
 
 import argparse
 import sys
@@ -18,11 +18,16 @@ def main(argv=None):
         description="Interleaved benchmark of fastgn.group_norm; exits 1 if "
                     "a result does not match the reference.")
     _bench.add_arguments(bench)
+    sub.add_parser("accuracy", help="float32 error vs a float64 oracle, "
+                                    "against NumPy and PyTorch")
     sub.add_parser("config", help="print fastgn.show_config()")
     args = parser.parse_args(argv)
     if args.command == "config":
         show_config()
         return 0
+    if args.command == "accuracy":
+        from . import _accuracy
+        return _accuracy.run()
     return _bench.run(args)
 
 
