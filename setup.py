@@ -59,6 +59,12 @@ def _openmp_flags(compiler):
 
 
 class BuildExt(build_ext):
+    def finalize_options(self):
+        super().finalize_options()
+        # The flags come from the environment, which the build directory
+        # does not record: always recompile rather than reuse stale objects.
+        self.force = True
+
     def build_extensions(self):
         msvc = self.compiler.compiler_type == "msvc"
         cflags = ["/O2"] if msvc else ["-O3"]
@@ -113,6 +119,9 @@ extensions = [
 ]
 
 setup(
-    ext_modules=cythonize(extensions, compiler_directives=directives),
+    # force: the directives depend on FASTGN_DEBUG, which Cython's
+    # timestamp check on the generated C file does not see.
+    ext_modules=cythonize(extensions, compiler_directives=directives,
+                          force=True),
     cmdclass={"build_ext": BuildExt},
 )

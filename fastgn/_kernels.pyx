@@ -58,6 +58,25 @@ cdef extern from "_simd.h" nogil:
                              double*)
 
 cdef extern from "_simd.h" nogil:
+    void fg_bwd_sums_f32(const float*, const float*, Py_ssize_t, float,
+                         double*, double*)
+    void fg_bwd_sums_f64(const double*, const double*, Py_ssize_t, double,
+                         double*, double*)
+    void fg_bwd_dx_f32(const float*, const float*, float*, Py_ssize_t, float,
+                       float, float, float)
+    void fg_bwd_dx_f64(const double*, const double*, double*, Py_ssize_t,
+                       double, double, double, double)
+    void fg_bwd_rows_sums_f32(const float*, const float*, Py_ssize_t,
+                              Py_ssize_t, Py_ssize_t, float, double*, double*)
+    void fg_bwd_rows_sums_f64(const double*, const double*, Py_ssize_t,
+                              Py_ssize_t, Py_ssize_t, double, double*,
+                              double*)
+    void fg_bwd_rows_dx_f32(const float*, const float*, float*, Py_ssize_t,
+                            Py_ssize_t, Py_ssize_t, float, const float*,
+                            float, float, float)
+    void fg_bwd_rows_dx_f64(const double*, const double*, double*,
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t, double,
+                            const double*, double, double, double)
     bint FG_HAVE_F16
     void fg_f16_to_f32(const void*, float*, Py_ssize_t)
     void fg_f32_to_f16(const float*, void*, Py_ssize_t)
@@ -378,59 +397,54 @@ cdef void _backward_slab(const floating* dy, const floating* x,
                          const floating* mean, const floating* rstd,
                          const floating* w, Geometry* g, Py_ssize_t s,
                          floating* dx, double* ds, double* db) noexcept nogil:
-    """dx of one slab, and its per-channel sums of dy*(x-mean) and dy."""
-    cdef Py_ssize_t n = s // g.G, grp = s % g.G, c, u, i, off
+    """dx of one slab, and its per-channel sums of dy*(x-mean) and dy.
+
+    ``mean`` is the caller's (rounded) mean: the gradient is that of the
+    normalization with exactly these statistics, as in PyTorch.
+    """
+    cdef Py_ssize_t n = s // g.G, grp = s % g.G, c, off
     cdef Py_ssize_t base = (n * g.HW * g.C + grp * g.Cg) if g.rows else \
         (n * g.C * g.HW + grp * g.Cg * g.HW)
-    cdef double mu = mean[s], rs = rstd[s], a, q, d, sum1 = 0, sum2 = 0
+    cdef floating mu = mean[s], rs = rstd[s], fB, fD
+    cdef double drs = rs, sum1 = 0, sum2 = 0
     cdef double M = <double>(g.Cg * g.HW)
-    cdef floating mhi = <floating>mu
-    cdef floating mlo = <floating>(mu - <double>mhi)
-    cdef floating fB, fD, frs = <floating>rs
     cdef const floating* xs = x + base
     cdef const floating* gs = dy + base
     cdef floating* out = dx + base
     cdef double* dsc = ds + n * g.C + grp * g.Cg
     cdef double* dbc = db + n * g.C + grp * g.Cg
     w = w + grp * g.Cg
-    for c in range(g.Cg):
-        dsc[c] = 0
-        dbc[c] = 0
     if g.rows:
-        for u in range(g.HW):
-            off = u * g.C
-            for c in range(g.Cg):
-                dsc[c] += gs[off + c] * (<double>xs[off + c] - mu)
-                dbc[c] += gs[off + c]
+        if floating is float:
+            fg_bwd_rows_sums_f32(gs, xs, g.HW, g.Cg, g.C, mu, dsc, dbc)
+        else:
+            fg_bwd_rows_sums_f64(gs, xs, g.HW, g.Cg, g.C, mu, dsc, dbc)
     else:
         for c in range(g.Cg):
             off = c * g.HW
-            a = 0
-            q = 0
-            for i in range(g.HW):
-                d = gs[off + i]
-                a += d * (<double>xs[off + i] - mu)
-                q += d
-            dsc[c] = a
-            dbc[c] = q
+            if floating is float:
+                fg_bwd_sums_f32(gs + off, xs + off, g.HW, mu, &dsc[c], &dbc[c])
+            else:
+                fg_bwd_sums_f64(gs + off, xs + off, g.HW, mu, &dsc[c], &dbc[c])
     for c in range(g.Cg):
         sum1 += w[c] * dsc[c]
         sum2 += w[c] * dbc[c]
-    fB = <floating>(-rs * rs * rs * sum1 / M)
-    fD = <floating>(-rs * sum2 / M)
+    fB = <floating>(-drs * drs * drs * sum1 / M)
+    fD = <floating>(-drs * sum2 / M)
     if g.rows:
-        for u in range(g.HW):
-            off = u * g.C
-            for c in range(g.Cg):
-                out[off + c] = (w[c] * frs) * gs[off + c] + \
-                    fB * ((xs[off + c] - mhi) - mlo) + fD
+        if floating is float:
+            fg_bwd_rows_dx_f32(gs, xs, out, g.HW, g.Cg, g.C, rs, w, fB, mu, fD)
+        else:
+            fg_bwd_rows_dx_f64(gs, xs, out, g.HW, g.Cg, g.C, rs, w, fB, mu, fD)
     else:
         for c in range(g.Cg):
             off = c * g.HW
-            a = w[c] * frs
-            for i in range(g.HW):
-                out[off + i] = (<floating>a) * gs[off + i] + \
-                    fB * ((xs[off + i] - mhi) - mlo) + fD
+            if floating is float:
+                fg_bwd_dx_f32(gs + off, xs + off, out + off, g.HW, w[c] * rs,
+                              fB, mu, fD)
+            else:
+                fg_bwd_dx_f64(gs + off, xs + off, out + off, g.HW, w[c] * rs,
+                              fB, mu, fD)
 
 
 cdef void _backward_impl(const floating* dy, const floating* x,

@@ -302,6 +302,76 @@ FG_CLONES void fg_apply_rows_##SUF(const T *x, T *y, ptrdiff_t rows,          \
     FG_ACT_SWITCH(FG_ROWS_BODY, SUF)                                          \
 }
 
+/* ---- backward ----
+ * Per channel: ds = sum dy * (x - mean), db = sum dy (16 lanes in AT,
+ * flushed to float64 every FG_BWD_BLK values: runs are often short, 7x7);
+ * then dx = a*dy + B*(x - mean) + D. */
+#define FG_BWD_BLK 4096
+
+#define FG_BACKWARD(T, AT, SUF)                                               \
+FG_CLONES void fg_bwd_sums_##SUF(const T *dy, const T *x, ptrdiff_t n, T mu,  \
+                                 double *ds, double *db) {                    \
+    double ts = 0, tb = 0;                                                    \
+    ptrdiff_t b0, j, l;                                                       \
+    for (b0 = 0; b0 < n; b0 += FG_BWD_BLK) {                                  \
+        const ptrdiff_t len = n - b0 < FG_BWD_BLK ? n - b0 : FG_BWD_BLK;      \
+        const ptrdiff_t nb = len - len % 16;                                  \
+        const T *g = dy + b0, *p = x + b0;                                    \
+        AT as[16] = {0}, ab[16] = {0};                                        \
+        for (j = 0; j < nb; j += 16)                                          \
+            for (l = 0; l < 16; l++) {                                        \
+                as[l] += (AT)g[j + l] * ((AT)p[j + l] - mu);                  \
+                ab[l] += g[j + l];                                            \
+            }                                                                 \
+        for (; j < len; j++) {                                                \
+            ts += (double)g[j] * ((double)p[j] - mu);                         \
+            tb += g[j];                                                       \
+        }                                                                     \
+        if (nb)                                                               \
+            for (l = 0; l < 16; l++) {                                        \
+                ts += as[l];                                                  \
+                tb += ab[l];                                                  \
+            }                                                                 \
+    }                                                                         \
+    *ds = ts;                                                                 \
+    *db = tb;                                                                 \
+}                                                                             \
+FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t n,   \
+                               T a, T B, T mu, T D) {                         \
+    ptrdiff_t i;                                                              \
+    FG_SIMD for (i = 0; i < n; i++) dx[i] = a * dy[i] + B * (x[i] - mu) + D;  \
+}                                                                             \
+/* Channels-last: `rows` rows of Cg channels, `stride` apart. */              \
+FG_CLONES void fg_bwd_rows_sums_##SUF(const T *dy, const T *x,                \
+                                      ptrdiff_t rows, ptrdiff_t Cg,           \
+                                      ptrdiff_t stride, T mu,                 \
+                                      double *restrict ds,                    \
+                                      double *restrict db) {                  \
+    ptrdiff_t r, c;                                                           \
+    for (c = 0; c < Cg; c++) ds[c] = db[c] = 0;                               \
+    for (r = 0; r < rows; r++) {                                              \
+        const T *g = dy + r * stride, *p = x + r * stride;                    \
+        FG_SIMD for (c = 0; c < Cg; c++) {                                    \
+            ds[c] += (double)g[c] * ((double)p[c] - mu);                      \
+            db[c] += g[c];                                                    \
+        }                                                                     \
+    }                                                                         \
+}                                                                             \
+FG_CLONES void fg_bwd_rows_dx_##SUF(const T *dy, const T *x, T *dx,           \
+                                    ptrdiff_t rows, ptrdiff_t Cg,             \
+                                    ptrdiff_t stride, T rs,                   \
+                                    const T *restrict w, T B, T mu, T D) {    \
+    ptrdiff_t r, c;                                                           \
+    for (r = 0; r < rows; r++) {                                              \
+        const T *g = dy + r * stride, *p = x + r * stride;                    \
+        T *o = dx + r * stride;                                               \
+        FG_SIMD for (c = 0; c < Cg; c++)                                      \
+            o[c] = (w[c] * rs) * g[c] + B * (p[c] - mu) + D;                  \
+    }                                                                         \
+}
+
+FG_BACKWARD(float, float, f32)
+FG_BACKWARD(double, double, f64)
 FG_MOMENTS(float, float, f32)
 FG_MOMENTS(double, double, f64)
 FG_APPLY_RUN(float, f32)
