@@ -103,7 +103,7 @@ directives = {
     "boundscheck": debug,
     "wraparound": debug,
     "initializedcheck": debug,
-    "cdivision": not debug,
+    "cdivision": True,      # C float semantics (1/0 = inf) are intended
     "embedsignature": True,
 }
 

@@ -306,7 +306,7 @@ FG_CLONES void fg_apply_rows_##SUF(const T *x, T *y, ptrdiff_t rows,          \
  * Per channel: ds = sum dy * (x - mean), db = sum dy (16 lanes in AT,
  * flushed to float64 every FG_BWD_BLK values: runs are often short, 7x7);
  * then dx = a*dy + B*(x - mean) + D. */
-#define FG_BWD_BLK 4096
+#define FG_BWD_BLK 1024
 
 #define FG_BACKWARD(T, AT, SUF)                                               \
 FG_CLONES void fg_bwd_sums_##SUF(const T *dy, const T *x, ptrdiff_t n, T mu,  \
