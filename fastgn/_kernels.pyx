@@ -301,33 +301,53 @@ cdef inline void _rows_apply(const floating* x, floating* y, Geometry* g,
         fg_apply_rows_f64(x + off, y + off, p1 - p0, g.C, mhi, sc, sh, act)
 
 
+cdef inline void _rows_sample(const floating* x, floating* y,
+                              const floating* w, const floating* b,
+                              Geometry* g, Py_ssize_t n, double eps, int act,
+                              floating* mean_out, floating* rstd_out,
+                              Moments* parts, double* stats,
+                              char* scratch) noexcept nogil:
+    """One whole sample on the calling thread (hot in L2 when it fits)."""
+    cdef Py_ssize_t k, grp
+    for k in range(g.K):
+        _rows_moments(x, g, n * g.K + k, scratch, &parts[(n * g.K + k) * g.G])
+    for grp in range(g.G):
+        _merge_slab(&parts[n * g.K * g.G + grp], g.K, g.G, n * g.G + grp,
+                    eps, stats, mean_out, rstd_out)
+    for k in range(g.K):
+        _rows_apply(x, y, g, n * g.K + k, stats, w, b, act, scratch)
+
+
 cdef void _forward_rows(const floating* x, floating* y, const floating* w,
                         const floating* b, Geometry* g, double eps, int act,
                         floating* mean_out, floating* rstd_out,
                         Moments* parts, double* stats, char* scratch,
                         Py_ssize_t scratch_bytes, int nt) noexcept nogil:
-    cdef Py_ssize_t items = g.N * g.K, S = g.N * g.G, it, s
+    cdef Py_ssize_t items = g.N * g.K, S = g.N * g.G, it, s, n
     cdef char* mine = NULL
     if nt == 1:
-        for it in range(items):
-            _rows_moments(x, g, it, scratch, &parts[it * g.G])
-        for s in range(S):
-            _merge_slab(&parts[(s // g.G) * g.K * g.G + s % g.G], g.K, g.G,
-                        s, eps, stats, mean_out, rstd_out)
-        for it in range(items):
-            _rows_apply(x, y, g, it, stats, w, b, act, scratch)
+        for n in range(g.N):
+            _rows_sample(x, y, w, b, g, n, eps, act, mean_out, rstd_out,
+                         parts, stats, scratch)
         return
     with parallel(num_threads=nt):
         mine = scratch + omp_get_thread_num() * scratch_bytes
-        for it in prange(items, schedule="static"):
-            _rows_moments(x, g, it, mine, &parts[it * g.G])
-        fastgn_barrier()
-        for s in prange(S, schedule="static"):
-            _merge_slab(&parts[(s // g.G) * g.K * g.G + s % g.G], g.K, g.G,
-                        s, eps, stats, mean_out, rstd_out)
-        fastgn_barrier()
-        for it in prange(items, schedule="static"):
-            _rows_apply(x, y, g, it, stats, w, b, act, mine)
+        if g.N >= nt:
+            # A sample per thread, from first read to last write.
+            for n in prange(g.N, schedule="static"):
+                _rows_sample(x, y, w, b, g, n, eps, act, mean_out, rstd_out,
+                             parts, stats, mine)
+        else:
+            # Fewer samples than threads: the items of a sample are shared.
+            for it in prange(items, schedule="static"):
+                _rows_moments(x, g, it, mine, &parts[it * g.G])
+            fastgn_barrier()
+            for s in prange(S, schedule="static"):
+                _merge_slab(&parts[(s // g.G) * g.K * g.G + s % g.G], g.K,
+                            g.G, s, eps, stats, mean_out, rstd_out)
+            fastgn_barrier()
+            for it in prange(items, schedule="static"):
+                _rows_apply(x, y, g, it, stats, w, b, act, mine)
 
 
 def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
