@@ -303,8 +303,8 @@ FG_CLONES void fg_apply_rows_##SUF(const T *x, T *y, ptrdiff_t rows,          \
 }
 
 /* ---- backward ----
- * Per channel: ds = sum dy * (x - mean), db = sum dy (16 lanes in AT,
- * flushed to float64 every FG_BWD_BLK values: runs are often short, 7x7);
+ * Per channel: ds = sum dy * (x - mean), db = sum dy (lanes in AT as in
+ * fg_moments, flushed to float64 every FG_BWD_BLK values);
  * then dx = a*dy + B*(x - mean) + D. */
 #define FG_BWD_BLK 1024
 
@@ -315,11 +315,16 @@ FG_CLONES void fg_bwd_sums_##SUF(const T *dy, const T *x, ptrdiff_t n, T mu,  \
     ptrdiff_t b0, j, l;                                                       \
     for (b0 = 0; b0 < n; b0 += FG_BWD_BLK) {                                  \
         const ptrdiff_t len = n - b0 < FG_BWD_BLK ? n - b0 : FG_BWD_BLK;      \
-        const ptrdiff_t nb = len - len % 16;                                  \
+        const ptrdiff_t nb = len - len % FG_LANES;                            \
         const T *g = dy + b0, *p = x + b0;                                    \
-        AT as[16] = {0}, ab[16] = {0};                                        \
-        for (j = 0; j < nb; j += 16)                                          \
-            for (l = 0; l < 16; l++) {                                        \
+        AT as[FG_LANES] = {0}, ab[FG_LANES] = {0};                            \
+        for (j = 0; j < nb; j += FG_LANES)                                    \
+            for (l = 0; l < FG_LANES; l++) {                                  \
+                as[l] += (AT)g[j + l] * ((AT)p[j + l] - mu);                  \
+                ab[l] += g[j + l];                                            \
+            }                                                                 \
+        for (; j + 8 <= len; j += 8)                                          \
+            for (l = 0; l < 8; l++) {                                         \
                 as[l] += (AT)g[j + l] * ((AT)p[j + l] - mu);                  \
                 ab[l] += g[j + l];                                            \
             }                                                                 \
@@ -327,11 +332,10 @@ FG_CLONES void fg_bwd_sums_##SUF(const T *dy, const T *x, ptrdiff_t n, T mu,  \
             ts += (double)g[j] * ((double)p[j] - mu);                         \
             tb += g[j];                                                       \
         }                                                                     \
-        if (nb)                                                               \
-            for (l = 0; l < 16; l++) {                                        \
-                ts += as[l];                                                  \
-                tb += ab[l];                                                  \
-            }                                                                 \
+        for (l = 0; l < (nb ? FG_LANES : 8); l++) {                           \
+            ts += as[l];                                                      \
+            tb += ab[l];                                                      \
+        }                                                                     \
     }                                                                         \
     *ds = ts;                                                                 \
     *db = tb;                                                                 \
