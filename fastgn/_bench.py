@@ -667,45 +667,38 @@ def table_scaling(rep, env, res):
                "torch", "floor"], rows)
 
 
-def table_channels_last(rep, env, res):
+def _table_pair(rep, env, res, keys, headers):
+    """A table comparing two fastgn timings, ``keys = (base, new, torch)``,
+    per shape and thread count: both times, new/base, and torch vs new."""
+    base_k, new_k, torch_k = keys
     rows = []
     for (shape, G), tm in res.items():
         for t in env.threads:
-            n, c = tm[("nchw", t)], tm[("nhwc", t)]
-            tc = tm.get(("torch_cl", t))
-            rows.append([shape_str(shape), G, t, fmt_ms(n.median_ns),
-                         fmt_ms(c.median_ns), fmt_x(ratio(c, n)),
-                         fmt_ms(tc.median_ns) if tc else "n/a",
-                         fmt_x(ratio(tc, c))])
-    rep.table(["shape (NCHW)", "G", "threads", "NCHW ms", "NHWC ms",
-               "NHWC/NCHW", "torch CL ms", "vs torch CL"], rows)
+            base, new, tt = tm[(base_k, t)], tm[(new_k, t)], \
+                tm.get((torch_k, t))
+            rows.append([shape_str(shape), G, t, fmt_ms(base.median_ns),
+                         fmt_ms(new.median_ns), fmt_x(ratio(new, base)),
+                         fmt_ms(tt.median_ns) if tt else "n/a",
+                         fmt_x(ratio(tt, new))])
+    rep.table(headers, rows)
+
+
+def table_channels_last(rep, env, res):
+    _table_pair(rep, env, res, ("nchw", "nhwc", "torch_cl"),
+                ["shape (NCHW)", "G", "threads", "NCHW ms", "NHWC ms",
+                 "NHWC/NCHW", "torch CL ms", "vs torch CL"])
 
 
 def table_silu(rep, env, res):
-    rows = []
-    for (shape, G), tm in res.items():
-        for t in env.threads:
-            g, s, tt = tm[("gn", t)], tm[("gn_silu", t)], tm.get(("torch", t))
-            rows.append([shape_str(shape), G, t, fmt_ms(g.median_ns),
-                         fmt_ms(s.median_ns), fmt_x(ratio(s, g)),
-                         fmt_ms(tt.median_ns) if tt else "n/a",
-                         fmt_x(ratio(tt, s))])
-    rep.table(["shape", "G", "threads", "GN ms", "GN+SiLU ms", "SiLU/GN",
-               "torch ms", "vs torch"], rows)
+    _table_pair(rep, env, res, ("gn", "gn_silu", "torch"),
+                ["shape", "G", "threads", "GN ms", "GN+SiLU ms", "SiLU/GN",
+                 "torch ms", "vs torch"])
 
 
 def table_backward(rep, env, res):
-    rows = []
-    for (shape, G), tm in res.items():
-        for t in env.threads:
-            f, bw = tm[("fwd", t)], tm[("bwd", t)]
-            tb = tm.get(("torch_bwd", t))
-            rows.append([shape_str(shape), G, t, fmt_ms(f.median_ns),
-                         fmt_ms(bw.median_ns), fmt_x(ratio(bw, f)),
-                         fmt_ms(tb.median_ns) if tb else "n/a",
-                         fmt_x(ratio(tb, bw))])
-    rep.table(["shape", "G", "threads", "fwd ms", "bwd ms", "bwd/fwd",
-               "torch bwd ms", "vs torch"], rows)
+    _table_pair(rep, env, res, ("fwd", "bwd", "torch_bwd"),
+                ["shape", "G", "threads", "fwd ms", "bwd ms", "bwd/fwd",
+                 "torch bwd ms", "vs torch"])
 
 
 def table_dtypes(rep, env, res):
