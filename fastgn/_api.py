@@ -121,10 +121,13 @@ def _as_input(a, what):
 def _check_int(value, name):
     if type(value) is int:
         return value
-    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
-        raise TypeError(f"{name} must be an integer, got "
-                        f"{type(value).__name__} {value!r}")
-    return operator.index(value)
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{name} must be an integer, got "
+                    f"{type(value).__name__} {value!r}")
 
 
 def _check_threads(num_threads):
@@ -141,7 +144,10 @@ def _check_groups(num_groups, C):
     G = _check_int(num_groups, "num_groups")
     if G <= 0:
         raise ValueError(f"num_groups must be positive, got {G}")
-    if C % G:
+    if C % G or G > max(C, 1):      # (with C == 0 only one group)
+        if C == 0:
+            raise ValueError(f"input has C=0 channels: num_groups must be "
+                             f"1, got num_groups={G}")
         raise ValueError(f"number of channels C={C} is not divisible by "
                          f"num_groups={G}")
     return G
@@ -179,7 +185,8 @@ def _check_param(p, name, C, cdt):
     if p is None:
         return None
     arr = p if type(p) is np.ndarray else np.asarray(p)
-    if arr.dtype is cdt and arr.shape == (C,) and arr.flags.c_contiguous:
+    if arr.dtype is cdt and arr.shape == (C,) and arr.flags.c_contiguous \
+            and arr.flags.aligned:
         return arr
     if arr.dtype.kind not in "fiub" or (arr.dtype.kind == "f" and
                                           arr.dtype.itemsize > 8):
@@ -188,7 +195,7 @@ def _check_param(p, name, C, cdt):
     if arr.shape != (C,):
         raise ValueError(f"{name} must have shape ({C},) to match C={C}, got "
                          f"{arr.shape}")
-    return np.ascontiguousarray(arr, dtype=cdt)
+    return _kernel_ready(arr, cdt)
 
 
 def _check_out(out, shape, rdt, name="out"):
@@ -217,13 +224,16 @@ def _dims(shape, channels_last):
 
 
 def _kernel_ready(a, cdt, nt=1):
-    """``a`` if it is C-contiguous with dtype ``cdt`` (native), else a copy.
+    """``a`` if it is aligned, C-contiguous, dtype ``cdt`` (native), else a
+    copy: the kernels may assume all three.
 
     The caller may write into the array exactly when ``result is not a``.
     """
-    if (a.dtype is cdt or a.dtype == cdt) and a.flags.c_contiguous:
+    flags = a.flags
+    if (a.dtype is cdt or a.dtype == cdt) and flags.c_contiguous \
+            and flags.aligned:
         return a
-    if a.dtype == _F2 and cdt is _F4 and a.flags.c_contiguous:
+    if a.dtype == _F2 and cdt is _F4 and flags.c_contiguous and flags.aligned:
         res = np.empty(a.shape, dtype=_F4)
         _kern.convert(a, res, nt)       # parallel, vectorized
         return res
@@ -232,7 +242,8 @@ def _kernel_ready(a, cdt, nt=1):
 
 def _from_f32(y, out, rdt, nt):
     """The float32 result ``y`` as float16, into ``out`` when given."""
-    if out is not None and out.flags.c_contiguous and out.dtype == _F2:
+    if out is not None and out.flags.c_contiguous and out.flags.aligned \
+            and out.dtype == _F2:
         _kern.convert(y, out, nt)
         return out
     res = np.empty(y.shape, dtype=_F2)
@@ -293,10 +304,10 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *,
     act = _check_activation(activation)
     nt = _check_threads(num_threads)
     out = _check_out(out, shape, rdt)
-    for p, pname in ((weight, "weight"), (bias, "bias")):
-        if out is not None and isinstance(p, np.ndarray) and \
-                np.may_share_memory(out, p):
-            raise ValueError(f"out must not share memory with {pname}")
+    if out is not None:     # what the caller passed, not our copies
+        for p, pname in ((weight, "weight"), (bias, "bias")):
+            if p is not None and np.may_share_memory(out, np.asarray(p)):
+                raise ValueError(f"out must not share memory with {pname}")
 
     mean = rstd = None
     if return_stats:
@@ -311,8 +322,9 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *,
         return y
 
     xk = _kernel_ready(x, cdt, nt)
-    if out is not None and out.dtype == cdt and out.flags.c_contiguous and (
-            out is x or not np.may_share_memory(out, x)):
+    if out is not None and out.dtype == cdt and out.flags.c_contiguous and \
+            out.flags.aligned and (out is x or
+                                   not np.may_share_memory(out, x)):
         y = out         # written directly; ``out is x`` is exactly in place
     elif xk is not x:
         y = xk          # our own copy: normalize it in place

@@ -39,6 +39,14 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "backend_independent: run the test once, not once per backend")
+    config.addinivalue_line(
+        "markers", "huge: needs more than 8 GB of memory; skipped unless "
+        "--run-huge is given")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-huge", action="store_true", default=False,
+                     help="run the tests marked 'huge' (> 8 GB of memory)")
 
 
 def pytest_report_header(config):
@@ -169,3 +177,4 @@ def oracle_fixture():
 @pytest.fixture(scope="session", name="oracle_stats")
 def oracle_stats_fixture():
     return oracle_stats
+
