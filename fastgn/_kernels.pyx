@@ -1,13 +1,15 @@
 """Cython/OpenMP Group Normalization kernels (private; see fastgn._api).
 
-Callers pass validated, C-contiguous, native-order float32/float64 arrays with
-consistent shapes; nothing here checks them again.
+Callers pass validated, aligned, C-contiguous, native-order float32/float64
+arrays with consistent shapes; nothing here checks them again. The innermost
+loops live in _simd.h (vectorized C with AVX2/AVX-512 clones).
 
 A *slab* is one (n, g): Cg = C/G channels at every spatial position. NCHW:
 one contiguous run of Cg*HW values. Channels-last (NHWC): HW rows of Cg
 values, C apart. Statistics are gathered per fixed-size *chunk* of a slab
-(corrected two-pass in float64, the chunk hot in L1), and the chunks are merged
-in order with Chan's formula. Chunk boundaries depend on the shape only, so a
+(two passes over the chunk while it is hot in L1: a shift near the mean, then
+shifted sums; float32 data is summed in short float32 lanes added up in
+float64), and the chunks are merged in order with Chan's formula. Chunk boundaries depend on the shape only, so a
 slab owned by one thread and a slab split over several threads give bitwise
 the same numbers: results do not depend on the thread count.
 """
@@ -56,8 +58,6 @@ cdef extern from "_simd.h" nogil:
     void fg_rows_moments_f64(const double*, Py_ssize_t, Py_ssize_t,
                              Py_ssize_t, double*, double*, double*, double*,
                              double*)
-
-cdef extern from "_simd.h" nogil:
     void fg_bwd_sums_f32(const float*, const float*, Py_ssize_t, float,
                          double*, double*)
     void fg_bwd_sums_f64(const double*, const double*, Py_ssize_t, double,
