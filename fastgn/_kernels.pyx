@@ -40,15 +40,12 @@ cdef extern from "_simd.h" nogil:
                         double*)
     void fg_moments_f64(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                         double*)
-    void fg_apply_run_f32(const float*, float*, Py_ssize_t, float, float,
-                          float, int)
-    void fg_apply_run_f64(const double*, double*, Py_ssize_t, double, double,
-                          double, int)
-    void fg_apply_affine_f32(const float*, float*, Py_ssize_t, float, float,
-                             float, const float*, const float*, int)
-    void fg_apply_affine_f64(const double*, double*, Py_ssize_t, double,
-                             double, double, const double*, const double*,
-                             int)
+    void fg_apply_span_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
+                           Py_ssize_t, float, float, float, const float*,
+                           const float*, int)
+    void fg_apply_span_f64(const double*, double*, Py_ssize_t, Py_ssize_t,
+                           Py_ssize_t, double, double, double, const double*,
+                           const double*, int)
     void fg_apply_rows_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
                            const float*, const float*, const float*, int)
     void fg_apply_rows_f64(const double*, double*, Py_ssize_t, Py_ssize_t,
@@ -172,32 +169,16 @@ cdef inline void _apply_units(const floating* xs, floating* ys, Geometry* g,
                               Py_ssize_t grp, Py_ssize_t u0, Py_ssize_t u1,
                               double mean, double rstd, const floating* w,
                               const floating* b, int act) noexcept nogil:
-    """Normalize values [u0, u1) of a slab, one channel's run at a time."""
+    """Normalize values [u0, u1) of a slab with its mean and rstd."""
     cdef floating mhi = <floating>mean
     cdef floating mlo = <floating>(mean - <double>mhi)
-    cdef floating rs = <floating>rstd, sc
-    cdef Py_ssize_t u = u0, c, e
+    cdef floating rs = <floating>rstd
     w = w + grp * g.Cg
     b = b + grp * g.Cg
-    if g.HW == 1:       # one value per channel: a single vector loop
-        if floating is float:
-            fg_apply_affine_f32(xs + u0, ys + u0, u1 - u0, mhi, mlo, rs,
-                                w + u0, b + u0, act)
-        else:
-            fg_apply_affine_f64(xs + u0, ys + u0, u1 - u0, mhi, mlo, rs,
-                                w + u0, b + u0, act)
-        return
-    while u < u1:
-        c = u // g.HW
-        e = min(u1, (c + 1) * g.HW)
-        sc = w[c] * rs
-        if floating is float:
-            fg_apply_run_f32(xs + u, ys + u, e - u, mhi, sc, b[c] - mlo * sc,
-                             act)
-        else:
-            fg_apply_run_f64(xs + u, ys + u, e - u, mhi, sc, b[c] - mlo * sc,
-                             act)
-        u = e
+    if floating is float:
+        fg_apply_span_f32(xs, ys, u0, u1, g.HW, mhi, mlo, rs, w, b, act)
+    else:
+        fg_apply_span_f64(xs, ys, u0, u1, g.HW, mhi, mlo, rs, w, b, act)
 
 
 cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,

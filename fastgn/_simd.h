@@ -245,32 +245,39 @@ static inline FG_INLINE double fg_relu_f64(double v) { return v < 0 ? 0 : v; }
  * mean: x - mhi is exact near the mean (Sterbenz), so float32 data far from
  * zero keeps its precision without float64 arithmetic in the apply. */
 
-/* One channel's run (NCHW). */
-#define FG_RUN_BODY(ACT, SUF)                                                 \
-    FG_SIMD for (i = 0; i < n; i++) y[i] = ACT(SUF, (x[i] - mhi) * sc + sh);
+/* Values [u0, u1) of an NCHW slab (channel c holds values c*HW .. c*HW+HW-1;
+ * w, b start at the slab's first channel): one call per slab or chunk, the
+ * loop over channel runs inside. HW == 1 is one vector loop over channels. */
+#define FG_SPAN_BODY(ACT, SUF)                                                \
+    while (u < u1) {                                                          \
+        const ptrdiff_t c = u / HW;                                           \
+        const ptrdiff_t e = (c + 1) * HW < u1 ? (c + 1) * HW : u1;            \
+        const fg_t s = w[c] * rs, h = b[c] - mlo * s;                         \
+        const fg_t *xp = x + u;                                               \
+        fg_t *yp = y + u;                                                     \
+        const ptrdiff_t m = e - u;                                            \
+        FG_SIMD for (i = 0; i < m; i++)                                       \
+            yp[i] = ACT(SUF, (xp[i] - mhi) * s + h);                          \
+        u = e;                                                                \
+    }
 
-#define FG_APPLY_RUN(T, SUF)                                                  \
-FG_CLONES void fg_apply_run_##SUF(const T *x, T *y, ptrdiff_t n, T mhi,       \
-                                  T sc, T sh, int act) {                      \
-    ptrdiff_t i;                                                              \
-    FG_ACT_SWITCH(FG_RUN_BODY, SUF)                                           \
-}
-
-/* A run of channels with one value each (NCHW with HW == 1): the same
- * affine with per-channel w, b: sc = w * rs, sh = b - mlo * sc. */
 #define FG_AFFINE_BODY(ACT, SUF)                                              \
-    FG_SIMD for (i = 0; i < n; i++) {                                         \
+    FG_SIMD for (i = u0; i < u1; i++) {                                       \
         fg_t s = w[i] * rs;                                                   \
         y[i] = ACT(SUF, (x[i] - mhi) * s + (b[i] - mlo * s));                 \
     }
 
-#define FG_APPLY_AFFINE(T, SUF)                                               \
-FG_CLONES void fg_apply_affine_##SUF(const T *x, T *y, ptrdiff_t n, T mhi,    \
-                                     T mlo, T rs, const T *w, const T *b,     \
-                                     int act) {                               \
+#define FG_APPLY_SPAN(T, SUF)                                                 \
+FG_CLONES void fg_apply_span_##SUF(const T *x, T *y, ptrdiff_t u0,            \
+                                   ptrdiff_t u1, ptrdiff_t HW, T mhi, T mlo,  \
+                                   T rs, const T *w, const T *b, int act) {   \
     typedef T fg_t;                                                           \
-    ptrdiff_t i;                                                              \
-    FG_ACT_SWITCH(FG_AFFINE_BODY, SUF)                                        \
+    ptrdiff_t u = u0, i;                                                      \
+    if (HW == 1) {                                                            \
+        FG_ACT_SWITCH(FG_AFFINE_BODY, SUF)                                    \
+    } else {                                                                  \
+        FG_ACT_SWITCH(FG_SPAN_BODY, SUF)                                      \
+    }                                                                         \
 }
 
 /* `rows` positions of C channels (NHWC), per-channel mhi/sc/sh vectors; two
@@ -378,10 +385,8 @@ FG_BACKWARD(float, float, f32)
 FG_BACKWARD(double, double, f64)
 FG_MOMENTS(float, float, f32)
 FG_MOMENTS(double, double, f64)
-FG_APPLY_RUN(float, f32)
-FG_APPLY_RUN(double, f64)
-FG_APPLY_AFFINE(float, f32)
-FG_APPLY_AFFINE(double, f64)
+FG_APPLY_SPAN(float, f32)
+FG_APPLY_SPAN(double, f64)
 FG_APPLY_ROWS(float, f32)
 FG_APPLY_ROWS(double, f64)
 FG_ROWS_MOMENTS(float, float, f32)
