@@ -36,6 +36,21 @@
  * of the run; a run is at most one chunk, so a lane sums few values. */
 #define FG_LANES 64
 
+/* Sum of the lanes used (8, or all FG_LANES when `wide`) in float64: folded
+ * to 8 partial sums (vector adds), then a tree, not a latency chain. */
+#define FG_HSUM_DEF(AT, SUF)                                                  \
+static inline FG_INLINE double fg_hsum_##SUF(const AT *acc, int wide) {       \
+    double t[8];                                                              \
+    int l, k;                                                                 \
+    for (l = 0; l < 8; l++) t[l] = acc[l];                                    \
+    if (wide)                                                                 \
+        for (k = 8; k < FG_LANES; k += 8)                                     \
+            for (l = 0; l < 8; l++) t[l] += acc[k + l];                       \
+    return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7])); \
+}
+FG_HSUM_DEF(float, f32)
+FG_HSUM_DEF(double, f64)
+
 #define FG_MOMENTS(T, AT, SUF)                                                \
 static inline FG_INLINE void fg_run_sum_##SUF(const T *p, ptrdiff_t len,      \
                                               double *a) {                    \
@@ -48,10 +63,7 @@ static inline FG_INLINE void fg_run_sum_##SUF(const T *p, ptrdiff_t len,      \
     for (j = nb; j + 8 <= len; j += 8)                                        \
         for (l = 0; l < 8; l++) acc[l] += p[j + l];                           \
     for (; j < len; j++) t += p[j];                                           \
-    if (nb)                                                                   \
-        for (l = 8; l < FG_LANES; l++) t += acc[l];                           \
-    for (l = 0; l < 8; l++) t += acc[l];                                      \
-    *a += t;                                                                  \
+    *a += t + fg_hsum_##SUF(acc, nb != 0);                                    \
 }                                                                             \
 static inline FG_INLINE void fg_run_dev_##SUF(const T *p, ptrdiff_t len, T k, \
                                               double *s, double *q) {         \
@@ -76,12 +88,8 @@ static inline FG_INLINE void fg_run_dev_##SUF(const T *p, ptrdiff_t len, T k, \
         ts += d;                                                              \
         tq += (double)d * d;                                                  \
     }                                                                         \
-    for (l = 0; l < (nb ? FG_LANES : 8); l++) {                               \
-        ts += as[l];                                                          \
-        tq += aq[l];                                                          \
-    }                                                                         \
-    *s += ts;                                                                 \
-    *q += tq;                                                                 \
+    *s += ts + fg_hsum_##SUF(as, nb != 0);                                    \
+    *q += tq + fg_hsum_##SUF(aq, nb != 0);                                    \
 }                                                                             \
 FG_CLONES void fg_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t rowlen, \
                                 ptrdiff_t stride, double *out) {             \
@@ -339,10 +347,8 @@ FG_CLONES void fg_bwd_sums_##SUF(const T *dy, const T *x, ptrdiff_t n, T mu,  \
             ts += (double)g[j] * ((double)p[j] - mu);                         \
             tb += g[j];                                                       \
         }                                                                     \
-        for (l = 0; l < (nb ? FG_LANES : 8); l++) {                           \
-            ts += as[l];                                                      \
-            tb += ab[l];                                                      \
-        }                                                                     \
+        ts += fg_hsum_##SUF(as, nb != 0);                                     \
+        tb += fg_hsum_##SUF(ab, nb != 0);                                     \
     }                                                                         \
     *ds = ts;                                                                 \
     *db = tb;                                                                 \
