@@ -55,14 +55,15 @@ cdef extern from "_simd.h" nogil:
     void fg_rows_moments_f64(const double*, Py_ssize_t, Py_ssize_t,
                              Py_ssize_t, double*, double*, double*, double*,
                              double*)
-    void fg_bwd_sums_f32(const float*, const float*, Py_ssize_t, float,
-                         double*, double*)
-    void fg_bwd_sums_f64(const double*, const double*, Py_ssize_t, double,
-                         double*, double*)
-    void fg_bwd_dx_f32(const float*, const float*, float*, Py_ssize_t, float,
-                       float, float, float)
+    void fg_bwd_sums_f32(const float*, const float*, Py_ssize_t, Py_ssize_t,
+                         float, double*, double*)
+    void fg_bwd_sums_f64(const double*, const double*, Py_ssize_t,
+                         Py_ssize_t, double, double*, double*)
+    void fg_bwd_dx_f32(const float*, const float*, float*, Py_ssize_t,
+                       Py_ssize_t, float, const float*, float, float, float)
     void fg_bwd_dx_f64(const double*, const double*, double*, Py_ssize_t,
-                       double, double, double, double)
+                       Py_ssize_t, double, const double*, double, double,
+                       double)
     void fg_bwd_rows_sums_f32(const float*, const float*, Py_ssize_t,
                               Py_ssize_t, Py_ssize_t, float, double*, double*)
     void fg_bwd_rows_sums_f64(const double*, const double*, Py_ssize_t,
@@ -403,7 +404,7 @@ cdef void _backward_slab(const floating* dy, const floating* x,
     ``mean`` is the caller's (rounded) mean: the gradient is that of the
     normalization with exactly these statistics, as in PyTorch.
     """
-    cdef Py_ssize_t n = s // g.G, grp = s % g.G, c, off
+    cdef Py_ssize_t n = s // g.G, grp = s % g.G, c
     cdef Py_ssize_t base = (n * g.HW * g.C + grp * g.Cg) if g.rows else \
         (n * g.C * g.HW + grp * g.Cg * g.HW)
     cdef floating mu = mean[s], rs = rstd[s], fB, fD
@@ -420,13 +421,10 @@ cdef void _backward_slab(const floating* dy, const floating* x,
             fg_bwd_rows_sums_f32(gs, xs, g.HW, g.Cg, g.C, mu, dsc, dbc)
         else:
             fg_bwd_rows_sums_f64(gs, xs, g.HW, g.Cg, g.C, mu, dsc, dbc)
+    elif floating is float:
+        fg_bwd_sums_f32(gs, xs, g.Cg, g.HW, mu, dsc, dbc)
     else:
-        for c in range(g.Cg):
-            off = c * g.HW
-            if floating is float:
-                fg_bwd_sums_f32(gs + off, xs + off, g.HW, mu, &dsc[c], &dbc[c])
-            else:
-                fg_bwd_sums_f64(gs + off, xs + off, g.HW, mu, &dsc[c], &dbc[c])
+        fg_bwd_sums_f64(gs, xs, g.Cg, g.HW, mu, dsc, dbc)
     for c in range(g.Cg):
         sum1 += w[c] * dsc[c]
         sum2 += w[c] * dbc[c]
@@ -437,15 +435,29 @@ cdef void _backward_slab(const floating* dy, const floating* x,
             fg_bwd_rows_dx_f32(gs, xs, out, g.HW, g.Cg, g.C, rs, w, fB, mu, fD)
         else:
             fg_bwd_rows_dx_f64(gs, xs, out, g.HW, g.Cg, g.C, rs, w, fB, mu, fD)
+    elif floating is float:
+        fg_bwd_dx_f32(gs, xs, out, g.Cg, g.HW, rs, w, fB, mu, fD)
     else:
-        for c in range(g.Cg):
-            off = c * g.HW
-            if floating is float:
-                fg_bwd_dx_f32(gs + off, xs + off, out + off, g.HW, w[c] * rs,
-                              fB, mu, fD)
-            else:
-                fg_bwd_dx_f64(gs + off, xs + off, out + off, g.HW, w[c] * rs,
-                              fB, mu, fD)
+        fg_bwd_dx_f64(gs, xs, out, g.Cg, g.HW, rs, w, fB, mu, fD)
+
+
+cdef inline void _param_grads(const floating* rstd, Geometry* g,
+                              Py_ssize_t g0, Py_ssize_t g1, floating* dw,
+                              floating* dbias, double* ds,
+                              double* db) noexcept nogil:
+    """dweight, dbias of groups [g0, g1): sums over n of the per-(n, c)
+    partials, n ascending, accumulated in row 0 of ds/db (rows read in
+    order: a strided walk down each channel would miss the cache)."""
+    cdef Py_ssize_t c0 = g0 * g.Cg, c1 = g1 * g.Cg, n, c
+    for c in range(c0, c1):
+        ds[c] = rstd[c // g.Cg] * ds[c]
+    for n in range(1, g.N):
+        for c in range(c0, c1):
+            ds[c] = ds[c] + rstd[n * g.G + c // g.Cg] * ds[n * g.C + c]
+            db[c] = db[c] + db[n * g.C + c]
+    for c in range(c0, c1):
+        dw[c] = <floating>ds[c]
+        dbias[c] = <floating>db[c]
 
 
 cdef void _backward_impl(const floating* dy, const floating* x,
@@ -453,20 +465,15 @@ cdef void _backward_impl(const floating* dy, const floating* x,
                          const floating* w, Geometry* g, floating* dx,
                          floating* dw, floating* dbias, double* ds,
                          double* db, int nt) noexcept nogil:
-    cdef Py_ssize_t S = g.N * g.G, s, c, n
-    cdef double a, q
+    cdef Py_ssize_t S = g.N * g.G, s, blk
+    cdef Py_ssize_t nblk = min(g.G, 64)    # blocks of whole groups
     with parallel(num_threads=nt):
         for s in prange(S, schedule="static"):
             _backward_slab(dy, x, mean, rstd, w, g, s, dx, ds, db)
         fastgn_barrier()
-        for c in prange(g.C, schedule="static"):
-            a = 0
-            q = 0
-            for n in range(g.N):
-                a = a + rstd[n * g.G + c // g.Cg] * ds[n * g.C + c]
-                q = q + db[n * g.C + c]
-            dw[c] = <floating>a
-            dbias[c] = <floating>q
+        for blk in prange(nblk, schedule="static"):
+            _param_grads(rstd, g, blk * g.G // nblk, (blk + 1) * g.G // nblk,
+                         dw, dbias, ds, db)
 
 
 def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,

@@ -324,8 +324,9 @@ FG_CLONES void fg_apply_rows_##SUF(const T *x, T *y, ptrdiff_t rows,          \
 #define FG_BWD_BLK 1024
 
 #define FG_BACKWARD(T, AT, SUF)                                               \
-FG_CLONES void fg_bwd_sums_##SUF(const T *dy, const T *x, ptrdiff_t n, T mu,  \
-                                 double *ds, double *db) {                    \
+static inline FG_INLINE void fg_bwd_run_##SUF(const T *dy, const T *x,       \
+                                              ptrdiff_t n, T mu, double *ds,  \
+                                              double *db) {                   \
     double ts = 0, tb = 0;                                                    \
     ptrdiff_t b0, j, l;                                                       \
     for (b0 = 0; b0 < n; b0 += FG_BWD_BLK) {                                  \
@@ -353,10 +354,23 @@ FG_CLONES void fg_bwd_sums_##SUF(const T *dy, const T *x, ptrdiff_t n, T mu,  \
     *ds = ts;                                                                 \
     *db = tb;                                                                 \
 }                                                                             \
-FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t n,   \
-                               T a, T B, T mu, T D) {                         \
-    ptrdiff_t i;                                                              \
-    FG_SIMD for (i = 0; i < n; i++) dx[i] = a * dy[i] + B * (x[i] - mu) + D;  \
+/* One NCHW slab: Cg channels of HW values each. */                          \
+FG_CLONES void fg_bwd_sums_##SUF(const T *dy, const T *x, ptrdiff_t Cg,       \
+                                 ptrdiff_t HW, T mu, double *ds,              \
+                                 double *db) {                                \
+    ptrdiff_t c;                                                              \
+    for (c = 0; c < Cg; c++)                                                  \
+        fg_bwd_run_##SUF(dy + c * HW, x + c * HW, HW, mu, ds + c, db + c);    \
+}                                                                             \
+FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,  \
+                               ptrdiff_t HW, T rs, const T *w, T B, T mu,     \
+                               T D) {                                         \
+    ptrdiff_t c, i;                                                           \
+    for (c = 0; c < Cg; c++) {                                                \
+        const T a = w[c] * rs, *g = dy + c * HW, *p = x + c * HW;             \
+        T *o = dx + c * HW;                                                   \
+        FG_SIMD for (i = 0; i < HW; i++) o[i] = a * g[i] + B * (p[i] - mu) + D;\
+    }                                                                         \
 }                                                                             \
 /* Channels-last: `rows` rows of Cg channels, `stride` apart. */              \
 FG_CLONES void fg_bwd_rows_sums_##SUF(const T *dy, const T *x,                \
