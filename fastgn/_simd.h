@@ -358,9 +358,23 @@ static inline FG_INLINE void fg_bwd_run_##SUF(const T *dy, const T *x,       \
 FG_CLONES void fg_bwd_sums_##SUF(const T *dy, const T *x, ptrdiff_t Cg,       \
                                  ptrdiff_t HW, T mu, double *ds,              \
                                  double *db) {                                \
-    ptrdiff_t c;                                                              \
-    for (c = 0; c < Cg; c++)                                                  \
-        fg_bwd_run_##SUF(dy + c * HW, x + c * HW, HW, mu, ds + c, db + c);    \
+    ptrdiff_t c, i;                                                           \
+    if (HW > FG_BWD_BLK) {                                                    \
+        for (c = 0; c < Cg; c++)                                              \
+            fg_bwd_run_##SUF(dy + c * HW, x + c * HW, HW, mu, ds + c, db + c);\
+        return;                                                               \
+    }                                                                         \
+    for (c = 0; c < Cg; c++) {  /* short runs (7x7): one vector reduction */  \
+        const T *g = dy + c * HW, *p = x + c * HW;                            \
+        AT s = 0, b = 0;                                                      \
+        FG_SIMD_REDUCE(s, b)                                                  \
+        for (i = 0; i < HW; i++) {                                            \
+            s += (AT)g[i] * ((AT)p[i] - mu);                                  \
+            b += g[i];                                                        \
+        }                                                                     \
+        ds[c] = s;                                                            \
+        db[c] = b;                                                            \
+    }                                                                         \
 }                                                                             \
 FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,  \
                                ptrdiff_t HW, T rs, const T *w, T B, T mu,     \
