@@ -85,7 +85,7 @@ COMPILE_ARGS = FASTGN_COMPILE_ARGS.decode().split()
 
 # Values per statistics chunk (NCHW), and per work item (channels-last, in
 # whole rows of C values).
-cdef Py_ssize_t CHUNK = 4096
+cdef Py_ssize_t CHUNK = 8192
 cdef Py_ssize_t ROW_CHUNK = 65536
 # Below this many values a call runs on the calling thread.
 cdef Py_ssize_t SERIAL_BELOW = 32768
