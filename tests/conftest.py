@@ -11,9 +11,12 @@
 * ``torch``: the torch module, or a skip when torch is not installed.
 """
 
+import contextlib
 import importlib
 import math
 import os
+import tracemalloc
+import types
 import zlib
 
 import numpy as np
@@ -178,3 +181,26 @@ def oracle_fixture():
 def oracle_stats_fixture():
     return oracle_stats
 
+
+@contextlib.contextmanager
+def _traced_peak():
+    """Record the peak of Python-tracked allocations inside the block."""
+    rec = types.SimpleNamespace(peak=None)
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    try:
+        yield rec
+        rec.peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
+
+
+@pytest.fixture(scope="session")
+def traced_peak():
+    """``with traced_peak() as t: ...`` then ``t.peak`` bytes (NumPy's
+    array allocations are tracked by tracemalloc)."""
+    return _traced_peak

@@ -4,7 +4,6 @@ Every test runs on both backends (autouse ``backend`` fixture).
 """
 
 import pickle
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -251,7 +250,7 @@ def test_separate_out_kernel_writes_into_out(monkeypatch, rng):
 
 
 @pytest.mark.parametrize("mode", ["in_place", "out"])
-def test_no_full_size_temporary(backend, rng, mode):
+def test_no_full_size_temporary(backend, rng, traced_peak, mode):
     if backend == "python":
         pytest.skip("the NumPy fallback computes in float64 temporaries by "
                     "design")
@@ -259,17 +258,9 @@ def test_no_full_size_temporary(backend, rng, mode):
     w, b = params(rng, 32, "both", F32)
     out = x if mode == "in_place" else np.empty_like(x)
     gn(x[:1, :, :4, :4].copy(), 4, w, b)           # warm up lazy init
-    was_tracing = tracemalloc.is_tracing()
-    if not was_tracing:
-        tracemalloc.start()
-    tracemalloc.reset_peak()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
+    with traced_peak() as traced:
         y = gn(x, 8, w, b, out=out, return_stats=True)[0]
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        if not was_tracing:
-            tracemalloc.stop()
+    peak = traced.peak
     assert y is out
     assert peak < x.nbytes // 8, (
         f"group_norm(out=...) allocated {peak} bytes for a {x.nbytes}-byte "

@@ -18,7 +18,6 @@ import re
 import sys
 import threading
 import time
-import tracemalloc
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -460,8 +459,8 @@ _EMPTY_HUGE = [
 @pytest.mark.parametrize("shape,channels_last,G", _EMPTY_HUGE,
                          ids=lambda v: str(v).replace(" ", ""))
 @pytest.mark.parametrize("dtype", [F16, F32, F64], ids=str)
-def test_empty_arrays_with_huge_dims_do_not_allocate(shape, channels_last, G,
-                                                     dtype):
+def test_empty_arrays_with_huge_dims_do_not_allocate(traced_peak, shape,
+                                                     channels_last, G, dtype):
     N = shape[0]
     C = shape[-1] if channels_last else shape[1]
     sdt = F64 if dtype == F64 else F32
@@ -470,12 +469,7 @@ def test_empty_arrays_with_huge_dims_do_not_allocate(shape, channels_last, G,
     mean = np.zeros((N, G), sdt)
     rstd = np.ones((N, G), sdt)
     w = np.ones(C, dtype) if C <= 2 ** 16 else None
-    was_tracing = tracemalloc.is_tracing()
-    if not was_tracing:
-        tracemalloc.start()
-    tracemalloc.reset_peak()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
+    with traced_peak() as traced:
         y, m, r = gn(x, G, w, w, return_stats=True,
                      channels_last=channels_last)
         y2 = gn(x, G, out=out, channels_last=channels_last,
@@ -483,10 +477,7 @@ def test_empty_arrays_with_huge_dims_do_not_allocate(shape, channels_last, G,
         if C <= 2 ** 16:   # else grad_weight/bias are legitimately huge
             dx, dw, db = gnb(x, x, mean, rstd, G, w,
                              channels_last=channels_last)
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        if not was_tracing:
-            tracemalloc.stop()
+    peak = traced.peak
     # the statistics are (N, G); the per-channel gradients are (C,)
     allowed = 3 * N * G * 8 + 8 * C * 8 + 4 * 2 ** 20
     assert peak < allowed, f"allocated {peak} bytes for an empty array"
