@@ -201,8 +201,9 @@ FG_CLONES void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, \
 static inline FG_INLINE float fg_expf(float x) {
     union { float f; int i; } s;
     float k, r, p;
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
+    /* min/max form (NaN becomes a bound): callers keep NaN through v. */
+    x = x > -87.0f ? x : -87.0f;
+    x = x < 88.0f ? x : 88.0f;
     k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round */
     r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
     p = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f)
