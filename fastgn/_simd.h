@@ -289,16 +289,18 @@ FG_CLONES void fg_apply_span_##SUF(const T *x, T *y, ptrdiff_t u0,            \
     }                                                                         \
 }
 
-/* `rows` positions of C channels (NHWC), per-channel mhi/sc/sh vectors; two
- * rows a step so each vector of parameters is loaded once for both. */
+/* `rows` positions of C channels (NHWC), per-channel mhi/sc/sh vectors; four
+ * rows a step so each vector of parameters is loaded once for four. */
 #define FG_ROWS_BODY(ACT, SUF)                                                \
-    for (p = 0; p + 2 <= rows; p += 2) {                                      \
-        const fg_t *x0 = x + p * C, *x1 = x0 + C;                             \
-        fg_t *y0 = y + p * C, *y1 = y0 + C;                                   \
+    for (p = 0; p + 4 <= rows; p += 4) {                                      \
+        const fg_t *x0 = x + p * C, *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C; \
+        fg_t *y0 = y + p * C, *y1 = y0 + C, *y2 = y1 + C, *y3 = y2 + C;       \
         FG_SIMD for (i = 0; i < C; i++) {                                     \
             fg_t m = mhi[i], s = sc[i], h = sh[i];                            \
             y0[i] = ACT(SUF, (x0[i] - m) * s + h);                            \
             y1[i] = ACT(SUF, (x1[i] - m) * s + h);                            \
+            y2[i] = ACT(SUF, (x2[i] - m) * s + h);                            \
+            y3[i] = ACT(SUF, (x3[i] - m) * s + h);                            \
         }                                                                     \
     }                                                                         \
     for (; p < rows; p++) {                                                   \
