@@ -50,6 +50,12 @@ cdef extern from "_simd.h" nogil:
                            const float*, const float*, const float*, int)
     void fg_apply_rows_f64(const double*, double*, Py_ssize_t, Py_ssize_t,
                            const double*, const double*, const double*, int)
+    void fg_small_groups_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
+                             const float*, const float*, double, int, float*,
+                             float*)
+    void fg_small_groups_f64(const double*, double*, Py_ssize_t, Py_ssize_t,
+                             const double*, const double*, double, int,
+                             double*, double*)
     void fg_rows_moments_f32(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                              double*, float*, float*, float*, double*)
     void fg_rows_moments_f64(const double*, Py_ssize_t, Py_ssize_t,
@@ -87,6 +93,10 @@ COMPILE_ARGS = FASTGN_COMPILE_ARGS.decode().split()
 # whole rows of C values).
 cdef Py_ssize_t CHUNK = 8192
 cdef Py_ssize_t ROW_CHUNK = 65536
+# Rank-2 style input (HW == 1) with groups of at most SMALL_CG values takes
+# the small-group path, SMALL_ITEM values per work item.
+cdef Py_ssize_t SMALL_CG = 1024
+cdef Py_ssize_t SMALL_ITEM = 8192
 # Below this many values a call runs on the calling thread.
 cdef Py_ssize_t SERIAL_BELOW = 32768
 
@@ -201,12 +211,44 @@ cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
     _apply_units(x + off, y + off, g, s % g.G, 0, g.T, mean, rstd, w, b, act)
 
 
+cdef inline void _small_item(const floating* x, floating* y,
+                             const floating* w, const floating* b,
+                             Geometry* g, Py_ssize_t it, double eps, int act,
+                             floating* mean_out,
+                             floating* rstd_out) noexcept nogil:
+    """Item it of the small-group path: up to SMALL_ITEM // Cg groups."""
+    cdef Py_ssize_t gpi = max(1, SMALL_ITEM // g.Cg)
+    cdef Py_ssize_t per = (g.G + gpi - 1) // gpi
+    cdef Py_ssize_t n = it // per, g0 = (it % per) * gpi
+    cdef Py_ssize_t ng = min(gpi, g.G - g0), s0 = n * g.G + g0
+    cdef Py_ssize_t off = s0 * g.Cg
+    cdef floating* mo = NULL if mean_out == NULL else mean_out + s0
+    cdef floating* ro = NULL if rstd_out == NULL else rstd_out + s0
+    if floating is float:
+        fg_small_groups_f32(x + off, y + off, ng, g.Cg, w + g0 * g.Cg,
+                            b + g0 * g.Cg, eps, act, mo, ro)
+    else:
+        fg_small_groups_f64(x + off, y + off, ng, g.Cg, w + g0 * g.Cg,
+                            b + g0 * g.Cg, eps, act, mo, ro)
+
+
 cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
                         const floating* b, Geometry* g, double eps, int act,
                         floating* mean_out, floating* rstd_out,
                         Moments* parts, double* stats,
                         int nt) noexcept nogil:
-    cdef Py_ssize_t S = g.N * g.G, s, it, u0
+    cdef Py_ssize_t S = g.N * g.G, s, it, u0, items
+    if g.HW == 1 and g.Cg <= SMALL_CG:
+        # One value per channel, small groups: many groups per call.
+        items = g.N * ((g.G + max(1, SMALL_ITEM // g.Cg) - 1) //
+                       max(1, SMALL_ITEM // g.Cg))
+        if nt == 1:
+            for it in range(items):
+                _small_item(x, y, w, b, g, it, eps, act, mean_out, rstd_out)
+        else:
+            for it in prange(items, schedule="static", num_threads=nt):
+                _small_item(x, y, w, b, g, it, eps, act, mean_out, rstd_out)
+        return
     if nt == 1:
         for s in range(S):
             _one_slab(x, y, g, s, eps, w, b, act, mean_out, rstd_out)

@@ -420,8 +420,57 @@ FG_CLONES void fg_bwd_rows_dx_##SUF(const T *dy, const T *x, T *dx,           \
 
 FG_BACKWARD(float, float, f32)
 FG_BACKWARD(double, double, f64)
+/* Groups of few values with one value per channel (NCHW with HW == 1, e.g.
+ * (N, C) input): `ng` consecutive groups of Cg values, statistics and apply
+ * in one call, so nothing is paid per group beyond its arithmetic. Same
+ * two-pass scheme (shift, then shifted sums); stats written as T. */
+#define FG_SMALL_BODY(ACT, SUF)                                               \
+    FG_SIMD for (i = 0; i < Cg; i++) {                                        \
+        fg_t sc = wg[i] * rs;                                                 \
+        yg[i] = ACT(SUF, (xg[i] - mhi) * sc + (bg[i] - mlo * sc));            \
+    }
+
+#define FG_SMALL_GROUPS(T, AT, SUF)                                           \
+FG_CLONES void fg_small_groups_##SUF(const T *x, T *y, ptrdiff_t ng,          \
+                                     ptrdiff_t Cg, const T *w, const T *b,    \
+                                     double eps, int act, T *mean_out,        \
+                                     T *rstd_out) {                           \
+    typedef T fg_t;                                                           \
+    const double n = (double)Cg;                                              \
+    ptrdiff_t g, i;                                                           \
+    for (g = 0; g < ng; g++) {                                                \
+        const T *xg = x + g * Cg, *wg = w + g * Cg, *bg = b + g * Cg;         \
+        T *yg = y + g * Cg;                                                   \
+        AT a = 0, s = 0, q = 0;                                               \
+        double mean, var, rstd;                                               \
+        T k, mhi, mlo, rs;                                                    \
+        FG_SIMD_REDUCE(a)                                                     \
+        for (i = 0; i < Cg; i++) a += xg[i];                                  \
+        k = (T)((double)a / n);                                               \
+        FG_SIMD_REDUCE(s, q)                                                  \
+        for (i = 0; i < Cg; i++) {                                            \
+            AT d = xg[i] - k;                                                 \
+            s += d;                                                           \
+            q += d * d;                                                       \
+        }                                                                     \
+        mean = (double)k + (double)s / n;                                     \
+        var = ((double)q - (double)s * ((double)s / n)) / n;                  \
+        rstd = 1.0 / sqrt((var < 0 ? 0 : var) + eps);                         \
+        if (mean_out) {                                                       \
+            mean_out[g] = (T)mean;                                            \
+            rstd_out[g] = (T)rstd;                                            \
+        }                                                                     \
+        mhi = (T)mean;                                                        \
+        mlo = (T)(mean - (double)mhi);                                        \
+        rs = (T)rstd;                                                         \
+        FG_ACT_SWITCH(FG_SMALL_BODY, SUF)                                     \
+    }                                                                         \
+}
+
 FG_MOMENTS(float, float, f32)
 FG_MOMENTS(double, double, f64)
+FG_SMALL_GROUPS(float, float, f32)
+FG_SMALL_GROUPS(double, double, f64)
 FG_APPLY_SPAN(float, f32)
 FG_APPLY_SPAN(double, f64)
 FG_APPLY_ROWS(float, f32)
