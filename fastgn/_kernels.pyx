@@ -70,6 +70,12 @@ cdef extern from "_simd.h" nogil:
     void fg_bwd_dx_f64(const double*, const double*, double*, Py_ssize_t,
                        Py_ssize_t, double, const double*, double, double,
                        double)
+    void fg_bwd_small_f32(const float*, const float*, float*, Py_ssize_t,
+                          Py_ssize_t, const float*, const float*,
+                          const float*, double*, double*)
+    void fg_bwd_small_f64(const double*, const double*, double*, Py_ssize_t,
+                          Py_ssize_t, const double*, const double*,
+                          const double*, double*, double*)
     void fg_bwd_rows_sums_f32(const float*, const float*, Py_ssize_t,
                               Py_ssize_t, Py_ssize_t, float, double*, double*)
     void fg_bwd_rows_sums_f64(const double*, const double*, Py_ssize_t,
@@ -502,16 +508,42 @@ cdef inline void _param_grads(const floating* rstd, Geometry* g,
         dbias[c] = <floating>db[c]
 
 
+cdef inline void _backward_small_item(const floating* dy, const floating* x,
+                                     const floating* mean,
+                                     const floating* rstd, const floating* w,
+                                     Geometry* g, Py_ssize_t it, floating* dx,
+                                     double* ds, double* db) noexcept nogil:
+    """Item it of the small-group backward (HW == 1), as in _small_item."""
+    cdef Py_ssize_t gpi = max(1, SMALL_ITEM // g.Cg)
+    cdef Py_ssize_t per = (g.G + gpi - 1) // gpi
+    cdef Py_ssize_t n = it // per, g0 = (it % per) * gpi
+    cdef Py_ssize_t ng = min(gpi, g.G - g0), s0 = n * g.G + g0
+    cdef Py_ssize_t off = s0 * g.Cg
+    if floating is float:
+        fg_bwd_small_f32(dy + off, x + off, dx + off, ng, g.Cg, mean + s0,
+                         rstd + s0, w + g0 * g.Cg, ds + off, db + off)
+    else:
+        fg_bwd_small_f64(dy + off, x + off, dx + off, ng, g.Cg, mean + s0,
+                         rstd + s0, w + g0 * g.Cg, ds + off, db + off)
+
+
 cdef void _backward_impl(const floating* dy, const floating* x,
                          const floating* mean, const floating* rstd,
                          const floating* w, Geometry* g, floating* dx,
                          floating* dw, floating* dbias, double* ds,
                          double* db, int nt) noexcept nogil:
-    cdef Py_ssize_t S = g.N * g.G, s, blk
+    cdef Py_ssize_t S = g.N * g.G, s, blk, it
     cdef Py_ssize_t nblk = min(g.G, 64)    # blocks of whole groups
+    cdef bint small = g.HW == 1 and g.Cg <= SMALL_CG
+    cdef Py_ssize_t items = g.N * ((g.G + max(1, SMALL_ITEM // g.Cg) - 1) //
+                                   max(1, SMALL_ITEM // g.Cg))
     with parallel(num_threads=nt):
-        for s in prange(S, schedule="static"):
-            _backward_slab(dy, x, mean, rstd, w, g, s, dx, ds, db)
+        if small:
+            for it in prange(items, schedule="static"):
+                _backward_small_item(dy, x, mean, rstd, w, g, it, dx, ds, db)
+        else:
+            for s in prange(S, schedule="static"):
+                _backward_slab(dy, x, mean, rstd, w, g, s, dx, ds, db)
         fastgn_barrier()
         for blk in prange(nblk, schedule="static"):
             _param_grads(rstd, g, blk * g.G // nblk, (blk + 1) * g.G // nblk,

@@ -418,6 +418,39 @@ FG_CLONES void fg_bwd_rows_dx_##SUF(const T *dy, const T *x, T *dx,           \
     }                                                                         \
 }
 
+/* Backward for groups of few values with one value per channel (HW == 1):
+ * `ng` consecutive groups, per-channel ds = dy*(x-mean), db = dy written out
+ * for the parameter gradients, dx in the same call. */
+#define FG_BWD_SMALL(T, SUF)                                                  \
+FG_CLONES void fg_bwd_small_##SUF(const T *dy, const T *x, T *dx,             \
+                                  ptrdiff_t ng, ptrdiff_t Cg, const T *mean,  \
+                                  const T *rstd, const T *w, double *ds,      \
+                                  double *db) {                               \
+    const double M = (double)Cg;                                              \
+    ptrdiff_t g, c;                                                           \
+    for (g = 0; g < ng; g++) {                                                \
+        const ptrdiff_t o = g * Cg;                                           \
+        const T mu = mean[g], rs = rstd[g];                                   \
+        const double drs = rs;                                                \
+        double s1 = 0, s2 = 0;                                                \
+        T B, D;                                                               \
+        FG_SIMD_REDUCE(s1, s2)                                                \
+        for (c = 0; c < Cg; c++) {                                            \
+            double d = (double)dy[o + c] * ((double)x[o + c] - mu);           \
+            ds[o + c] = d;                                                    \
+            db[o + c] = dy[o + c];                                            \
+            s1 += w[o + c] * d;                                               \
+            s2 += (double)w[o + c] * dy[o + c];                               \
+        }                                                                     \
+        B = (T)(-drs * drs * drs * s1 / M);                                   \
+        D = (T)(-drs * s2 / M);                                               \
+        FG_SIMD for (c = 0; c < Cg; c++)                                      \
+            dx[o + c] = (w[o + c] * rs) * dy[o + c] + B * (x[o + c] - mu) + D;\
+    }                                                                         \
+}
+FG_BWD_SMALL(float, f32)
+FG_BWD_SMALL(double, f64)
+
 FG_BACKWARD(float, float, f32)
 FG_BACKWARD(double, double, f64)
 /* Groups of few values with one value per channel (NCHW with HW == 1, e.g.
