@@ -76,6 +76,12 @@ cdef extern from "_simd.h" nogil:
     void fg_bwd_small_f64(const double*, const double*, double*, Py_ssize_t,
                           Py_ssize_t, const double*, const double*,
                           const double*, double*, double*)
+    void fg_param_grads_f32(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                            Py_ssize_t, Py_ssize_t, double*, double*, float*,
+                            float*)
+    void fg_param_grads_f64(const double*, Py_ssize_t, Py_ssize_t,
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t, double*,
+                            double*, double*, double*)
     void fg_bwd_rows_sums_f32(const float*, const float*, Py_ssize_t,
                               Py_ssize_t, Py_ssize_t, float, double*, double*)
     void fg_bwd_rows_sums_f64(const double*, const double*, Py_ssize_t,
@@ -489,25 +495,6 @@ cdef void _backward_slab(const floating* dy, const floating* x,
         fg_bwd_dx_f64(gs, xs, out, g.Cg, g.HW, rs, w, fB, mu, fD)
 
 
-cdef inline void _param_grads(const floating* rstd, Geometry* g,
-                              Py_ssize_t g0, Py_ssize_t g1, floating* dw,
-                              floating* dbias, double* ds,
-                              double* db) noexcept nogil:
-    """dweight, dbias of groups [g0, g1): sums over n of the per-(n, c)
-    partials, n ascending, accumulated in row 0 of ds/db (rows read in
-    order: a strided walk down each channel would miss the cache)."""
-    cdef Py_ssize_t c0 = g0 * g.Cg, c1 = g1 * g.Cg, n, c
-    for c in range(c0, c1):
-        ds[c] = rstd[c // g.Cg] * ds[c]
-    for n in range(1, g.N):
-        for c in range(c0, c1):
-            ds[c] = ds[c] + rstd[n * g.G + c // g.Cg] * ds[n * g.C + c]
-            db[c] = db[c] + db[n * g.C + c]
-    for c in range(c0, c1):
-        dw[c] = <floating>ds[c]
-        dbias[c] = <floating>db[c]
-
-
 cdef inline void _backward_small_item(const floating* dy, const floating* x,
                                      const floating* mean,
                                      const floating* rstd, const floating* w,
@@ -546,8 +533,13 @@ cdef void _backward_impl(const floating* dy, const floating* x,
                 _backward_slab(dy, x, mean, rstd, w, g, s, dx, ds, db)
         fastgn_barrier()
         for blk in prange(nblk, schedule="static"):
-            _param_grads(rstd, g, blk * g.G // nblk, (blk + 1) * g.G // nblk,
-                         dw, dbias, ds, db)
+            # dweight, dbias of a block of whole groups, rows in order
+            if floating is float:
+                fg_param_grads_f32(rstd, g.N, g.C, g.G, blk * g.G // nblk,
+                                   (blk + 1) * g.G // nblk, ds, db, dw, dbias)
+            else:
+                fg_param_grads_f64(rstd, g.N, g.C, g.G, blk * g.G // nblk,
+                                   (blk + 1) * g.G // nblk, ds, db, dw, dbias)
 
 
 def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,

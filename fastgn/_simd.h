@@ -451,6 +451,37 @@ FG_CLONES void fg_bwd_small_##SUF(const T *dy, const T *x, T *dx,             \
 FG_BWD_SMALL(float, f32)
 FG_BWD_SMALL(double, f64)
 
+/* dweight, dbias of groups [g0, g1): sums over n (ascending) of the
+ * per-(n, c) partials ds, db (N rows of C), accumulated in row 0, rows read
+ * in order and vectorized over the channels of a group. */
+#define FG_PARAM_GRADS(T, SUF)                                                \
+FG_CLONES void fg_param_grads_##SUF(const T *rstd, ptrdiff_t N, ptrdiff_t C,  \
+                                    ptrdiff_t G, ptrdiff_t g0, ptrdiff_t g1,  \
+                                    double *ds, double *db, T *dw,            \
+                                    T *dbias) {                               \
+    const ptrdiff_t Cg = C / G;                                               \
+    ptrdiff_t n, g, c;                                                        \
+    for (g = g0; g < g1; g++)                                                 \
+        for (c = g * Cg; c < (g + 1) * Cg; c++) ds[c] = rstd[g] * ds[c];      \
+    for (n = 1; n < N; n++) {                                                 \
+        double *restrict s0 = ds, *restrict b0 = db;                          \
+        const double *restrict sn = ds + n * C, *restrict bn = db + n * C;    \
+        for (g = g0; g < g1; g++) {                                           \
+            const double r = rstd[n * G + g];                                 \
+            FG_SIMD for (c = g * Cg; c < (g + 1) * Cg; c++) {                 \
+                s0[c] = s0[c] + r * sn[c];                                    \
+                b0[c] = b0[c] + bn[c];                                        \
+            }                                                                 \
+        }                                                                     \
+    }                                                                         \
+    for (c = g0 * Cg; c < g1 * Cg; c++) {                                     \
+        dw[c] = (T)ds[c];                                                     \
+        dbias[c] = (T)db[c];                                                  \
+    }                                                                         \
+}
+FG_PARAM_GRADS(float, f32)
+FG_PARAM_GRADS(double, f64)
+
 FG_BACKWARD(float, float, f32)
 FG_BACKWARD(double, double, f64)
 /* Groups of few values with one value per channel (NCHW with HW == 1, e.g.
