@@ -50,12 +50,12 @@ cdef extern from "_simd.h" nogil:
                            const float*, const float*, const float*, int)
     void fg_apply_rows_f64(const double*, double*, Py_ssize_t, Py_ssize_t,
                            const double*, const double*, const double*, int)
-    void fg_small_groups_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
-                             const float*, const float*, double, int, float*,
-                             float*)
-    void fg_small_groups_f64(const double*, double*, Py_ssize_t, Py_ssize_t,
-                             const double*, const double*, double, int,
-                             double*, double*)
+    void fg_small_slabs_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
+                            Py_ssize_t, const float*, const float*, double,
+                            int, float*, float*)
+    void fg_small_slabs_f64(const double*, double*, Py_ssize_t, Py_ssize_t,
+                            Py_ssize_t, const double*, const double*, double,
+                            int, double*, double*)
     void fg_rows_moments_f32(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                              double*, float*, float*, float*, double*)
     void fg_rows_moments_f64(const double*, Py_ssize_t, Py_ssize_t,
@@ -105,8 +105,11 @@ COMPILE_ARGS = FASTGN_COMPILE_ARGS.decode().split()
 # whole rows of C values).
 cdef Py_ssize_t CHUNK = 8192
 cdef Py_ssize_t ROW_CHUNK = 65536
-# Rank-2 style input (HW == 1) with groups of at most SMALL_CG values takes
-# the small-group path, SMALL_ITEM values per work item.
+# Slabs of at most SMALL_SLAB values (NCHW) take the small-slab path, about
+# SMALL_ITEM values per work item (its reductions are one vector chain each:
+# past ~1000 values the chunked path's independent lanes win); the backward's
+# small-group path (HW == 1) takes groups of at most SMALL_CG values.
+cdef Py_ssize_t SMALL_SLAB = 1000
 cdef Py_ssize_t SMALL_CG = 1024
 cdef Py_ssize_t SMALL_ITEM = 8192
 # Below this many values a call runs on the calling thread.
@@ -223,25 +226,29 @@ cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
     _apply_units(x + off, y + off, g, s % g.G, 0, g.T, mean, rstd, w, b, act)
 
 
+cdef inline Py_ssize_t _slabs_per_item(Geometry* g) noexcept nogil:
+    return max(1, SMALL_ITEM // g.T)
+
+
 cdef inline void _small_item(const floating* x, floating* y,
                              const floating* w, const floating* b,
                              Geometry* g, Py_ssize_t it, double eps, int act,
                              floating* mean_out,
                              floating* rstd_out) noexcept nogil:
-    """Item it of the small-group path: up to SMALL_ITEM // Cg groups."""
-    cdef Py_ssize_t gpi = max(1, SMALL_ITEM // g.Cg)
+    """Item it of the small-slab path: a run of slabs of one sample."""
+    cdef Py_ssize_t gpi = _slabs_per_item(g)
     cdef Py_ssize_t per = (g.G + gpi - 1) // gpi
     cdef Py_ssize_t n = it // per, g0 = (it % per) * gpi
     cdef Py_ssize_t ng = min(gpi, g.G - g0), s0 = n * g.G + g0
-    cdef Py_ssize_t off = s0 * g.Cg
+    cdef Py_ssize_t off = s0 * g.T
     cdef floating* mo = NULL if mean_out == NULL else mean_out + s0
     cdef floating* ro = NULL if rstd_out == NULL else rstd_out + s0
     if floating is float:
-        fg_small_groups_f32(x + off, y + off, ng, g.Cg, w + g0 * g.Cg,
-                            b + g0 * g.Cg, eps, act, mo, ro)
+        fg_small_slabs_f32(x + off, y + off, ng, g.Cg, g.HW, w + g0 * g.Cg,
+                           b + g0 * g.Cg, eps, act, mo, ro)
     else:
-        fg_small_groups_f64(x + off, y + off, ng, g.Cg, w + g0 * g.Cg,
-                            b + g0 * g.Cg, eps, act, mo, ro)
+        fg_small_slabs_f64(x + off, y + off, ng, g.Cg, g.HW, w + g0 * g.Cg,
+                           b + g0 * g.Cg, eps, act, mo, ro)
 
 
 cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
@@ -250,10 +257,9 @@ cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
                         Moments* parts, double* stats,
                         int nt) noexcept nogil:
     cdef Py_ssize_t S = g.N * g.G, s, it, u0, items
-    if g.HW == 1 and g.Cg <= SMALL_CG:
-        # One value per channel, small groups: many groups per call.
-        items = g.N * ((g.G + max(1, SMALL_ITEM // g.Cg) - 1) //
-                       max(1, SMALL_ITEM // g.Cg))
+    if g.T <= SMALL_SLAB:
+        # Small slabs: many slabs per call, no per-slab dispatch.
+        items = g.N * ((g.G + _slabs_per_item(g) - 1) // _slabs_per_item(g))
         if nt == 1:
             for it in range(items):
                 _small_item(x, y, w, b, g, it, eps, act, mean_out, rstd_out)

@@ -51,6 +51,35 @@ static inline FG_INLINE double fg_hsum_##SUF(const AT *acc, int wide) {       \
 FG_HSUM_DEF(float, f32)
 FG_HSUM_DEF(double, f64)
 
+/* Float32 lanes keep the passes fast, but squares of |x| > ~1e18 overflow
+ * them and squares of |x| < ~1e-16 lose bits to subnormals. A result that
+ * shows either (sum of squares not finite, or below 1e-30 per value) is
+ * recomputed here with every value in float64; double data never needs it. */
+#define FG_NEEDS_F64(AT, q, n)                                                \
+    (sizeof(AT) < sizeof(double) && !((q) <= 1e300 && (q) >= 1e-30 * (n)))
+
+#define FG_MOMENTS_F64(T, SUF)                                                \
+static void fg_moments_f64acc_##SUF(const T *x, ptrdiff_t rows,               \
+                                    ptrdiff_t rowlen, ptrdiff_t stride,       \
+                                    double *out) {                            \
+    double a = 0, s = 0, q = 0, n = (double)rows * (double)rowlen, mu, d;     \
+    ptrdiff_t r, i;                                                           \
+    for (r = 0; r < rows; r++)                                                \
+        for (i = 0; i < rowlen; i++) a += x[r * stride + i];                  \
+    mu = a / n;                                                               \
+    for (r = 0; r < rows; r++)                                                \
+        for (i = 0; i < rowlen; i++) {                                        \
+            d = (double)x[r * stride + i] - mu;                               \
+            s += d;                                                           \
+            q += d * d;                                                       \
+        }                                                                     \
+    out[0] = n;                                                               \
+    out[1] = mu + s / n;                                                      \
+    out[2] = q - s * (s / n);                                                 \
+}
+FG_MOMENTS_F64(float, f32)
+FG_MOMENTS_F64(double, f64)
+
 #define FG_MOMENTS(T, AT, SUF)                                                \
 static inline FG_INLINE void fg_run_sum_##SUF(const T *p, ptrdiff_t len,      \
                                               double *a) {                    \
@@ -103,6 +132,8 @@ FG_CLONES void fg_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t rowlen, \
     out[0] = n;                                                               \
     out[1] = (double)k + s / n;                                               \
     out[2] = q - s * (s / n);                                                 \
+    if (FG_NEEDS_F64(AT, q, n))                                               \
+        fg_moments_f64acc_##SUF(x, rows, rowlen, stride, out);                \
 }
 
 /* Channels-last moments: `rows` positions of C channels (G groups of Cg),
@@ -191,6 +222,8 @@ FG_CLONES void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, \
         out[3 * g] = n;                                                       \
         out[3 * g + 1] = (double)kc[g * Cg] + s / n;                          \
         out[3 * g + 2] = q - s * (s / n);                                     \
+        if (FG_NEEDS_F64(AT, q, n))                                           \
+            fg_moments_f64acc_##SUF(x + g * Cg, rows, Cg, C, out + 3 * g);    \
     }                                                                         \
 }
 
@@ -484,41 +517,59 @@ FG_PARAM_GRADS(double, f64)
 
 FG_BACKWARD(float, float, f32)
 FG_BACKWARD(double, double, f64)
-/* Groups of few values with one value per channel (NCHW with HW == 1, e.g.
- * (N, C) input): `ng` consecutive groups of Cg values, statistics and apply
- * in one call, so nothing is paid per group beyond its arithmetic. Same
- * two-pass scheme (shift, then shifted sums); stats written as T. */
+/* Small slabs (NCHW, Cg*HW values each, a few thousand at most): `ng`
+ * consecutive slabs, statistics and apply in one call, so nothing is paid
+ * per slab beyond its arithmetic (per-slab dispatch dominated 7x7 maps and
+ * rank-2 input). Same two-pass scheme (shift, then shifted sums, one vector
+ * reduction each); stats written as T when asked. */
 #define FG_SMALL_BODY(ACT, SUF)                                               \
-    FG_SIMD for (i = 0; i < Cg; i++) {                                        \
-        fg_t sc = wg[i] * rs;                                                 \
-        yg[i] = ACT(SUF, (xg[i] - mhi) * sc + (bg[i] - mlo * sc));            \
+    if (HW == 1) {                                                            \
+        FG_SIMD for (i = 0; i < L; i++) {                                     \
+            fg_t sc = wg[i] * rs;                                             \
+            yg[i] = ACT(SUF, (xg[i] - mhi) * sc + (bg[i] - mlo * sc));        \
+        }                                                                     \
+    } else {                                                                  \
+        for (c = 0; c < Cg; c++) {                                            \
+            const fg_t sc = wg[c] * rs, sh = bg[c] - mlo * sc;                \
+            const fg_t *xc = xg + c * HW;                                     \
+            fg_t *yc = yg + c * HW;                                           \
+            FG_SIMD for (i = 0; i < HW; i++)                                  \
+                yc[i] = ACT(SUF, (xc[i] - mhi) * sc + sh);                    \
+        }                                                                     \
     }
 
-#define FG_SMALL_GROUPS(T, AT, SUF)                                           \
-FG_CLONES void fg_small_groups_##SUF(const T *x, T *y, ptrdiff_t ng,          \
-                                     ptrdiff_t Cg, const T *w, const T *b,    \
-                                     double eps, int act, T *mean_out,        \
-                                     T *rstd_out) {                           \
+#define FG_SMALL_SLABS(T, AT, SUF)                                            \
+FG_CLONES void fg_small_slabs_##SUF(const T *x, T *y, ptrdiff_t ng,           \
+                                    ptrdiff_t Cg, ptrdiff_t HW, const T *w,   \
+                                    const T *b, double eps, int act,          \
+                                    T *mean_out, T *rstd_out) {               \
     typedef T fg_t;                                                           \
-    const double n = (double)Cg;                                              \
-    ptrdiff_t g, i;                                                           \
+    const ptrdiff_t L = Cg * HW;                                              \
+    const double n = (double)L;                                               \
+    ptrdiff_t g, i, c;                                                        \
     for (g = 0; g < ng; g++) {                                                \
-        const T *xg = x + g * Cg, *wg = w + g * Cg, *bg = b + g * Cg;         \
-        T *yg = y + g * Cg;                                                   \
+        const T *xg = x + g * L, *wg = w + g * Cg, *bg = b + g * Cg;          \
+        T *yg = y + g * L;                                                    \
         AT a = 0, s = 0, q = 0;                                               \
         double mean, var, rstd;                                               \
         T k, mhi, mlo, rs;                                                    \
         FG_SIMD_REDUCE(a)                                                     \
-        for (i = 0; i < Cg; i++) a += xg[i];                                  \
+        for (i = 0; i < L; i++) a += xg[i];                                   \
         k = (T)((double)a / n);                                               \
         FG_SIMD_REDUCE(s, q)                                                  \
-        for (i = 0; i < Cg; i++) {                                            \
+        for (i = 0; i < L; i++) {                                             \
             AT d = xg[i] - k;                                                 \
             s += d;                                                           \
             q += d * d;                                                       \
         }                                                                     \
         mean = (double)k + (double)s / n;                                     \
         var = ((double)q - (double)s * ((double)s / n)) / n;                  \
+        if (FG_NEEDS_F64(AT, q, n)) {                                         \
+            double m3[3];                                                     \
+            fg_moments_f64acc_##SUF(xg, 1, L, L, m3);                         \
+            mean = m3[1];                                                     \
+            var = m3[2] / n;                                                  \
+        }                                                                     \
         rstd = 1.0 / sqrt((var < 0 ? 0 : var) + eps);                         \
         if (mean_out) {                                                       \
             mean_out[g] = (T)mean;                                            \
@@ -533,8 +584,8 @@ FG_CLONES void fg_small_groups_##SUF(const T *x, T *y, ptrdiff_t ng,          \
 
 FG_MOMENTS(float, float, f32)
 FG_MOMENTS(double, double, f64)
-FG_SMALL_GROUPS(float, float, f32)
-FG_SMALL_GROUPS(double, double, f64)
+FG_SMALL_SLABS(float, float, f32)
+FG_SMALL_SLABS(double, double, f64)
 FG_APPLY_SPAN(float, f32)
 FG_APPLY_SPAN(double, f64)
 FG_APPLY_ROWS(float, f32)

@@ -106,3 +106,23 @@ def test_float16_large_offset(rng, oracle):
     np.testing.assert_allclose(y.astype(np.float64),
                                ref.astype(np.float16).astype(np.float64),
                                rtol=1e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-22, 1e19, 1e30], ids=str)
+@pytest.mark.parametrize("shape,G,channels_last", [
+    ((2, 4, 64, 64), 2, False),        # chunked slabs
+    ((16, 64, 7, 7), 8, False),        # small slabs
+    ((2, 32, 32, 8), 2, True),         # channels-last rows
+    ((64, 256), 8, False),             # one value per channel
+], ids=["chunked", "small_slabs", "nhwc", "rank2"])
+def test_float32_extreme_magnitudes(oracle, scale, shape, G, channels_last):
+    """Squares of such values overflow or go subnormal in float32: the
+    statistics must still come out right (no inf rstd, no lost bits)."""
+    rng = np.random.default_rng(7)
+    x = (scale * rng.standard_normal(shape)).astype(np.float32)
+    y, mean, rstd = gn(x, G, eps=0.0, return_stats=True,
+                       channels_last=channels_last)
+    ref, rm, rr = oracle(x, G, eps=0.0, channels_last=channels_last)
+    assert np.isfinite(y).all() and np.isfinite(rstd).all()
+    np.testing.assert_allclose(rstd, rr, rtol=1e-6)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=2e-6)
