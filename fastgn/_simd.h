@@ -359,6 +359,26 @@ FG_CLONES void fg_apply_rows_##SUF(const T *x, T *y, ptrdiff_t rows,          \
  * then dx = a*dy + B*(x - mean) + D. */
 #define FG_BWD_BLK 1024
 
+/* Float32 lanes overflow where |dy * (x - mean)| sums pass ~3e38: such a
+ * run is summed again with every value in float64. */
+#define FG_OVERFLOWED(AT, s, b)                                               \
+    (sizeof(AT) < sizeof(double) && !(fabs(s) <= 1e300 && fabs(b) <= 1e300))
+
+#define FG_BWD_F64(T, SUF)                                                    \
+static void fg_bwd_run_f64acc_##SUF(const T *dy, const T *x, ptrdiff_t n,     \
+                                    T mu, double *ds, double *db) {           \
+    double s = 0, b = 0;                                                      \
+    ptrdiff_t i;                                                              \
+    for (i = 0; i < n; i++) {                                                 \
+        s += (double)dy[i] * ((double)x[i] - mu);                             \
+        b += dy[i];                                                           \
+    }                                                                         \
+    *ds = s;                                                                  \
+    *db = b;                                                                  \
+}
+FG_BWD_F64(float, f32)
+FG_BWD_F64(double, f64)
+
 #define FG_BACKWARD(T, AT, SUF)                                               \
 static inline FG_INLINE void fg_bwd_run_##SUF(const T *dy, const T *x,       \
                                               ptrdiff_t n, T mu, double *ds,  \
@@ -387,6 +407,8 @@ static inline FG_INLINE void fg_bwd_run_##SUF(const T *dy, const T *x,       \
         ts += fg_hsum_##SUF(as, nb != 0);                                     \
         tb += fg_hsum_##SUF(ab, nb != 0);                                     \
     }                                                                         \
+    if (FG_OVERFLOWED(AT, ts, tb))                                            \
+        fg_bwd_run_f64acc_##SUF(dy, x, n, mu, &ts, &tb);                      \
     *ds = ts;                                                                 \
     *db = tb;                                                                 \
 }                                                                             \
@@ -410,6 +432,8 @@ FG_CLONES void fg_bwd_sums_##SUF(const T *dy, const T *x, ptrdiff_t Cg,       \
         }                                                                     \
         ds[c] = s;                                                            \
         db[c] = b;                                                            \
+        if (FG_OVERFLOWED(AT, ds[c], db[c]))                                  \
+            fg_bwd_run_f64acc_##SUF(g, p, HW, mu, ds + c, db + c);            \
     }                                                                         \
 }                                                                             \
 FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,  \

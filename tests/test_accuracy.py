@@ -126,3 +126,24 @@ def test_float32_extreme_magnitudes(oracle, scale, shape, G, channels_last):
     assert np.isfinite(y).all() and np.isfinite(rstd).all()
     np.testing.assert_allclose(rstd, rr, rtol=1e-6)
     np.testing.assert_allclose(y, ref, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e30], ids=str)
+@pytest.mark.parametrize("shape", [(2, 4, 64, 64), (16, 64, 7, 7)], ids=str)
+def test_float32_backward_extreme_magnitudes(scale, shape):
+    """dy * (x - mean) overflows float32 partial sums at these scales: the
+    parameter gradients must still match the float64 formula."""
+    rng = np.random.default_rng(11)
+    x = (scale * rng.standard_normal(shape)).astype(np.float32)
+    dy = (scale * rng.standard_normal(shape)).astype(np.float32)
+    _, mean, rstd = gn(x, 2, return_stats=True)
+    dx, dw, db = fastgn.group_norm_backward(dy, x, mean, rstd, 2)
+    X = x.astype(np.float64).reshape(shape[0], 2, -1)
+    D = dy.astype(np.float64).reshape(X.shape)
+    xhat = (X - mean.astype(np.float64)[..., None]) * \
+        rstd.astype(np.float64)[..., None]
+    want_dw = (D * xhat).reshape(shape[0], shape[1], -1).sum(axis=(0, 2))
+    want_db = D.reshape(shape[0], shape[1], -1).sum(axis=(0, 2))
+    assert np.isfinite(dx).all()
+    np.testing.assert_allclose(dw, want_dw, rtol=1e-5)
+    np.testing.assert_allclose(db, want_db, rtol=1e-5, atol=1e-6 * scale)
