@@ -227,7 +227,23 @@ cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
 
 
 cdef inline Py_ssize_t _slabs_per_item(Geometry* g) noexcept nogil:
-    return max(1, SMALL_ITEM // g.T)
+    return max(1, SMALL_ITEM // (g.Cg * g.HW))
+
+
+cdef inline Py_ssize_t _small_items(Geometry* g) noexcept nogil:
+    """Work items of the small paths: runs of slabs within one sample."""
+    cdef Py_ssize_t gpi = _slabs_per_item(g)
+    return g.N * ((g.G + gpi - 1) // gpi)
+
+
+cdef inline Py_ssize_t _small_block(Geometry* g, Py_ssize_t it,
+                                    Py_ssize_t* ng) noexcept nogil:
+    """First slab (n*G + g0) of small-path item it; ng[0] slabs from it."""
+    cdef Py_ssize_t gpi = _slabs_per_item(g)
+    cdef Py_ssize_t per = (g.G + gpi - 1) // gpi
+    cdef Py_ssize_t g0 = (it % per) * gpi
+    ng[0] = min(gpi, g.G - g0)
+    return (it // per) * g.G + g0
 
 
 cdef inline void _small_item(const floating* x, floating* y,
@@ -236,19 +252,16 @@ cdef inline void _small_item(const floating* x, floating* y,
                              floating* mean_out,
                              floating* rstd_out) noexcept nogil:
     """Item it of the small-slab path: a run of slabs of one sample."""
-    cdef Py_ssize_t gpi = _slabs_per_item(g)
-    cdef Py_ssize_t per = (g.G + gpi - 1) // gpi
-    cdef Py_ssize_t n = it // per, g0 = (it % per) * gpi
-    cdef Py_ssize_t ng = min(gpi, g.G - g0), s0 = n * g.G + g0
-    cdef Py_ssize_t off = s0 * g.T
+    cdef Py_ssize_t ng, s0 = _small_block(g, it, &ng)
+    cdef Py_ssize_t off = s0 * g.T, c0 = (s0 % g.G) * g.Cg
     cdef floating* mo = NULL if mean_out == NULL else mean_out + s0
     cdef floating* ro = NULL if rstd_out == NULL else rstd_out + s0
     if floating is float:
-        fg_small_slabs_f32(x + off, y + off, ng, g.Cg, g.HW, w + g0 * g.Cg,
-                           b + g0 * g.Cg, eps, act, mo, ro)
+        fg_small_slabs_f32(x + off, y + off, ng, g.Cg, g.HW, w + c0, b + c0,
+                           eps, act, mo, ro)
     else:
-        fg_small_slabs_f64(x + off, y + off, ng, g.Cg, g.HW, w + g0 * g.Cg,
-                           b + g0 * g.Cg, eps, act, mo, ro)
+        fg_small_slabs_f64(x + off, y + off, ng, g.Cg, g.HW, w + c0, b + c0,
+                           eps, act, mo, ro)
 
 
 cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
@@ -259,7 +272,7 @@ cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
     cdef Py_ssize_t S = g.N * g.G, s, it, u0, items
     if g.T <= SMALL_SLAB:
         # Small slabs: many slabs per call, no per-slab dispatch.
-        items = g.N * ((g.G + _slabs_per_item(g) - 1) // _slabs_per_item(g))
+        items = _small_items(g)
         if nt == 1:
             for it in range(items):
                 _small_item(x, y, w, b, g, it, eps, act, mean_out, rstd_out)
@@ -507,17 +520,14 @@ cdef inline void _backward_small_item(const floating* dy, const floating* x,
                                      Geometry* g, Py_ssize_t it, floating* dx,
                                      double* ds, double* db) noexcept nogil:
     """Item it of the small-group backward (HW == 1), as in _small_item."""
-    cdef Py_ssize_t gpi = max(1, SMALL_ITEM // g.Cg)
-    cdef Py_ssize_t per = (g.G + gpi - 1) // gpi
-    cdef Py_ssize_t n = it // per, g0 = (it % per) * gpi
-    cdef Py_ssize_t ng = min(gpi, g.G - g0), s0 = n * g.G + g0
-    cdef Py_ssize_t off = s0 * g.Cg
+    cdef Py_ssize_t ng, s0 = _small_block(g, it, &ng)
+    cdef Py_ssize_t off = s0 * g.Cg, c0 = (s0 % g.G) * g.Cg
     if floating is float:
         fg_bwd_small_f32(dy + off, x + off, dx + off, ng, g.Cg, mean + s0,
-                         rstd + s0, w + g0 * g.Cg, ds + off, db + off)
+                         rstd + s0, w + c0, ds + off, db + off)
     else:
         fg_bwd_small_f64(dy + off, x + off, dx + off, ng, g.Cg, mean + s0,
-                         rstd + s0, w + g0 * g.Cg, ds + off, db + off)
+                         rstd + s0, w + c0, ds + off, db + off)
 
 
 cdef void _backward_impl(const floating* dy, const floating* x,
@@ -528,8 +538,7 @@ cdef void _backward_impl(const floating* dy, const floating* x,
     cdef Py_ssize_t S = g.N * g.G, s, blk, it
     cdef Py_ssize_t nblk = min(g.G, 64)    # blocks of whole groups
     cdef bint small = g.HW == 1 and g.Cg <= SMALL_CG
-    cdef Py_ssize_t items = g.N * ((g.G + max(1, SMALL_ITEM // g.Cg) - 1) //
-                                   max(1, SMALL_ITEM // g.Cg))
+    cdef Py_ssize_t items = _small_items(g)
     with parallel(num_threads=nt):
         if small:
             for it in prange(items, schedule="static"):
