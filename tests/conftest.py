@@ -204,3 +204,24 @@ def traced_peak():
     """``with traced_peak() as t: ...`` then ``t.peak`` bytes (NumPy's
     array allocations are tracked by tracemalloc)."""
     return _traced_peak
+
+
+def _numeric_grad(f, a, h):
+    """Central differences of the scalar f() with respect to the array a,
+    perturbing a in place one element at a time (restored afterwards)."""
+    g = np.empty(a.shape, dtype=np.float64)
+    for i in np.ndindex(a.shape):
+        old = a[i]
+        a[i] = old + h
+        up = f()
+        a[i] = old - h
+        down = f()
+        a[i] = old
+        g[i] = (up - down) / (2 * h)
+    return g
+
+
+@pytest.fixture(scope="session")
+def numeric_grad():
+    """``numeric_grad(f, a, h)``: float64 finite-difference gradient."""
+    return _numeric_grad
