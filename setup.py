@@ -67,7 +67,9 @@ class BuildExt(build_ext):
 
     def build_extensions(self):
         msvc = self.compiler.compiler_type == "msvc"
-        cflags = ["/O2"] if msvc else ["-O3"]
+        # -fno-math-errno: the kernels never read errno, and without it GCC
+        # keeps sqrt scalar (a branch to libm for errno) in vector loops.
+        cflags = ["/O2"] if msvc else ["-O3", "-fno-math-errno"]
         lflags = []
         if _flag("FASTGN_DEBUG"):
             cflags = ["-O1", "-g"] if not msvc else ["/Od"]
