@@ -287,9 +287,51 @@ static inline FG_INLINE double fg_relu_f64(double v) { return v < 0 ? 0 : v; }
  * mean: x - mhi is exact near the mean (Sterbenz), so float32 data far from
  * zero keeps its precision without float64 arithmetic in the apply. */
 
-/* Values [u0, u1) of an NCHW slab (channel c holds values c*HW .. c*HW+HW-1;
- * w, b start at the slab's first channel): one call per slab or chunk, the
- * loop over channel runs inside. HW == 1 is one vector loop over channels. */
+/* Streaming (non-temporal) stores for outputs larger than the last-level
+ * cache: the line is written without being read first (no read-for-
+ * ownership), so a DRAM-bound call moves one read and one write per value
+ * instead of two reads and one write. SSE2 stores (baseline on x86-64, so
+ * legal in every clone) straight from the arithmetic: computing into an L1
+ * buffer first and streaming that out measured no faster than plain stores.
+ * Each call that streams ends with a store fence, so its output is visible
+ * to other threads when it returns. Elsewhere plain stores. */
+#if defined(__x86_64__) && defined(__SSE2__)
+#include <emmintrin.h>
+#define FG_HAVE_NT 1
+static void fg_sfence(void) { _mm_sfence(); }
+/* yp[i] = (xp[i] - m) * s + h for i < n, streamed (no activation). The
+ * arithmetic is written as in the plain loop (GNU vector operators on the
+ * SSE types), so each clone contracts it the same way: the same bits
+ * whichever store is used. */
+#define FG_NT_AFFINE(T, V, VL, LOAD, STREAM, SUF)                             \
+static inline FG_INLINE void fg_nt_affine_##SUF(const T *xp, T *yp,          \
+                                                ptrdiff_t n, T m, T s, T h) { \
+    ptrdiff_t i = 0;                                                          \
+    for (; i < n && ((size_t)(yp + i) & 15); i++) yp[i] = (xp[i] - m) * s + h;\
+    for (; i + VL <= n; i += VL) {                                            \
+        V v = (LOAD(xp + i) - m) * s + h;                                     \
+        STREAM(yp + i, v);                                                    \
+    }                                                                         \
+    for (; i < n; i++) yp[i] = (xp[i] - m) * s + h;                           \
+}
+FG_NT_AFFINE(float, __m128, 4, _mm_loadu_ps, _mm_stream_ps, f32)
+FG_NT_AFFINE(double, __m128d, 2, _mm_loadu_pd, _mm_stream_pd, f64)
+#else
+#define FG_HAVE_NT 0
+#define FG_NT_AFFINE(T, SUF)                                                  \
+static inline FG_INLINE void fg_nt_affine_##SUF(const T *xp, T *yp,          \
+                                                ptrdiff_t n, T m, T s, T h) { \
+    ptrdiff_t i;                                                              \
+    FG_SIMD for (i = 0; i < n; i++) yp[i] = (xp[i] - m) * s + h;              \
+}
+FG_NT_AFFINE(float, f32)
+FG_NT_AFFINE(double, f64)
+static void fg_sfence(void) {}
+#endif
+
+/* Values [u, e1) of an NCHW slab (channel c holds values c*HW .. c*HW+HW-1;
+ * w, b start at the slab's first channel): the loop over channel runs is
+ * inside. HW == 1 is one vector loop over channels. */
 #define FG_SPAN_BODY(ACT, SUF)                                                \
     while (u < u1) {                                                          \
         const ptrdiff_t c = u / HW;                                           \
@@ -309,18 +351,46 @@ static inline FG_INLINE double fg_relu_f64(double v) { return v < 0 ? 0 : v; }
         y[i] = ACT(SUF, (x[i] - mhi) * s + (b[i] - mlo * s));                 \
     }
 
+/* Values [u0, u1) of a slab; `stream` (no activation, HW > 1): streaming
+ * stores, see above. */
 #define FG_APPLY_SPAN(T, SUF)                                                 \
 FG_CLONES void fg_apply_span_##SUF(const T *x, T *y, ptrdiff_t u0,            \
                                    ptrdiff_t u1, ptrdiff_t HW, T mhi, T mlo,  \
-                                   T rs, const T *w, const T *b, int act) {   \
+                                   T rs, const T *w, const T *b, int act,     \
+                                   int stream) {                              \
     typedef T fg_t;                                                           \
     ptrdiff_t u = u0, i;                                                      \
-    if (HW == 1) {                                                            \
+    if (stream) {                                                             \
+        while (u < u1) {                                                      \
+            const ptrdiff_t c = u / HW;                                       \
+            const ptrdiff_t e = (c + 1) * HW < u1 ? (c + 1) * HW : u1;        \
+            const T sc = w[c] * rs;                                           \
+            fg_nt_affine_##SUF(x + u, y + u, e - u, mhi, sc, b[c] - mlo * sc);\
+            u = e;                                                            \
+        }                                                                     \
+        fg_sfence();                                                          \
+    } else if (HW == 1) {                                                     \
         FG_ACT_SWITCH(FG_AFFINE_BODY, SUF)                                    \
     } else {                                                                  \
         FG_ACT_SWITCH(FG_SPAN_BODY, SUF)                                      \
     }                                                                         \
 }
+
+/* The benchmarks' floor: dst = alpha * src, one read and one write, with
+ * the apply's store policy. */
+#define FG_SCALE_COPY(T, SUF)                                                 \
+FG_CLONES void fg_scale_copy_##SUF(const T *src, T *dst, ptrdiff_t n,         \
+                                   T alpha, int stream) {                     \
+    ptrdiff_t i;                                                              \
+    if (stream) {                                                             \
+        fg_nt_affine_##SUF(src, dst, n, 0, alpha, 0);                         \
+        fg_sfence();                                                          \
+        return;                                                               \
+    }                                                                         \
+    FG_SIMD for (i = 0; i < n; i++) dst[i] = alpha * src[i];                  \
+}
+FG_SCALE_COPY(float, f32)
+FG_SCALE_COPY(double, f64)
 
 /* `rows` positions of C channels (NHWC), per-channel mhi/sc/sh vectors; four
  * rows a step so each vector of parameters is loaded once for four. */

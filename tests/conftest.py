@@ -2,7 +2,8 @@
 
 * ``backend`` (autouse): every test runs once per backend, ids ``cython`` and
   ``python``. Mark a test ``@pytest.mark.backend_independent`` to run it only
-  once, on whatever backend fastgn picked at import.
+  once, on whatever backend fastgn picked at import, or
+  ``@pytest.mark.compiled_only`` to run it on the compiled backend only.
   If the compiled extension ``fastgn._kernels`` cannot be imported, the
   ``cython`` variants *fail* (the suite tests the installed, built package);
   with ``FASTGN_BACKEND=python`` in the environment they are skipped instead.
@@ -43,6 +44,10 @@ def pytest_configure(config):
         "markers",
         "backend_independent: run the test once, not once per backend")
     config.addinivalue_line(
+        "markers",
+        "compiled_only: run the test on the compiled backend only (a path "
+        "the NumPy fallback does not have)")
+    config.addinivalue_line(
         "markers", "huge: needs more than 8 GB of memory; skipped unless "
         "--run-huge is given")
 
@@ -69,7 +74,9 @@ def pytest_generate_tests(metafunc):
         return
     if metafunc.definition.get_closest_marker("backend_independent"):
         return
-    metafunc.parametrize("backend", BACKENDS, indirect=True, ids=BACKENDS)
+    names = ("cython",) if metafunc.definition.get_closest_marker(
+        "compiled_only") else BACKENDS
+    metafunc.parametrize("backend", names, indirect=True, ids=names)
 
 
 @pytest.fixture(autouse=True)

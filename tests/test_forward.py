@@ -605,6 +605,53 @@ def test_batch_size_independence(rng, dtype, channels_last):
     np.testing.assert_array_equal(yi, y[1:4])
 
 
+@pytest.fixture
+def streaming(backend):
+    """The compiled kernels, restoring their streaming-store threshold."""
+    kern = _api._kern
+    old = kern.stream_bytes(0)
+    try:
+        yield kern
+    finally:
+        kern.stream_bytes(old)
+
+
+@pytest.mark.compiled_only
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("shape,G", [
+    ((3, 8, 40, 41), 2),           # one slab per thread, odd run lengths
+    ((1, 4, 100, 100), 1),         # split over threads (N*G < threads)
+    ((2, 6, 3, 1001), 3),
+], ids=["per_slab", "split", "odd"])
+@pytest.mark.parametrize("nt", [1, 2])
+@pytest.mark.parametrize("where", ["new", "out_offset", "in_place"])
+def test_streaming_stores_same_bits(rng, oracle, streaming, dtype, shape, G,
+                                    nt, where):
+    """Outputs larger than the last-level cache are written with streaming
+    stores: forced on small arrays here, with outputs at every 16-byte
+    misalignment, they give the bits of the plain stores."""
+    x = data(rng, shape, dtype, offset=100.0)
+    w, b = params(rng, shape[1], "both", dtype)
+    streaming.stream_bytes(1 << 62)
+    plain = gn(x, G, w, b, num_threads=nt)
+    streaming.stream_bytes(0)
+    if where == "new":
+        y = gn(x, G, w, b, num_threads=nt)
+    elif where == "in_place":
+        y = x.copy()
+        assert gn(y, G, w, b, out=y, num_threads=nt) is y
+    else:
+        for k in range(1, 16 // dtype.itemsize):
+            buf = np.full(x.size + k + 1, -7.0, dtype)
+            y = buf[k:k + x.size].reshape(shape)
+            gn(x, G, w, b, out=y, num_threads=nt)
+            assert buf[:k].tolist() == [-7.0] * k
+            assert buf[-1] == -7.0
+            np.testing.assert_array_equal(y, plain)
+    np.testing.assert_array_equal(y, plain)
+    assert_close(y, oracle(x, G, w, b)[0], dtype)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"rank{len(s)}")
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
 @pytest.mark.parametrize("G", [1, 4, 12])
