@@ -49,9 +49,10 @@ cdef extern from "_simd.h" nogil:
                            Py_ssize_t, double, double, double, const double*,
                            const double*, int, int)
     void fg_apply_rows_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
-                           const float*, const float*, const float*, int)
+                           const float*, const float*, const float*, int, int)
     void fg_apply_rows_f64(const double*, double*, Py_ssize_t, Py_ssize_t,
-                           const double*, const double*, const double*, int)
+                           const double*, const double*, const double*, int,
+                           int)
     void fg_small_slabs_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
                             Py_ssize_t, const float*, const float*, double,
                             int, float*, float*)
@@ -206,7 +207,7 @@ cdef struct Geometry:
     Py_ssize_t U        # values (positions) per chunk
     Py_ssize_t K        # chunks per slab (per sample)
     bint rows           # channels-last memory
-    int stream          # streaming stores (NCHW apply, no activation)
+    int stream          # streaming stores (apply without activation)
 
 
 cdef inline void _chunk_moments(const floating* xs, Geometry* g,
@@ -381,9 +382,11 @@ cdef inline void _rows_apply(const floating* x, floating* y, Geometry* g,
             sh[c] = b[c] - lo * sc[c]
     off = (n * g.T + p0) * g.C
     if floating is float:
-        fg_apply_rows_f32(x + off, y + off, p1 - p0, g.C, mhi, sc, sh, act)
+        fg_apply_rows_f32(x + off, y + off, p1 - p0, g.C, mhi, sc, sh, act,
+                          g.stream)
     else:
-        fg_apply_rows_f64(x + off, y + off, p1 - p0, g.C, mhi, sc, sh, act)
+        fg_apply_rows_f64(x + off, y + off, p1 - p0, g.C, mhi, sc, sh, act,
+                          g.stream)
 
 
 cdef inline void _rows_sample(const floating* x, floating* y,
@@ -455,7 +458,7 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
         g.T = g.Cg * HW
         g.U = CHUNK
     g.K = (g.T + g.U - 1) // g.U
-    g.stream = (not rows and HW > 1 and activation == 0 and
+    g.stream = (HW > 1 and activation == 0 and
                 2 * N * C * HW * x.itemsize > STREAM_BYTES)
     if N * C * HW < SERIAL_BELOW:
         nt = 1

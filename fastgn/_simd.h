@@ -295,41 +295,50 @@ static inline FG_INLINE double fg_relu_f64(double v) { return v < 0 ? 0 : v; }
  * buffer first and streaming that out measured no faster than plain stores.
  * Each call that streams ends with a store fence, so its output is visible
  * to other threads when it returns. Elsewhere plain stores. */
-#if defined(__x86_64__) && defined(__SSE2__)
+#if defined(__x86_64__) && defined(__SSE2__) && !defined(FASTGN_NO_NT)
 #include <emmintrin.h>
 #define FG_HAVE_NT 1
 static void fg_sfence(void) { _mm_sfence(); }
-/* yp[i] = (xp[i] - m) * s + h for i < n, streamed (no activation). The
- * arithmetic is written as in the plain loop (GNU vector operators on the
- * SSE types), so each clone contracts it the same way: the same bits
- * whichever store is used. */
-#define FG_NT_AFFINE(T, V, VL, LOAD, STREAM, SUF)                             \
-static inline FG_INLINE void fg_nt_affine_##SUF(const T *xp, T *yp,          \
-                                                ptrdiff_t n, T m, T s, T h) { \
+/* yp[i] = (xp[i] - m) * s + h for i < n, streamed (no activation); m, s, h
+ * scalars (fg_nt_affine, an NCHW channel run) or per-element vectors
+ * (fg_nt_row, an NHWC row). The arithmetic is written as in the plain loops
+ * (GNU vector operators on the SSE types), so each clone contracts it the
+ * same way: the same bits whichever store is used. */
+#define FG_NT_LOOP(V, VL, LOAD, STREAM, M, S, H, VM, VS, VH)                  \
     ptrdiff_t i = 0;                                                          \
-    for (; i < n && ((size_t)(yp + i) & 15); i++) yp[i] = (xp[i] - m) * s + h;\
+    for (; i < n && ((size_t)(yp + i) & 15); i++) yp[i] = (xp[i] - M) * S + H;\
     for (; i + VL <= n; i += VL) {                                            \
-        V v = (LOAD(xp + i) - m) * s + h;                                     \
+        V v = (LOAD(xp + i) - VM) * VS + VH;                                  \
         STREAM(yp + i, v);                                                    \
     }                                                                         \
-    for (; i < n; i++) yp[i] = (xp[i] - m) * s + h;                           \
-}
-FG_NT_AFFINE(float, __m128, 4, _mm_loadu_ps, _mm_stream_ps, f32)
-FG_NT_AFFINE(double, __m128d, 2, _mm_loadu_pd, _mm_stream_pd, f64)
+    for (; i < n; i++) yp[i] = (xp[i] - M) * S + H;
 #else
 #define FG_HAVE_NT 0
-#define FG_NT_AFFINE(T, SUF)                                                  \
+#define FG_NT_LOOP(V, VL, LOAD, STREAM, M, S, H, VM, VS, VH)                  \
+    ptrdiff_t i;                                                              \
+    FG_SIMD for (i = 0; i < n; i++) yp[i] = (xp[i] - M) * S + H;
+#endif
+#define FG_NT_DEF(T, V, VL, LOAD, STREAM, SUF)                                \
 static inline FG_INLINE void fg_nt_affine_##SUF(const T *xp, T *yp,          \
                                                 ptrdiff_t n, T m, T s, T h) { \
-    ptrdiff_t i;                                                              \
-    FG_SIMD for (i = 0; i < n; i++) yp[i] = (xp[i] - m) * s + h;              \
+    FG_NT_LOOP(V, VL, LOAD, STREAM, m, s, h, m, s, h)                         \
+}                                                                             \
+static inline FG_INLINE void fg_nt_row_##SUF(const T *xp, T *yp, ptrdiff_t n, \
+                                             const T *m, const T *s,          \
+                                             const T *h) {                    \
+    FG_NT_LOOP(V, VL, LOAD, STREAM, m[i], s[i], h[i], LOAD(m + i),            \
+               LOAD(s + i), LOAD(h + i))                                      \
 }
-FG_NT_AFFINE(float, f32)
-FG_NT_AFFINE(double, f64)
+#if FG_HAVE_NT
+FG_NT_DEF(float, __m128, 4, _mm_loadu_ps, _mm_stream_ps, f32)
+FG_NT_DEF(double, __m128d, 2, _mm_loadu_pd, _mm_stream_pd, f64)
+#else
+FG_NT_DEF(float, , , , , f32)
+FG_NT_DEF(double, , , , , f64)
 static void fg_sfence(void) {}
 #endif
 
-/* Values [u, e1) of an NCHW slab (channel c holds values c*HW .. c*HW+HW-1;
+/* Values [u0, u1) of an NCHW slab (channel c holds values c*HW .. c*HW+HW-1;
  * w, b start at the slab's first channel): the loop over channel runs is
  * inside. HW == 1 is one vector loop over channels. */
 #define FG_SPAN_BODY(ACT, SUF)                                                \
@@ -417,9 +426,16 @@ FG_SCALE_COPY(double, f64)
 FG_CLONES void fg_apply_rows_##SUF(const T *x, T *y, ptrdiff_t rows,          \
                                    ptrdiff_t C, const T *restrict mhi,        \
                                    const T *restrict sc,                      \
-                                   const T *restrict sh, int act) {           \
+                                   const T *restrict sh, int act,             \
+                                   int stream) {                              \
     typedef T fg_t;                                                           \
     ptrdiff_t p, i;                                                           \
+    if (stream) {                                                             \
+        for (p = 0; p < rows; p++)                                            \
+            fg_nt_row_##SUF(x + p * C, y + p * C, C, mhi, sc, sh);            \
+        fg_sfence();                                                          \
+        return;                                                               \
+    }                                                                         \
     FG_ACT_SWITCH(FG_ROWS_BODY, SUF)                                          \
 }
 

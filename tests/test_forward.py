@@ -625,31 +625,35 @@ def streaming(backend):
 ], ids=["per_slab", "split", "odd"])
 @pytest.mark.parametrize("nt", [1, 2])
 @pytest.mark.parametrize("where", ["new", "out_offset", "in_place"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_streaming_stores_same_bits(rng, oracle, streaming, dtype, shape, G,
-                                    nt, where):
+                                    nt, where, channels_last):
     """Outputs larger than the last-level cache are written with streaming
     stores: forced on small arrays here, with outputs at every 16-byte
     misalignment, they give the bits of the plain stores."""
     x = data(rng, shape, dtype, offset=100.0)
+    if channels_last:
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
     w, b = params(rng, shape[1], "both", dtype)
+    kw = dict(num_threads=nt, channels_last=channels_last)
     streaming.stream_bytes(1 << 62)
-    plain = gn(x, G, w, b, num_threads=nt)
+    plain = gn(x, G, w, b, **kw)
     streaming.stream_bytes(0)
     if where == "new":
-        y = gn(x, G, w, b, num_threads=nt)
+        y = gn(x, G, w, b, **kw)
     elif where == "in_place":
         y = x.copy()
-        assert gn(y, G, w, b, out=y, num_threads=nt) is y
+        assert gn(y, G, w, b, out=y, **kw) is y
     else:
         for k in range(1, 16 // dtype.itemsize):
             buf = np.full(x.size + k + 1, -7.0, dtype)
-            y = buf[k:k + x.size].reshape(shape)
-            gn(x, G, w, b, out=y, num_threads=nt)
+            y = buf[k:k + x.size].reshape(x.shape)
+            gn(x, G, w, b, out=y, **kw)
             assert buf[:k].tolist() == [-7.0] * k
             assert buf[-1] == -7.0
             np.testing.assert_array_equal(y, plain)
     np.testing.assert_array_equal(y, plain)
-    assert_close(y, oracle(x, G, w, b)[0], dtype)
+    assert_close(y, oracle(x, G, w, b, channels_last=channels_last)[0], dtype)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"rank{len(s)}")
