@@ -439,6 +439,114 @@ FG_CLONES void fg_apply_rows_##SUF(const T *x, T *y, ptrdiff_t rows,          \
     FG_ACT_SWITCH(FG_ROWS_BODY, SUF)                                          \
 }
 
+/* Short runs (a small slab, a 7x7 channel: at most a few thousand values)
+ * are summed with
+ * GNU C vector types of 64 bytes, which each clone lowers to its own
+ * registers (one AVX-512 register, two AVX2, four SSE2 or NEON): the
+ * reduction at the end is a handful of shuffles, not the scalar epilogue
+ * the auto-vectorizer emits for `omp simd` reductions, which dominated
+ * groups of a few dozen values. Lanes are folded to 8 in T, then added up
+ * in float64. */
+typedef float fg_vf32 __attribute__((vector_size(64)));
+typedef double fg_vf64 __attribute__((vector_size(64)));
+typedef float fg_vf32u __attribute__((vector_size(64), aligned(4), may_alias));
+typedef double fg_vf64u __attribute__((vector_size(64), aligned(8), may_alias));
+typedef float fg_hf32 __attribute__((vector_size(32)));
+typedef double fg_d8 __attribute__((vector_size(64)));
+typedef double fg_d4 __attribute__((vector_size(32)));
+
+static inline FG_INLINE double fg_d8_sum(fg_d8 v) {
+    fg_d4 lo, hi;
+    __builtin_memcpy(&lo, &v, 32);
+    __builtin_memcpy(&hi, (char *)&v + 32, 32);
+    lo += hi;
+    return (lo[0] + lo[1]) + (lo[2] + lo[3]);
+}
+static inline FG_INLINE double fg_vsum_f32(fg_vf32 v) {
+    fg_hf32 lo, hi;
+    __builtin_memcpy(&lo, &v, 32);
+    __builtin_memcpy(&hi, (char *)&v + 32, 32);
+    return fg_d8_sum(__builtin_convertvector(lo + hi, fg_d8));
+}
+static inline FG_INLINE double fg_vsum_f64(fg_vf64 v) { return fg_d8_sum(v); }
+
+#define FG_VRUNS(T, V, VU, SUF)                                               \
+static inline FG_INLINE double fg_vrun_sum_##SUF(const T *p, ptrdiff_t len) { \
+    enum { VL = sizeof(V) / sizeof(T) };                                      \
+    V a0 = {0}, a1 = {0};                                                     \
+    ptrdiff_t j = 0;                                                          \
+    double t = 0;                                                             \
+    for (; j + 2 * VL <= len; j += 2 * VL) {                                  \
+        a0 += *(const VU *)(p + j);                                           \
+        a1 += *(const VU *)(p + j + VL);                                      \
+    }                                                                         \
+    if (j + VL <= len) {                                                      \
+        a0 += *(const VU *)(p + j);                                           \
+        j += VL;                                                              \
+    }                                                                         \
+    for (; j < len; j++) t += p[j];                                           \
+    return t + fg_vsum_##SUF(a0 + a1);                                        \
+}                                                                             \
+static inline FG_INLINE void fg_vrun_dev_##SUF(const T *p, ptrdiff_t len,     \
+                                               T k, double *s, double *q) {   \
+    enum { VL = sizeof(V) / sizeof(T) };                                      \
+    V s0 = {0}, s1 = {0}, q0 = {0}, q1 = {0}, d;                              \
+    ptrdiff_t j = 0;                                                          \
+    double ts = 0, tq = 0;                                                    \
+    for (; j + 2 * VL <= len; j += 2 * VL) {                                  \
+        d = *(const VU *)(p + j) - k;                                         \
+        s0 += d;                                                              \
+        q0 += d * d;                                                          \
+        d = *(const VU *)(p + j + VL) - k;                                    \
+        s1 += d;                                                              \
+        q1 += d * d;                                                          \
+    }                                                                         \
+    if (j + VL <= len) {                                                      \
+        d = *(const VU *)(p + j) - k;                                         \
+        s0 += d;                                                              \
+        q0 += d * d;                                                          \
+        j += VL;                                                              \
+    }                                                                         \
+    for (; j < len; j++) {                                                    \
+        T e = p[j] - k;                                                       \
+        ts += e;                                                              \
+        tq += (double)e * e;                                                  \
+    }                                                                         \
+    *s = ts + fg_vsum_##SUF(s0 + s1);                                         \
+    *q = tq + fg_vsum_##SUF(q0 + q1);                                         \
+}                                                                             \
+/* Backward: *s = sum g*(p - mu), *b = sum g. */                              \
+static inline FG_INLINE void fg_vrun_bwd_##SUF(const T *g, const T *p,        \
+                                               ptrdiff_t len, T mu,           \
+                                               double *s, double *b) {        \
+    enum { VL = sizeof(V) / sizeof(T) };                                      \
+    V s0 = {0}, s1 = {0}, b0 = {0}, b1 = {0}, v;                              \
+    ptrdiff_t j = 0;                                                          \
+    double ts = 0, tb = 0;                                                    \
+    for (; j + 2 * VL <= len; j += 2 * VL) {                                  \
+        v = *(const VU *)(g + j);                                             \
+        s0 += v * (*(const VU *)(p + j) - mu);                                \
+        b0 += v;                                                              \
+        v = *(const VU *)(g + j + VL);                                        \
+        s1 += v * (*(const VU *)(p + j + VL) - mu);                           \
+        b1 += v;                                                              \
+    }                                                                         \
+    if (j + VL <= len) {                                                      \
+        v = *(const VU *)(g + j);                                             \
+        s0 += v * (*(const VU *)(p + j) - mu);                                \
+        b0 += v;                                                              \
+        j += VL;                                                              \
+    }                                                                         \
+    for (; j < len; j++) {                                                    \
+        ts += (double)g[j] * ((double)p[j] - mu);                             \
+        tb += g[j];                                                           \
+    }                                                                         \
+    *s = ts + fg_vsum_##SUF(s0 + s1);                                         \
+    *b = tb + fg_vsum_##SUF(b0 + b1);                                         \
+}
+FG_VRUNS(float, fg_vf32, fg_vf32u, f32)
+FG_VRUNS(double, fg_vf64, fg_vf64u, f64)
+
 /* ---- backward ----
  * Per channel: ds = sum dy * (x - mean), db = sum dy (lanes in AT as in
  * fg_moments, flushed to float64 every FG_BWD_BLK values);
@@ -502,22 +610,15 @@ static inline FG_INLINE void fg_bwd_run_##SUF(const T *dy, const T *x,       \
 FG_CLONES void fg_bwd_sums_##SUF(const T *dy, const T *x, ptrdiff_t Cg,       \
                                  ptrdiff_t HW, T mu, double *ds,              \
                                  double *db) {                                \
-    ptrdiff_t c, i;                                                           \
+    ptrdiff_t c;                                                              \
     if (HW > FG_BWD_BLK) {                                                    \
         for (c = 0; c < Cg; c++)                                              \
             fg_bwd_run_##SUF(dy + c * HW, x + c * HW, HW, mu, ds + c, db + c);\
         return;                                                               \
     }                                                                         \
-    for (c = 0; c < Cg; c++) {  /* short runs (7x7): one vector reduction */  \
+    for (c = 0; c < Cg; c++) {  /* short runs (7x7) */                        \
         const T *g = dy + c * HW, *p = x + c * HW;                            \
-        AT s = 0, b = 0;                                                      \
-        FG_SIMD_REDUCE(s, b)                                                  \
-        for (i = 0; i < HW; i++) {                                            \
-            s += (AT)g[i] * ((AT)p[i] - mu);                                  \
-            b += g[i];                                                        \
-        }                                                                     \
-        ds[c] = s;                                                            \
-        db[c] = b;                                                            \
+        fg_vrun_bwd_##SUF(g, p, HW, mu, ds + c, db + c);                      \
         if (FG_OVERFLOWED(AT, ds[c], db[c]))                                  \
             fg_bwd_run_f64acc_##SUF(g, p, HW, mu, ds + c, db + c);            \
     }                                                                         \
@@ -651,83 +752,6 @@ FG_MOMENTS(double, double, f64)
         }                                                                     \
     }
 
-/* Short runs (a small slab: at most a few thousand values) are summed with
- * GNU C vector types of 64 bytes, which each clone lowers to its own
- * registers (one AVX-512 register, two AVX2, four SSE2 or NEON): the
- * reduction at the end is a handful of shuffles, not the scalar epilogue
- * the auto-vectorizer emits for `omp simd` reductions, which dominated
- * groups of a few dozen values. Lanes are folded to 8 in T, then added up
- * in float64. */
-typedef float fg_vf32 __attribute__((vector_size(64)));
-typedef double fg_vf64 __attribute__((vector_size(64)));
-typedef float fg_vf32u __attribute__((vector_size(64), aligned(4), may_alias));
-typedef double fg_vf64u __attribute__((vector_size(64), aligned(8), may_alias));
-typedef float fg_hf32 __attribute__((vector_size(32)));
-typedef double fg_d8 __attribute__((vector_size(64)));
-typedef double fg_d4 __attribute__((vector_size(32)));
-
-static inline FG_INLINE double fg_d8_sum(fg_d8 v) {
-    fg_d4 lo, hi;
-    __builtin_memcpy(&lo, &v, 32);
-    __builtin_memcpy(&hi, (char *)&v + 32, 32);
-    lo += hi;
-    return (lo[0] + lo[1]) + (lo[2] + lo[3]);
-}
-static inline FG_INLINE double fg_vsum_f32(fg_vf32 v) {
-    fg_hf32 lo, hi;
-    __builtin_memcpy(&lo, &v, 32);
-    __builtin_memcpy(&hi, (char *)&v + 32, 32);
-    return fg_d8_sum(__builtin_convertvector(lo + hi, fg_d8));
-}
-static inline FG_INLINE double fg_vsum_f64(fg_vf64 v) { return fg_d8_sum(v); }
-
-#define FG_VRUNS(T, V, VU, SUF)                                               \
-static inline FG_INLINE double fg_vrun_sum_##SUF(const T *p, ptrdiff_t len) { \
-    enum { VL = sizeof(V) / sizeof(T) };                                      \
-    V a0 = {0}, a1 = {0};                                                     \
-    ptrdiff_t j = 0;                                                          \
-    double t = 0;                                                             \
-    for (; j + 2 * VL <= len; j += 2 * VL) {                                  \
-        a0 += *(const VU *)(p + j);                                           \
-        a1 += *(const VU *)(p + j + VL);                                      \
-    }                                                                         \
-    if (j + VL <= len) {                                                      \
-        a0 += *(const VU *)(p + j);                                           \
-        j += VL;                                                              \
-    }                                                                         \
-    for (; j < len; j++) t += p[j];                                           \
-    return t + fg_vsum_##SUF(a0 + a1);                                        \
-}                                                                             \
-static inline FG_INLINE void fg_vrun_dev_##SUF(const T *p, ptrdiff_t len,     \
-                                               T k, double *s, double *q) {   \
-    enum { VL = sizeof(V) / sizeof(T) };                                      \
-    V s0 = {0}, s1 = {0}, q0 = {0}, q1 = {0}, d;                              \
-    ptrdiff_t j = 0;                                                          \
-    double ts = 0, tq = 0;                                                    \
-    for (; j + 2 * VL <= len; j += 2 * VL) {                                  \
-        d = *(const VU *)(p + j) - k;                                         \
-        s0 += d;                                                              \
-        q0 += d * d;                                                          \
-        d = *(const VU *)(p + j + VL) - k;                                    \
-        s1 += d;                                                              \
-        q1 += d * d;                                                          \
-    }                                                                         \
-    if (j + VL <= len) {                                                      \
-        d = *(const VU *)(p + j) - k;                                         \
-        s0 += d;                                                              \
-        q0 += d * d;                                                          \
-        j += VL;                                                              \
-    }                                                                         \
-    for (; j < len; j++) {                                                    \
-        T e = p[j] - k;                                                       \
-        ts += e;                                                              \
-        tq += (double)e * e;                                                  \
-    }                                                                         \
-    *s = ts + fg_vsum_##SUF(s0 + s1);                                         \
-    *q = tq + fg_vsum_##SUF(q0 + q1);                                         \
-}
-FG_VRUNS(float, fg_vf32, fg_vf32u, f32)
-FG_VRUNS(double, fg_vf64, fg_vf64u, f64)
 
 /* Groups are taken FG_SMALL_BLK at a time, pass by pass (sums of every
  * group, shifts, shifted sums, then mean and rstd vectorized over the
