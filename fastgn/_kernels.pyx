@@ -44,10 +44,10 @@ cdef extern from "_simd.h" nogil:
                         double*)
     void fg_apply_span_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
                            Py_ssize_t, float, float, float, const float*,
-                           const float*, int, int)
+                           const float*, int, int, const float*)
     void fg_apply_span_f64(const double*, double*, Py_ssize_t, Py_ssize_t,
                            Py_ssize_t, double, double, double, const double*,
-                           const double*, int, int)
+                           const double*, int, int, const double*)
     void fg_apply_rows_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
                            const float*, const float*, const float*, int, int)
     void fg_apply_rows_f64(const double*, double*, Py_ssize_t, Py_ssize_t,
@@ -207,7 +207,8 @@ cdef struct Geometry:
     Py_ssize_t U        # values (positions) per chunk
     Py_ssize_t K        # chunks per slab (per sample)
     bint rows           # channels-last memory
-    int stream          # streaming stores (apply without activation)
+    bint big            # input plus output larger than the cache
+    int stream          # streaming stores (big, apply without activation)
 
 
 cdef inline void _chunk_moments(const floating* xs, Geometry* g,
@@ -223,7 +224,8 @@ cdef inline void _chunk_moments(const floating* xs, Geometry* g,
 cdef inline void _apply_units(const floating* xs, floating* ys, Geometry* g,
                               Py_ssize_t grp, Py_ssize_t u0, Py_ssize_t u1,
                               double mean, double rstd, const floating* w,
-                              const floating* b, int act) noexcept nogil:
+                              const floating* b, int act,
+                              const floating* pf=NULL) noexcept nogil:
     """Normalize values [u0, u1) of a slab with its mean and rstd."""
     cdef floating mhi = <floating>mean
     cdef floating mlo = <floating>(mean - <double>mhi)
@@ -232,10 +234,10 @@ cdef inline void _apply_units(const floating* xs, floating* ys, Geometry* g,
     b = b + grp * g.Cg
     if floating is float:
         fg_apply_span_f32(xs, ys, u0, u1, g.HW, mhi, mlo, rs, w, b, act,
-                          g.stream)
+                          g.stream, pf)
     else:
         fg_apply_span_f64(xs, ys, u0, u1, g.HW, mhi, mlo, rs, w, b, act,
-                          g.stream)
+                          g.stream, pf)
 
 
 cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
@@ -254,7 +256,10 @@ cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
     if mean_out != NULL:
         mean_out[s] = <floating>mean
         rstd_out[s] = <floating>rstd
-    _apply_units(x + off, y + off, g, s % g.G, 0, g.T, mean, rstd, w, b, act)
+    # Larger than the cache: the next slab's lines are requested during this
+    # apply, overlapping its reads with this slab's writes.
+    _apply_units(x + off, y + off, g, s % g.G, 0, g.T, mean, rstd, w, b, act,
+                 x + off + g.T if g.big and s + 1 < g.N * g.G else NULL)
 
 
 cdef inline Py_ssize_t _slabs_per_item(Geometry* g) noexcept nogil:
@@ -458,8 +463,8 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
         g.T = g.Cg * HW
         g.U = CHUNK
     g.K = (g.T + g.U - 1) // g.U
-    g.stream = (HW > 1 and activation == 0 and
-                2 * N * C * HW * x.itemsize > STREAM_BYTES)
+    g.big = 2 * N * C * HW * x.itemsize > STREAM_BYTES
+    g.stream = g.big and HW > 1 and activation == 0
     if N * C * HW < SERIAL_BELOW:
         nt = 1
     w = np.ones(C, dtype=x.dtype) if weight is None else weight

@@ -349,6 +349,9 @@ static void fg_sfence(void) {}
         const fg_t *xp = x + u;                                               \
         fg_t *yp = y + u;                                                     \
         const ptrdiff_t m = e - u;                                            \
+        if (pf)                                                               \
+            for (i = 0; i < m; i += 64 / sizeof(fg_t))                        \
+                __builtin_prefetch(pf + u + i, 0, 2);                         \
         FG_SIMD for (i = 0; i < m; i++)                                       \
             yp[i] = ACT(SUF, (xp[i] - mhi) * s + h);                          \
         u = e;                                                                \
@@ -366,7 +369,7 @@ static void fg_sfence(void) {}
 FG_CLONES void fg_apply_span_##SUF(const T *x, T *y, ptrdiff_t u0,            \
                                    ptrdiff_t u1, ptrdiff_t HW, T mhi, T mlo,  \
                                    T rs, const T *w, const T *b, int act,     \
-                                   int stream) {                              \
+                                   int stream, const T *pf) {                 \
     typedef T fg_t;                                                           \
     ptrdiff_t u = u0, i;                                                      \
     if (stream) {                                                             \
