@@ -231,12 +231,17 @@ FG_CLONES void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, \
  * float32 uses branch-free exp/erf approximations that vectorize (relative
  * error ~1e-7, at float32 rounding level); float64 uses libm. */
 
+/* The clamp bounds of fg_expf live in a variable the compiler cannot
+ * see the value of: with literal bounds GCC folded exp at each bound and
+ * if-converted SiLU into three masked divisions per vector, one per case. */
+float fg_exp_bounds[2] = {-87.0f, 88.0f};
+
 static inline FG_INLINE float fg_expf(float x) {
     union { float f; int i; } s;
     float k, r, p;
     /* min/max form (NaN becomes a bound): callers keep NaN through v. */
-    x = x > -87.0f ? x : -87.0f;
-    x = x < 88.0f ? x : 88.0f;
+    x = x > fg_exp_bounds[0] ? x : fg_exp_bounds[0];
+    x = x < fg_exp_bounds[1] ? x : fg_exp_bounds[1];
     k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round */
     r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
     p = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f)
