@@ -229,21 +229,35 @@ def _kernel_ready(a, cdt, nt=1):
 
     The caller may write into the array exactly when ``result is not a``.
     """
-    flags = a.flags
-    if (a.dtype is cdt or a.dtype == cdt) and flags.c_contiguous \
-            and flags.aligned:
+    if _is_plain(a, cdt):
         return a
-    if a.dtype == _F2 and cdt is _F4 and flags.c_contiguous and flags.aligned:
+    if cdt is _F4 and _is_plain(a, _F2):
         res = np.empty(a.shape, dtype=_F4)
         _kern.convert(a, res, nt)       # parallel, vectorized
         return res
     return np.array(a, dtype=cdt, order="C", copy=True)
 
 
+def _half_ready(x, out):
+    """Where the compiled float16 path (NCHW) may write, or None when it
+    cannot run (fallback backend; x not aligned, C-contiguous, native)."""
+    if not hasattr(_kern, "forward_half") or not _is_plain(x, _F2):
+        return None
+    if out is not None and _is_plain(out, _F2) and \
+            (out is x or not np.may_share_memory(out, x)):
+        return out
+    return np.empty(x.shape, dtype=_F2)
+
+
+def _is_plain(a, dt):
+    """a is C-contiguous, aligned, of dtype dt (native byte order)."""
+    flags = a.flags
+    return a.dtype == dt and flags.c_contiguous and flags.aligned
+
+
 def _from_f32(y, out, rdt, nt):
     """The float32 result ``y`` as float16, into ``out`` when given."""
-    if out is not None and out.flags.c_contiguous and out.flags.aligned \
-            and out.dtype == _F2:
+    if out is not None and _is_plain(out, _F2):
         _kern.convert(y, out, nt)
         return out
     res = np.empty(y.shape, dtype=_F2)
@@ -321,6 +335,16 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *,
             return y, mean, rstd
         return y
 
+    y = None
+    if x.dtype == _F2 and not (channels_last and HW > 1):
+        y = _half_ready(x, out)
+    if y is not None:
+        if _kern.forward_half(x, y, w, b, N, C, HW, G, eps, act, mean, rstd,
+                              nt):
+            if out is not None and y is not out:
+                np.copyto(out, y)
+                y = out
+            return (y, mean, rstd) if return_stats else y
     xk = _kernel_ready(x, cdt, nt)
     if out is not None and out.dtype == cdt and out.flags.c_contiguous and \
             out.flags.aligned and (out is x or

@@ -119,6 +119,8 @@ cdef Py_ssize_t SMALL_CG = 1024
 cdef Py_ssize_t SMALL_ITEM = 8192
 # Below this many values a call runs on the calling thread.
 cdef Py_ssize_t SERIAL_BELOW = 32768
+# float16 slabs of at most this many values go through float32 buffers.
+cdef Py_ssize_t HALF_BUF = 1 << 18
 
 
 def _last_level_cache():
@@ -240,26 +242,37 @@ cdef inline void _apply_units(const floating* xs, floating* ys, Geometry* g,
                           g.stream, pf)
 
 
-cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
-                           Py_ssize_t s, double eps, const floating* w,
-                           const floating* b, int act, floating* mean_out,
-                           floating* rstd_out) noexcept nogil:
-    """A whole slab on the calling thread: statistics, then the apply."""
+cdef inline void _slab(const floating* xs, floating* ys, Geometry* g,
+                       Py_ssize_t s, double eps, const floating* w,
+                       const floating* b, int act, floating* mean_out,
+                       floating* rstd_out,
+                       const floating* nxt) noexcept nogil:
+    """Slab s (at xs, into ys) on the calling thread: statistics, then the
+    apply, during which the lines of ``nxt`` (the next slab, or NULL) are
+    requested."""
     cdef Moments acc, part
-    cdef Py_ssize_t k, off = s * g.T
+    cdef Py_ssize_t k
     cdef double mean, rstd
     acc.n = acc.mean = acc.m2 = 0
     for k in range(g.K):
-        _chunk_moments(x + off, g, k, &part)
+        _chunk_moments(xs, g, k, &part)
         _merge(&acc, &part)
     _finish(&acc, eps, &mean, &rstd)
     if mean_out != NULL:
         mean_out[s] = <floating>mean
         rstd_out[s] = <floating>rstd
-    # Larger than the cache: the next slab's lines are requested during this
-    # apply, overlapping its reads with this slab's writes.
-    _apply_units(x + off, y + off, g, s % g.G, 0, g.T, mean, rstd, w, b, act,
-                 x + off + g.T if g.big and s + 1 < g.N * g.G else NULL)
+    _apply_units(xs, ys, g, s % g.G, 0, g.T, mean, rstd, w, b, act, nxt)
+
+
+cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
+                           Py_ssize_t s, double eps, const floating* w,
+                           const floating* b, int act, floating* mean_out,
+                           floating* rstd_out) noexcept nogil:
+    """Slab s of x into y. Larger than the cache: the next slab is fetched
+    during this one's apply, overlapping its reads with these writes."""
+    cdef Py_ssize_t off = s * g.T
+    _slab(x + off, y + off, g, s, eps, w, b, act, mean_out, rstd_out,
+          x + off + g.T if g.big and s + 1 < g.N * g.G else NULL)
 
 
 cdef inline Py_ssize_t _slabs_per_item(Geometry* g) noexcept nogil:
@@ -282,6 +295,23 @@ cdef inline Py_ssize_t _small_block(Geometry* g, Py_ssize_t it,
     return (it // per) * g.G + g0
 
 
+cdef inline void _small_run(const floating* xs, floating* ys,
+                            const floating* w, const floating* b,
+                            Geometry* g, Py_ssize_t s0, Py_ssize_t ng,
+                            double eps, int act, floating* mean_out,
+                            floating* rstd_out) noexcept nogil:
+    """Slabs s0 .. s0+ng-1 of one sample (at xs, into ys), small-slab path."""
+    cdef Py_ssize_t c0 = (s0 % g.G) * g.Cg
+    cdef floating* mo = NULL if mean_out == NULL else mean_out + s0
+    cdef floating* ro = NULL if rstd_out == NULL else rstd_out + s0
+    if floating is float:
+        fg_small_slabs_f32(xs, ys, ng, g.Cg, g.HW, w + c0, b + c0, eps, act,
+                           mo, ro)
+    else:
+        fg_small_slabs_f64(xs, ys, ng, g.Cg, g.HW, w + c0, b + c0, eps, act,
+                           mo, ro)
+
+
 cdef inline void _small_item(const floating* x, floating* y,
                              const floating* w, const floating* b,
                              Geometry* g, Py_ssize_t it, double eps, int act,
@@ -289,15 +319,8 @@ cdef inline void _small_item(const floating* x, floating* y,
                              floating* rstd_out) noexcept nogil:
     """Item it of the small-slab path: a run of slabs of one sample."""
     cdef Py_ssize_t ng, s0 = _small_block(g, it, &ng)
-    cdef Py_ssize_t off = s0 * g.T, c0 = (s0 % g.G) * g.Cg
-    cdef floating* mo = NULL if mean_out == NULL else mean_out + s0
-    cdef floating* ro = NULL if rstd_out == NULL else rstd_out + s0
-    if floating is float:
-        fg_small_slabs_f32(x + off, y + off, ng, g.Cg, g.HW, w + c0, b + c0,
-                           eps, act, mo, ro)
-    else:
-        fg_small_slabs_f64(x + off, y + off, ng, g.Cg, g.HW, w + c0, b + c0,
-                           eps, act, mo, ro)
+    _small_run(x + s0 * g.T, y + s0 * g.T, w, b, g, s0, ng, eps, act,
+               mean_out, rstd_out)
 
 
 cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
@@ -339,6 +362,84 @@ cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
                 _apply_units(x + s * g.T, y + s * g.T, g, s % g.G, u0,
                              min(u0 + g.U, g.T), stats[2 * s],
                              stats[2 * s + 1], w, b, act)
+
+
+# ------------------------------------------------------------ forward, float16
+#
+# float16 NCHW data goes through a float32 buffer per thread, a unit of work
+# (one slab, or a small-slab item) at a time: converted in, normalized there
+# by the float32 code above, converted out. One read and one write of the
+# float16 arrays, the same bits as converting the whole array first.
+
+cdef inline void _half_unit(const char* x, char* y, const float* w,
+                            const float* b, Geometry* g, Py_ssize_t it,
+                            bint small, double eps, int act, float* mo,
+                            float* ro, float* buf) noexcept nogil:
+    cdef Py_ssize_t ng = 1, s0 = it
+    if small:
+        s0 = _small_block(g, it, &ng)
+    fg_f16_to_f32(x + 2 * s0 * g.T, buf, ng * g.T)
+    if small:
+        _small_run(buf, buf, w, b, g, s0, ng, eps, act, mo, ro)
+    else:
+        _slab(buf, buf, g, s0, eps, w, b, act, mo, ro, NULL)
+    fg_f32_to_f16(buf, y + 2 * s0 * g.T, ng * g.T)
+
+
+def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
+                 Py_ssize_t C, Py_ssize_t HW, Py_ssize_t G, double eps,
+                 int activation, mean, rstd, int num_threads):
+    """float16 NCHW x into y (may be x) through float32 buffers; False,
+    with nothing written, where the buffers do not suit (slabs above
+    HALF_BUF values, slabs split over threads): convert the whole array."""
+    cdef Geometry g
+    cdef cnp.ndarray w, b, scratch
+    cdef cnp.ndarray mo = mean, ro = rstd
+    cdef int nt = num_threads
+    cdef bint small
+    cdef Py_ssize_t units, per, it
+    cdef float* buf
+    g.N, g.C, g.HW, g.G, g.Cg = N, C, HW, G, C // G
+    g.rows = False
+    g.big = False
+    g.stream = 0
+    g.T = g.Cg * HW
+    g.U = CHUNK
+    g.K = (g.T + g.U - 1) // g.U
+    if not FG_HAVE_F16 or g.T > HALF_BUF:
+        return False
+    if N * C * HW < SERIAL_BELOW:
+        nt = 1
+    small = g.T <= SMALL_SLAB
+    if not small and nt > 1 and N * G < nt and g.K > 1:
+        return False
+    units = _small_items(&g) if small else N * G
+    per = (_slabs_per_item(&g) if small else 1) * g.T
+    per = (per + 15) // 16 * 16                 # 64-byte strides
+    scratch = np.empty(per * nt + 16, dtype=np.float32)
+    cdef float* sp = <float*>cnp.PyArray_DATA(scratch)
+    sp = sp + (-(<size_t>sp) // 4) % 16         # 64-byte aligned
+    w = np.ones(C, dtype=np.float32) if weight is None else weight
+    b = np.zeros(C, dtype=np.float32) if bias is None else bias
+    cdef const char* xp = <const char*>cnp.PyArray_DATA(x)
+    cdef char* yp = <char*>cnp.PyArray_DATA(y)
+    cdef const float* wp = <const float*>cnp.PyArray_DATA(w)
+    cdef const float* bp = <const float*>cnp.PyArray_DATA(b)
+    cdef float* mp = NULL if mo is None else <float*>cnp.PyArray_DATA(mo)
+    cdef float* rp = NULL if ro is None else <float*>cnp.PyArray_DATA(ro)
+    buf = sp
+    with nogil:
+        if nt == 1:
+            for it in range(units):
+                _half_unit(xp, yp, wp, bp, &g, it, small, eps, activation,
+                           mp, rp, buf)
+        else:
+            with parallel(num_threads=nt):
+                buf = sp + omp_get_thread_num() * per
+                for it in prange(units, schedule="static"):
+                    _half_unit(xp, yp, wp, bp, &g, it, small, eps,
+                               activation, mp, rp, buf)
+    return True
 
 
 # ------------------------------------------------------------ forward, NHWC

@@ -121,6 +121,53 @@ def test_float16_in_float16_out(rng, oracle, affine):
     np.testing.assert_allclose(rstd, rr, rtol=2e-6)
 
 
+class _HalfSpy:
+    """Records what the compiled float16 path returned (True: it ran)."""
+
+    def __init__(self, monkeypatch):
+        self.ran = []
+        real = _api._kern.forward_half
+
+        def spy(*args):
+            self.ran.append(real(*args))
+            return self.ran[-1]
+        monkeypatch.setattr(_api._kern, "forward_half", spy)
+
+
+@pytest.mark.compiled_only
+@pytest.mark.parametrize("shape,G,kind", [
+    ((3, 8, 6, 5), 4, "fused"),        # small slabs, one call
+    ((64, 32, 7, 7), 8, "fused"),      # small slabs over threads
+    ((5, 8, 40, 41), 4, "fused"),      # a slab per unit, chunked
+    ((4, 64, 19), 2, "fused"),         # rank 3, odd lengths
+    ((1, 4, 100, 100), 1, "split"),    # one slab: split over threads
+    ((1, 8, 260, 260), 2, "big"),      # slabs above HALF_BUF values
+])
+@pytest.mark.parametrize("nt", [1, 2])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_float16_buffered_path_same_bits(rng, monkeypatch, shape, G, kind,
+                                         nt, activation):
+    """float16 NCHW goes through float32 buffers per slab; it gives the bits
+    of normalizing the float32 conversion and rounding once, in place and
+    into out= as well; shapes the buffers do not suit take the fallback."""
+    x = data(rng, shape, F16, offset=30.0)
+    w, b = params(rng, shape[1], "both", F16)
+    kw = dict(num_threads=nt, activation=activation, return_stats=True)
+    r32, m32, s32 = gn(x.astype(F32), G, w.astype(F32), b.astype(F32), **kw)
+    spy = _HalfSpy(monkeypatch)
+    y, m, s = gn(x, G, w, b, **kw)
+    assert spy.ran == [kind == "fused" or kind == "split" and nt == 1]
+    np.testing.assert_array_equal(y, r32.astype(F16))
+    np.testing.assert_array_equal(m, m32)
+    np.testing.assert_array_equal(s, s32)
+    out = np.full(x.size + 1, 7.0, F16)[1:].reshape(shape)   # 2-byte offset
+    assert gn(x, G, w, b, out=out, **kw)[0] is out
+    np.testing.assert_array_equal(out, y)
+    z = x.copy()
+    assert gn(z, G, w, b, out=z, **kw)[0] is z
+    np.testing.assert_array_equal(z, y)
+
+
 def test_float16_large_values_do_not_overflow_internally(rng, oracle):
     # x*x overflows float16 (max 65504): the computation must not be float16
     x = (3000.0 + 500.0 * rng.standard_normal((2, 4, 16))).astype(F16)

@@ -747,7 +747,8 @@ class _AlignmentSpy:
 
     def __getattr__(self, name):
         attr = getattr(self._kern, name)
-        if name not in ("forward", "backward", "convert", "scale_copy"):
+        if name not in ("forward", "forward_half", "backward", "convert",
+                        "scale_copy"):
             return attr
 
         def spy(*args):
