@@ -80,11 +80,11 @@ cdef extern from "_simd.h" nogil:
                           Py_ssize_t, const double*, const double*,
                           const double*, double*, double*)
     void fg_param_grads_f32(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                            Py_ssize_t, Py_ssize_t, double*, double*, float*,
-                            float*)
+                            Py_ssize_t, Py_ssize_t, const double*,
+                            const double*, float*, float*)
     void fg_param_grads_f64(const double*, Py_ssize_t, Py_ssize_t,
-                            Py_ssize_t, Py_ssize_t, Py_ssize_t, double*,
-                            double*, double*, double*)
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*,
+                            const double*, double*, double*)
     void fg_bwd_rows_sums_f32(const float*, const float*, Py_ssize_t,
                               Py_ssize_t, Py_ssize_t, float, double*, double*)
     void fg_bwd_rows_sums_f64(const double*, const double*, Py_ssize_t,

@@ -704,31 +704,46 @@ FG_BWD_SMALL(float, f32)
 FG_BWD_SMALL(double, f64)
 
 /* dweight, dbias of groups [g0, g1): sums over n (ascending) of the
- * per-(n, c) partials ds, db (N rows of C), accumulated in row 0, rows read
- * in order and vectorized over the channels of a group. */
+ * per-(n, c) partials ds, db (N rows of C), rows read in order. Channels go
+ * FG_PGT at a time with their sums in registers across the rows (summing
+ * into row 0 in memory cost a load and a store per value and row). */
+#define FG_PGT 16
+#define FG_PG_ROWS(M)                                                         \
+    for (n = 1; n < N; n++) {                                                 \
+        const double *restrict sn = ds + n * C + c0;                          \
+        const double *restrict bn = db + n * C + c0;                          \
+        const fg_t *rn = rstd + n * G;                                        \
+        for (l = 0; l < (M); l++) {                                           \
+            as[l] = as[l] + rn[gi[l]] * sn[l];                                \
+            ab[l] = ab[l] + bn[l];                                            \
+        }                                                                     \
+    }
 #define FG_PARAM_GRADS(T, SUF)                                                \
 FG_CLONES void fg_param_grads_##SUF(const T *rstd, ptrdiff_t N, ptrdiff_t C,  \
                                     ptrdiff_t G, ptrdiff_t g0, ptrdiff_t g1,  \
-                                    double *ds, double *db, T *dw,            \
-                                    T *dbias) {                               \
+                                    const double *ds, const double *db,       \
+                                    T *dw, T *dbias) {                        \
+    typedef T fg_t;                                                           \
     const ptrdiff_t Cg = C / G;                                               \
-    ptrdiff_t n, g, c;                                                        \
-    for (g = g0; g < g1; g++)                                                 \
-        for (c = g * Cg; c < (g + 1) * Cg; c++) ds[c] = rstd[g] * ds[c];      \
-    for (n = 1; n < N; n++) {                                                 \
-        double *restrict s0 = ds, *restrict b0 = db;                          \
-        const double *restrict sn = ds + n * C, *restrict bn = db + n * C;    \
-        for (g = g0; g < g1; g++) {                                           \
-            const double r = rstd[n * G + g];                                 \
-            FG_SIMD for (c = g * Cg; c < (g + 1) * Cg; c++) {                 \
-                s0[c] = s0[c] + r * sn[c];                                    \
-                b0[c] = b0[c] + bn[c];                                        \
-            }                                                                 \
+    ptrdiff_t c0, n, l, m;                                                    \
+    for (c0 = g0 * Cg; c0 < g1 * Cg; c0 += FG_PGT) {                          \
+        double as[FG_PGT], ab[FG_PGT];                                        \
+        ptrdiff_t gi[FG_PGT];                                                 \
+        m = g1 * Cg - c0 < FG_PGT ? g1 * Cg - c0 : FG_PGT;                    \
+        for (l = 0; l < m; l++) {                                             \
+            gi[l] = (c0 + l) / Cg;                                            \
+            as[l] = rstd[gi[l]] * ds[c0 + l];                                 \
+            ab[l] = db[c0 + l];                                               \
         }                                                                     \
-    }                                                                         \
-    for (c = g0 * Cg; c < g1 * Cg; c++) {                                     \
-        dw[c] = (T)ds[c];                                                     \
-        dbias[c] = (T)db[c];                                                  \
+        if (m == FG_PGT) {                                                    \
+            FG_PG_ROWS(FG_PGT)                                                \
+        } else {                                                              \
+            FG_PG_ROWS(m)                                                     \
+        }                                                                     \
+        for (l = 0; l < m; l++) {                                             \
+            dw[c0 + l] = (T)as[l];                                            \
+            dbias[c0 + l] = (T)ab[l];                                         \
+        }                                                                     \
     }                                                                         \
 }
 FG_PARAM_GRADS(float, f32)
