@@ -268,11 +268,13 @@ cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
                            Py_ssize_t s, double eps, const floating* w,
                            const floating* b, int act, floating* mean_out,
                            floating* rstd_out) noexcept nogil:
-    """Slab s of x into y. Larger than the cache: the next slab is fetched
-    during this one's apply, overlapping its reads with these writes."""
+    """Slab s of x into y. Larger than the cache: the slab after next is
+    fetched during this one's apply, overlapping its reads with these
+    writes (the next one came in during the previous apply; one slab ahead
+    measured ~5% slower on 32x256x28x28)."""
     cdef Py_ssize_t off = s * g.T
     _slab(x + off, y + off, g, s, eps, w, b, act, mean_out, rstd_out,
-          x + off + g.T if g.big and s + 1 < g.N * g.G else NULL)
+          x + off + 2 * g.T if g.big and s + 2 < g.N * g.G else NULL)
 
 
 cdef inline Py_ssize_t _slabs_per_item(Geometry* g) noexcept nogil:
