@@ -14,7 +14,9 @@ garbage collector is off while timing.
 
 The *streaming floor* is one read plus one write of the same number of bytes
 at the same thread count: the extension's private ``scale_copy`` kernel
-(``dst = alpha * src`` in a ``prange``) when available, else
+(``dst = alpha * src`` in a ``prange``, with the forward's store policy:
+streaming stores when input plus output exceed the last-level cache) when
+available, else
 ``np.multiply(x, 1.0, out=y)`` (single-threaded). A float16 floor moves the
 same bytes as a float32 array (scale_copy takes float32/float64 only).
 
@@ -333,7 +335,9 @@ def make_floor(x, threads, kernels):
     if scale_copy is not None:
         return (lambda: scale_copy(src, dst, 1.0, threads),
                 "fastgn._kernels.scale_copy (one read + one write, prange, "
-                "same thread count)")
+                "same thread count, streaming stores above "
+                f"{kernels.stream_bytes() >> 20} MiB in+out as in the "
+                "forward)")
     return (lambda: np.multiply(src, 1.0, out=dst),
             "np.multiply(x, 1.0, out=y) (single-threaded: compiled "
             "scale_copy unavailable)")
