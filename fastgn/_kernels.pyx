@@ -99,6 +99,7 @@ cdef extern from "_simd.h" nogil:
     void fg_scale_copy_f32(const float*, float*, Py_ssize_t, float, int)
     void fg_scale_copy_f64(const double*, double*, Py_ssize_t, double, int)
     bint FG_HAVE_F16
+    Py_ssize_t FG_SMALL_CG
     void fg_f16_to_f32(const void*, float*, Py_ssize_t)
     void fg_f32_to_f16(const float*, void*, Py_ssize_t)
 
@@ -115,7 +116,7 @@ cdef Py_ssize_t ROW_CHUNK = 65536
 # time for slabs of 1024-2048 values, 1.1x at 4096); the backward's
 # small-group path (HW == 1) takes groups of at most SMALL_CG values.
 cdef Py_ssize_t SMALL_SLAB = 2048
-cdef Py_ssize_t SMALL_CG = 1024
+cdef Py_ssize_t SMALL_CG = FG_SMALL_CG
 cdef Py_ssize_t SMALL_ITEM = 8192
 # Below this many values a call runs on the calling thread.
 cdef Py_ssize_t SERIAL_BELOW = 32768

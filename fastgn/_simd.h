@@ -670,30 +670,34 @@ FG_CLONES void fg_bwd_rows_dx_##SUF(const T *dy, const T *x, T *dx,           \
     }                                                                         \
 }
 
-/* Backward for groups of few values with one value per channel (HW == 1):
+/* Backward for groups of few values with one value per channel (HW == 1)
+ * (at most FG_SMALL_CG, the kernels' SMALL_CG):
  * `ng` consecutive groups, per-channel ds = dy*(x-mean), db = dy written out
  * for the parameter gradients, dx in the same call. */
+#define FG_SMALL_CG 1024
 #define FG_BWD_SMALL(T, SUF)                                                  \
 FG_CLONES void fg_bwd_small_##SUF(const T *dy, const T *x, T *dx,             \
                                   ptrdiff_t ng, ptrdiff_t Cg, const T *mean,  \
                                   const T *rstd, const T *w, double *ds,      \
                                   double *db) {                               \
     const double M = (double)Cg;                                              \
+    double p1[FG_SMALL_CG], p2[FG_SMALL_CG];                                  \
     ptrdiff_t g, c;                                                           \
     for (g = 0; g < ng; g++) {                                                \
         const ptrdiff_t o = g * Cg;                                           \
         const T mu = mean[g], rs = rstd[g];                                   \
         const double drs = rs;                                                \
-        double s1 = 0, s2 = 0;                                                \
+        double s1, s2;                                                        \
         T B, D;                                                               \
-        FG_SIMD_REDUCE(s1, s2)                                                \
-        for (c = 0; c < Cg; c++) {                                            \
+        FG_SIMD for (c = 0; c < Cg; c++) {                                    \
             double d = (double)dy[o + c] * ((double)x[o + c] - mu);           \
             ds[o + c] = d;                                                    \
             db[o + c] = dy[o + c];                                            \
-            s1 += w[o + c] * d;                                               \
-            s2 += (double)w[o + c] * dy[o + c];                               \
+            p1[c] = w[o + c] * d;                                             \
+            p2[c] = (double)w[o + c] * dy[o + c];                             \
         }                                                                     \
+        s1 = fg_vrun_sum_f64(p1, Cg);                                         \
+        s2 = fg_vrun_sum_f64(p2, Cg);                                         \
         B = (T)(-drs * drs * drs * s1 / M);                                   \
         D = (T)(-drs * s2 / M);                                               \
         FG_SIMD for (c = 0; c < Cg; c++)                                      \
@@ -705,16 +709,18 @@ FG_BWD_SMALL(double, f64)
 
 /* dweight, dbias of groups [g0, g1): sums over n (ascending) of the
  * per-(n, c) partials ds, db (N rows of C), rows read in order. Channels go
- * FG_PGT at a time with their sums in registers across the rows (summing
- * into row 0 in memory cost a load and a store per value and row). */
+ * at most FG_PGT at a time with their sums in registers across the rows
+ * (summing into row 0 in memory cost a load and a store per value and
+ * row): tiles within one group (one rstd per row) when groups have at least
+ * 8 channels, else tiles across groups with a group index per channel. */
 #define FG_PGT 16
-#define FG_PG_ROWS(M)                                                         \
+#define FG_PG_ROWS(M, R)                                                      \
     for (n = 1; n < N; n++) {                                                 \
         const double *restrict sn = ds + n * C + c0;                          \
         const double *restrict bn = db + n * C + c0;                          \
         const fg_t *rn = rstd + n * G;                                        \
         for (l = 0; l < (M); l++) {                                           \
-            as[l] = as[l] + rn[gi[l]] * sn[l];                                \
+            as[l] = as[l] + (R) * sn[l];                                      \
             ab[l] = ab[l] + bn[l];                                            \
         }                                                                     \
     }
@@ -725,20 +731,27 @@ FG_CLONES void fg_param_grads_##SUF(const T *rstd, ptrdiff_t N, ptrdiff_t C,  \
                                     T *dw, T *dbias) {                        \
     typedef T fg_t;                                                           \
     const ptrdiff_t Cg = C / G;                                               \
-    ptrdiff_t c0, n, l, m;                                                    \
-    for (c0 = g0 * Cg; c0 < g1 * Cg; c0 += FG_PGT) {                          \
+    const int one = Cg >= 8;            /* tiles within one group */          \
+    ptrdiff_t c0, c1, n, l, m, g;                                             \
+    for (c0 = g0 * Cg; c0 < g1 * Cg; c0 = c1) {                               \
         double as[FG_PGT], ab[FG_PGT];                                        \
         ptrdiff_t gi[FG_PGT];                                                 \
-        m = g1 * Cg - c0 < FG_PGT ? g1 * Cg - c0 : FG_PGT;                    \
+        g = c0 / Cg;                                                          \
+        c1 = c0 + FG_PGT;                                                     \
+        if (one && c1 > (g + 1) * Cg) c1 = (g + 1) * Cg;                      \
+        if (c1 > g1 * Cg) c1 = g1 * Cg;                                       \
+        m = c1 - c0;                                                          \
         for (l = 0; l < m; l++) {                                             \
             gi[l] = (c0 + l) / Cg;                                            \
             as[l] = rstd[gi[l]] * ds[c0 + l];                                 \
             ab[l] = db[c0 + l];                                               \
         }                                                                     \
-        if (m == FG_PGT) {                                                    \
-            FG_PG_ROWS(FG_PGT)                                                \
+        if (one && m == FG_PGT) {                                             \
+            FG_PG_ROWS(FG_PGT, rn[g])                                         \
+        } else if (one) {                                                     \
+            FG_PG_ROWS(m, rn[g])                                              \
         } else {                                                              \
-            FG_PG_ROWS(m)                                                     \
+            FG_PG_ROWS(m, rn[gi[l]])                                          \
         }                                                                     \
         for (l = 0; l < m; l++) {                                             \
             dw[c0 + l] = (T)as[l];                                            \
