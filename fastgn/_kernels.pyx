@@ -75,10 +75,14 @@ cdef extern from "_simd.h" nogil:
                        double)
     void fg_bwd_small_f32(const float*, const float*, float*, Py_ssize_t,
                           Py_ssize_t, const float*, const float*,
-                          const float*, double*, double*)
+                          const float*, double*, double*, int)
     void fg_bwd_small_f64(const double*, const double*, double*, Py_ssize_t,
                           Py_ssize_t, const double*, const double*,
-                          const double*, double*, double*)
+                          const double*, double*, double*, int)
+    void fg_col_sums_f32(const double*, const double*, Py_ssize_t,
+                         Py_ssize_t, Py_ssize_t, Py_ssize_t, float*, float*)
+    void fg_col_sums_f64(const double*, const double*, Py_ssize_t,
+                         Py_ssize_t, Py_ssize_t, Py_ssize_t, double*, double*)
     void fg_param_grads_f32(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                             Py_ssize_t, Py_ssize_t, const double*,
                             const double*, float*, float*)
@@ -118,6 +122,9 @@ cdef Py_ssize_t ROW_CHUNK = 65536
 cdef Py_ssize_t SMALL_SLAB = 2048
 cdef Py_ssize_t SMALL_CG = FG_SMALL_CG
 cdef Py_ssize_t SMALL_ITEM = 8192
+# The small-group backward sums parameter gradients over blocks of up to
+# ROW_BLOCK samples first (16 times less partial-sum traffic).
+cdef Py_ssize_t ROW_BLOCK = 16
 # Below this many values a call runs on the calling thread.
 cdef Py_ssize_t SERIAL_BELOW = 32768
 # float16 slabs of at most this many values go through float32 buffers.
@@ -658,35 +665,42 @@ cdef void _backward_slab(const floating* dy, const floating* x,
         fg_bwd_dx_f64(gs, xs, out, g.Cg, g.HW, rs, w, fB, mu, fD)
 
 
-cdef inline void _backward_small_item(const floating* dy, const floating* x,
-                                     const floating* mean,
-                                     const floating* rstd, const floating* w,
-                                     Geometry* g, Py_ssize_t it, floating* dx,
-                                     double* ds, double* db) noexcept nogil:
-    """Item it of the small-group backward (HW == 1), as in _small_item."""
-    cdef Py_ssize_t ng, s0 = _small_block(g, it, &ng)
-    cdef Py_ssize_t off = s0 * g.Cg, c0 = (s0 % g.G) * g.Cg
-    if floating is float:
-        fg_bwd_small_f32(dy + off, x + off, dx + off, ng, g.Cg, mean + s0,
-                         rstd + s0, w + c0, ds + off, db + off)
-    else:
-        fg_bwd_small_f64(dy + off, x + off, dx + off, ng, g.Cg, mean + s0,
-                         rstd + s0, w + c0, ds + off, db + off)
+cdef inline void _backward_rows(const floating* dy, const floating* x,
+                                const floating* mean, const floating* rstd,
+                                const floating* w, Geometry* g, Py_ssize_t k,
+                                Py_ssize_t RB, floating* dx, double* ps,
+                                double* pb) noexcept nogil:
+    """Row block k (samples k*RB ..) of the small-group backward (HW == 1):
+    dx, and the block's parameter-gradient partial sums ps, pb (C each)."""
+    cdef Py_ssize_t n, n0 = k * RB, n1 = min(g.N, (k + 1) * RB), o
+    for n in range(n0, n1):
+        o = n * g.C
+        if floating is float:
+            fg_bwd_small_f32(dy + o, x + o, dx + o, g.G, g.Cg,
+                             mean + n * g.G, rstd + n * g.G, w, ps, pb,
+                             n > n0)
+        else:
+            fg_bwd_small_f64(dy + o, x + o, dx + o, g.G, g.Cg,
+                             mean + n * g.G, rstd + n * g.G, w, ps, pb,
+                             n > n0)
 
 
 cdef void _backward_impl(const floating* dy, const floating* x,
                          const floating* mean, const floating* rstd,
                          const floating* w, Geometry* g, floating* dx,
                          floating* dw, floating* dbias, double* ds,
-                         double* db, int nt) noexcept nogil:
-    cdef Py_ssize_t S = g.N * g.G, s, blk, it
+                         double* db, Py_ssize_t RB, int nt) noexcept nogil:
+    """RB > 0: the small-group path (HW == 1), in blocks of RB samples whose
+    partial sums (ds, db: one row of C per block) add up in block order;
+    else per-slab sums ds, db (rows of C per sample) and fg_param_grads."""
+    cdef Py_ssize_t S = g.N * g.G, s, blk, k
     cdef Py_ssize_t nblk = min(g.G, 64)    # blocks of whole groups
-    cdef bint small = g.HW == 1 and g.Cg <= SMALL_CG
-    cdef Py_ssize_t items = _small_items(g)
+    cdef Py_ssize_t R = (g.N + RB - 1) // RB if RB > 0 else 0
     with parallel(num_threads=nt):
-        if small:
-            for it in prange(items, schedule="static"):
-                _backward_small_item(dy, x, mean, rstd, w, g, it, dx, ds, db)
+        if RB > 0:
+            for k in prange(R, schedule="static"):
+                _backward_rows(dy, x, mean, rstd, w, g, k, RB, dx,
+                               ds + k * g.C, db + k * g.C)
         else:
             for s in prange(S, schedule="static"):
                 _backward_slab(dy, x, mean, rstd, w, g, s, dx, ds, db)
@@ -694,11 +708,21 @@ cdef void _backward_impl(const floating* dy, const floating* x,
         for blk in prange(nblk, schedule="static"):
             # dweight, dbias of a block of whole groups, rows in order
             if floating is float:
-                fg_param_grads_f32(rstd, g.N, g.C, g.G, blk * g.G // nblk,
-                                   (blk + 1) * g.G // nblk, ds, db, dw, dbias)
+                if RB > 0:
+                    fg_col_sums_f32(ds, db, R, g.C, blk * g.G // nblk * g.Cg,
+                                    (blk + 1) * g.G // nblk * g.Cg, dw, dbias)
+                else:
+                    fg_param_grads_f32(rstd, g.N, g.C, g.G, blk * g.G // nblk,
+                                       (blk + 1) * g.G // nblk, ds, db, dw,
+                                       dbias)
             else:
-                fg_param_grads_f64(rstd, g.N, g.C, g.G, blk * g.G // nblk,
-                                   (blk + 1) * g.G // nblk, ds, db, dw, dbias)
+                if RB > 0:
+                    fg_col_sums_f64(ds, db, R, g.C, blk * g.G // nblk * g.Cg,
+                                    (blk + 1) * g.G // nblk * g.Cg, dw, dbias)
+                else:
+                    fg_param_grads_f64(rstd, g.N, g.C, g.G, blk * g.G // nblk,
+                                       (blk + 1) * g.G // nblk, ds, db, dw,
+                                       dbias)
 
 
 def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
@@ -710,7 +734,12 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     cdef Geometry g
     cdef cnp.ndarray w = np.ones(C, dtype=x.dtype) if weight is None \
         else weight
-    cdef cnp.ndarray sums = np.empty(2 * N * C, dtype=np.float64)
+    # HW == 1, small groups: partial sums per block of RB samples (RB from
+    # N alone, so the order of the sums never depends on the thread count)
+    cdef Py_ssize_t RB = max(1, min(ROW_BLOCK, N // 16)) \
+        if HW == 1 and C // G <= SMALL_CG else 0
+    cdef Py_ssize_t rows = (N + RB - 1) // RB if RB else N
+    cdef cnp.ndarray sums = np.empty(2 * rows * C, dtype=np.float64)
     cdef double* ds = <double*>cnp.PyArray_DATA(sums)
     cdef bint f32 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
     cdef int nt = num_threads
@@ -731,12 +760,12 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
             _backward_impl(<const float*>p0, <const float*>p1,
                            <const float*>p2, <const float*>p3,
                            <const float*>p4, &g, <float*>p5, <float*>p6,
-                           <float*>p7, ds, ds + N * C, nt)
+                           <float*>p7, ds, ds + rows * C, RB, nt)
         else:
             _backward_impl(<const double*>p0, <const double*>p1,
                            <const double*>p2, <const double*>p3,
                            <const double*>p4, &g, <double*>p5, <double*>p6,
-                           <double*>p7, ds, ds + N * C, nt)
+                           <double*>p7, ds, ds + rows * C, RB, nt)
 
 
 # ------------------------------------------------------------ floor

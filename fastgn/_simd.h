@@ -670,16 +670,18 @@ FG_CLONES void fg_bwd_rows_dx_##SUF(const T *dy, const T *x, T *dx,           \
     }                                                                         \
 }
 
-/* Backward for groups of few values with one value per channel (HW == 1)
- * (at most FG_SMALL_CG, the kernels' SMALL_CG):
- * `ng` consecutive groups, per-channel ds = dy*(x-mean), db = dy written out
- * for the parameter gradients, dx in the same call. */
+/* Backward for groups of few values with one value per channel (HW == 1,
+ * at most FG_SMALL_CG, the kernels' SMALL_CG): dx of the `ng` consecutive
+ * groups of one sample, and the sample's parameter-gradient terms
+ * rstd*dy*(x-mean) and dy per channel stored into (acc == 0) or added to
+ * (acc != 0) a row block's partial sums ps, pb. */
 #define FG_SMALL_CG 1024
+#define FG_PGT 16
 #define FG_BWD_SMALL(T, SUF)                                                  \
 FG_CLONES void fg_bwd_small_##SUF(const T *dy, const T *x, T *dx,             \
                                   ptrdiff_t ng, ptrdiff_t Cg, const T *mean,  \
-                                  const T *rstd, const T *w, double *ds,      \
-                                  double *db) {                               \
+                                  const T *rstd, const T *w, double *ps,      \
+                                  double *pb, int acc) {                      \
     const double M = (double)Cg;                                              \
     double p1[FG_SMALL_CG], p2[FG_SMALL_CG];                                  \
     ptrdiff_t g, c;                                                           \
@@ -689,19 +691,52 @@ FG_CLONES void fg_bwd_small_##SUF(const T *dy, const T *x, T *dx,             \
         const double drs = rs;                                                \
         double s1, s2;                                                        \
         T B, D;                                                               \
-        FG_SIMD for (c = 0; c < Cg; c++) {                                    \
-            double d = (double)dy[o + c] * ((double)x[o + c] - mu);           \
-            ds[o + c] = d;                                                    \
-            db[o + c] = dy[o + c];                                            \
-            p1[c] = w[o + c] * d;                                             \
-            p2[c] = (double)w[o + c] * dy[o + c];                             \
-        }                                                                     \
+        if (acc)                                                              \
+            FG_SIMD for (c = 0; c < Cg; c++) {                                \
+                double d = (double)dy[o + c] * ((double)x[o + c] - mu);       \
+                ps[o + c] += drs * d;                                         \
+                pb[o + c] += dy[o + c];                                       \
+                p1[c] = w[o + c] * d;                                         \
+                p2[c] = (double)w[o + c] * dy[o + c];                         \
+            }                                                                 \
+        else                                                                  \
+            FG_SIMD for (c = 0; c < Cg; c++) {                                \
+                double d = (double)dy[o + c] * ((double)x[o + c] - mu);       \
+                ps[o + c] = drs * d;                                          \
+                pb[o + c] = dy[o + c];                                        \
+                p1[c] = w[o + c] * d;                                         \
+                p2[c] = (double)w[o + c] * dy[o + c];                         \
+            }                                                                 \
         s1 = fg_vrun_sum_f64(p1, Cg);                                         \
         s2 = fg_vrun_sum_f64(p2, Cg);                                         \
         B = (T)(-drs * drs * drs * s1 / M);                                   \
         D = (T)(-drs * s2 / M);                                               \
         FG_SIMD for (c = 0; c < Cg; c++)                                      \
             dx[o + c] = (w[o + c] * rs) * dy[o + c] + B * (x[o + c] - mu) + D;\
+    }                                                                         \
+}                                                                             \
+/* dweight, dbias of channels [c0, c1): sums of the R row blocks' partials  \
+ * (rows of C), in order, FG_PGT channels at a time in registers. */          \
+FG_CLONES void fg_col_sums_##SUF(const double *ps, const double *pb,          \
+                                 ptrdiff_t R, ptrdiff_t C, ptrdiff_t c0,      \
+                                 ptrdiff_t c1, T *dw, T *dbias) {             \
+    ptrdiff_t t, r, l, m;                                                     \
+    for (t = c0; t < c1; t += FG_PGT) {                                       \
+        double as[FG_PGT], ab[FG_PGT];                                        \
+        m = c1 - t < FG_PGT ? c1 - t : FG_PGT;                                \
+        for (l = 0; l < m; l++) {                                             \
+            as[l] = ps[t + l];                                                \
+            ab[l] = pb[t + l];                                                \
+        }                                                                     \
+        for (r = 1; r < R; r++)                                               \
+            for (l = 0; l < m; l++) {                                         \
+                as[l] += ps[r * C + t + l];                                   \
+                ab[l] += pb[r * C + t + l];                                   \
+            }                                                                 \
+        for (l = 0; l < m; l++) {                                             \
+            dw[t + l] = (T)as[l];                                             \
+            dbias[t + l] = (T)ab[l];                                          \
+        }                                                                     \
     }                                                                         \
 }
 FG_BWD_SMALL(float, f32)
@@ -713,7 +748,6 @@ FG_BWD_SMALL(double, f64)
  * (summing into row 0 in memory cost a load and a store per value and
  * row): tiles within one group (one rstd per row) when groups have at least
  * 8 channels, else tiles across groups with a group index per channel. */
-#define FG_PGT 16
 #define FG_PG_ROWS(M, R)                                                      \
     for (n = 1; n < N; n++) {                                                 \
         const double *restrict sn = ds + n * C + c0;                          \
