@@ -559,8 +559,9 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
             bint channels_last, int activation, mean, rstd, int num_threads):
     """Normalize x into y (may be x). See fastgn._reference.forward."""
     cdef Geometry g
-    cdef cnp.ndarray w, b, parts = None, stats = None, scratch = None
+    cdef cnp.ndarray w, b, work = None
     cdef cnp.ndarray mo = mean, ro = rstd
+    cdef Py_ssize_t nparts = 0
     cdef bint f32 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
     cdef bint rows = channels_last and HW > 1
     cdef int nt = num_threads
@@ -580,17 +581,21 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
         nt = 1
     w = np.ones(C, dtype=x.dtype) if weight is None else weight
     b = np.zeros(C, dtype=x.dtype) if bias is None else bias
+    # One work array (one allocation: it shows in small calls): chunk
+    # moments, slab stats, then a 64-byte aligned scratch row per thread.
     if rows:
-        parts = np.empty(N * g.K * G * 3, dtype=np.float64)
-        stats = np.empty(2 * N * G, dtype=np.float64)
+        nparts = N * g.K * G
         scratch_bytes = 8 * (6 * C + 8)     # 2C doubles + 3C (or 4C) values
-        scratch = np.empty(scratch_bytes * nt, dtype=np.uint8)
     elif nt > 1 and N * G < nt and g.K > 1:
-        parts = np.empty(N * G * g.K * 3, dtype=np.float64)
-        stats = np.empty(2 * N * G, dtype=np.float64)
-    cdef Moments* pp = NULL if parts is None else <Moments*>cnp.PyArray_DATA(parts)
-    cdef double* sp = NULL if stats is None else <double*>cnp.PyArray_DATA(stats)
-    cdef char* scp = NULL if scratch is None else <char*>cnp.PyArray_DATA(scratch)
+        nparts = N * G * g.K
+    if nparts:
+        work = np.empty(8 * (3 * nparts + 2 * N * G + 8) + scratch_bytes * nt,
+                        dtype=np.uint8)
+    cdef Moments* pp = NULL if work is None else <Moments*>cnp.PyArray_DATA(work)
+    cdef double* sp = NULL if work is None else <double*>(pp + nparts)
+    cdef char* scp = NULL if work is None else <char*>(sp + 2 * N * G)
+    if scp != NULL:
+        scp = scp + (-<size_t>scp) % 64
     cdef void* mp = NULL if mo is None else cnp.PyArray_DATA(mo)
     cdef void* rp = NULL if ro is None else cnp.PyArray_DATA(ro)
     cdef void* xp = cnp.PyArray_DATA(x)
