@@ -79,10 +79,6 @@ cdef extern from "_simd.h" nogil:
     void fg_bwd_small_f64(const double*, const double*, double*, Py_ssize_t,
                           Py_ssize_t, const double*, const double*,
                           const double*, double*, double*, int)
-    void fg_col_sums_f32(const double*, const double*, Py_ssize_t,
-                         Py_ssize_t, Py_ssize_t, Py_ssize_t, float*, float*)
-    void fg_col_sums_f64(const double*, const double*, Py_ssize_t,
-                         Py_ssize_t, Py_ssize_t, Py_ssize_t, double*, double*)
     void fg_param_grads_f32(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                             Py_ssize_t, Py_ssize_t, const double*,
                             const double*, float*, float*)
@@ -713,21 +709,15 @@ cdef void _backward_impl(const floating* dy, const floating* x,
         for blk in prange(nblk, schedule="static"):
             # dweight, dbias of a block of whole groups, rows in order
             if floating is float:
-                if RB > 0:
-                    fg_col_sums_f32(ds, db, R, g.C, blk * g.G // nblk * g.Cg,
-                                    (blk + 1) * g.G // nblk * g.Cg, dw, dbias)
-                else:
-                    fg_param_grads_f32(rstd, g.N, g.C, g.G, blk * g.G // nblk,
-                                       (blk + 1) * g.G // nblk, ds, db, dw,
-                                       dbias)
+                fg_param_grads_f32(<const float*>NULL if RB > 0 else rstd,
+                                   R if RB > 0 else g.N, g.C, g.G,
+                                   blk * g.G // nblk, (blk + 1) * g.G // nblk,
+                                   ds, db, dw, dbias)
             else:
-                if RB > 0:
-                    fg_col_sums_f64(ds, db, R, g.C, blk * g.G // nblk * g.Cg,
-                                    (blk + 1) * g.G // nblk * g.Cg, dw, dbias)
-                else:
-                    fg_param_grads_f64(rstd, g.N, g.C, g.G, blk * g.G // nblk,
-                                       (blk + 1) * g.G // nblk, ds, db, dw,
-                                       dbias)
+                fg_param_grads_f64(<const double*>NULL if RB > 0 else rstd,
+                                   R if RB > 0 else g.N, g.C, g.G,
+                                   blk * g.G // nblk, (blk + 1) * g.G // nblk,
+                                   ds, db, dw, dbias)
 
 
 def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,

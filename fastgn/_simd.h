@@ -674,7 +674,8 @@ FG_CLONES void fg_bwd_rows_dx_##SUF(const T *dy, const T *x, T *dx,           \
  * at most FG_SMALL_CG, the kernels' SMALL_CG): dx of the `ng` consecutive
  * groups of one sample, and the sample's parameter-gradient terms
  * rstd*dy*(x-mean) and dy per channel stored into (acc == 0) or added to
- * (acc != 0) a row block's partial sums ps, pb. */
+ * (acc != 0) a row block's partial sums ps, pb (summed by fg_param_grads
+ * with rstd == NULL). */
 #define FG_SMALL_CG 1024
 #define FG_PGT 16
 #define FG_BWD_SMALL(T, SUF)                                                  \
@@ -714,45 +715,22 @@ FG_CLONES void fg_bwd_small_##SUF(const T *dy, const T *x, T *dx,             \
         FG_SIMD for (c = 0; c < Cg; c++)                                      \
             dx[o + c] = (w[o + c] * rs) * dy[o + c] + B * (x[o + c] - mu) + D;\
     }                                                                         \
-}                                                                             \
-/* dweight, dbias of channels [c0, c1): sums of the R row blocks' partials  \
- * (rows of C), in order, FG_PGT channels at a time in registers. */          \
-FG_CLONES void fg_col_sums_##SUF(const double *ps, const double *pb,          \
-                                 ptrdiff_t R, ptrdiff_t C, ptrdiff_t c0,      \
-                                 ptrdiff_t c1, T *dw, T *dbias) {             \
-    ptrdiff_t t, r, l, m;                                                     \
-    for (t = c0; t < c1; t += FG_PGT) {                                       \
-        double as[FG_PGT], ab[FG_PGT];                                        \
-        m = c1 - t < FG_PGT ? c1 - t : FG_PGT;                                \
-        for (l = 0; l < m; l++) {                                             \
-            as[l] = ps[t + l];                                                \
-            ab[l] = pb[t + l];                                                \
-        }                                                                     \
-        for (r = 1; r < R; r++)                                               \
-            for (l = 0; l < m; l++) {                                         \
-                as[l] += ps[r * C + t + l];                                   \
-                ab[l] += pb[r * C + t + l];                                   \
-            }                                                                 \
-        for (l = 0; l < m; l++) {                                             \
-            dw[t + l] = (T)as[l];                                             \
-            dbias[t + l] = (T)ab[l];                                          \
-        }                                                                     \
-    }                                                                         \
 }
 FG_BWD_SMALL(float, f32)
 FG_BWD_SMALL(double, f64)
 
-/* dweight, dbias of groups [g0, g1): sums over n (ascending) of the
- * per-(n, c) partials ds, db (N rows of C), rows read in order. Channels go
- * at most FG_PGT at a time with their sums in registers across the rows
- * (summing into row 0 in memory cost a load and a store per value and
- * row): tiles within one group (one rstd per row) when groups have at least
- * 8 channels, else tiles across groups with a group index per channel. */
+/* dweight, dbias of groups [g0, g1): sums over n (ascending) of
+ * rstd[n, g] * ds[n, c] and db[n, c] (N rows of C), rows read in order;
+ * rstd == NULL: of ds and db as they are (the small-group backward's row
+ * blocks, already weighted). Channels go at most FG_PGT at a time with their
+ * sums in registers across the rows (summing into row 0 in memory cost a
+ * load and a store per value and row): tiles within one group (one rstd per
+ * row) when groups have at least 8 channels, else tiles across groups with
+ * a group index per channel. */
 #define FG_PG_ROWS(M, R)                                                      \
     for (n = 1; n < N; n++) {                                                 \
         const double *restrict sn = ds + n * C + c0;                          \
         const double *restrict bn = db + n * C + c0;                          \
-        const fg_t *rn = rstd + n * G;                                        \
         for (l = 0; l < (M); l++) {                                           \
             as[l] = as[l] + (R) * sn[l];                                      \
             ab[l] = ab[l] + bn[l];                                            \
@@ -763,9 +741,8 @@ FG_CLONES void fg_param_grads_##SUF(const T *rstd, ptrdiff_t N, ptrdiff_t C,  \
                                     ptrdiff_t G, ptrdiff_t g0, ptrdiff_t g1,  \
                                     const double *ds, const double *db,       \
                                     T *dw, T *dbias) {                        \
-    typedef T fg_t;                                                           \
     const ptrdiff_t Cg = C / G;                                               \
-    const int one = Cg >= 8;            /* tiles within one group */          \
+    const int one = rstd && Cg >= 8;    /* tiles within one group */          \
     ptrdiff_t c0, c1, n, l, m, g;                                             \
     for (c0 = g0 * Cg; c0 < g1 * Cg; c0 = c1) {                               \
         double as[FG_PGT], ab[FG_PGT];                                        \
@@ -777,15 +754,19 @@ FG_CLONES void fg_param_grads_##SUF(const T *rstd, ptrdiff_t N, ptrdiff_t C,  \
         m = c1 - c0;                                                          \
         for (l = 0; l < m; l++) {                                             \
             gi[l] = (c0 + l) / Cg;                                            \
-            as[l] = rstd[gi[l]] * ds[c0 + l];                                 \
+            as[l] = rstd ? rstd[gi[l]] * ds[c0 + l] : ds[c0 + l];             \
             ab[l] = db[c0 + l];                                               \
         }                                                                     \
-        if (one && m == FG_PGT) {                                             \
-            FG_PG_ROWS(FG_PGT, rn[g])                                         \
+        if (!rstd && m == FG_PGT) {                                           \
+            FG_PG_ROWS(FG_PGT, 1.0)                                           \
+        } else if (!rstd) {                                                   \
+            FG_PG_ROWS(m, 1.0)                                                \
+        } else if (one && m == FG_PGT) {                                      \
+            FG_PG_ROWS(FG_PGT, rstd[n * G + g])                               \
         } else if (one) {                                                     \
-            FG_PG_ROWS(m, rn[g])                                              \
+            FG_PG_ROWS(m, rstd[n * G + g])                                    \
         } else {                                                              \
-            FG_PG_ROWS(m, rn[gi[l]])                                          \
+            FG_PG_ROWS(m, rstd[n * G + gi[l]])                                \
         }                                                                     \
         for (l = 0; l < m; l++) {                                             \
             dw[c0 + l] = (T)as[l];                                            \
