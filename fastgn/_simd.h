@@ -481,9 +481,17 @@ static inline FG_INLINE double fg_vsum_f64(fg_vf64 v) { return fg_d8_sum(v); }
 #define FG_VRUNS(T, V, VU, SUF)                                               \
 static inline FG_INLINE double fg_vrun_sum_##SUF(const T *p, ptrdiff_t len) { \
     enum { VL = sizeof(V) / sizeof(T) };                                      \
-    V a0 = {0}, a1 = {0};                                                     \
+    V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                 \
     ptrdiff_t j = 0;                                                          \
     double t = 0;                                                             \
+    for (; j + 4 * VL <= len; j += 4 * VL) {                                  \
+        a0 += *(const VU *)(p + j);                                           \
+        a1 += *(const VU *)(p + j + VL);                                      \
+        a2 += *(const VU *)(p + j + 2 * VL);                                  \
+        a3 += *(const VU *)(p + j + 3 * VL);                                  \
+    }                                                                         \
+    a0 += a2;                                                                 \
+    a1 += a3;                                                                 \
     for (; j + 2 * VL <= len; j += 2 * VL) {                                  \
         a0 += *(const VU *)(p + j);                                           \
         a1 += *(const VU *)(p + j + VL);                                      \
@@ -499,8 +507,27 @@ static inline FG_INLINE void fg_vrun_dev_##SUF(const T *p, ptrdiff_t len,     \
                                                T k, double *s, double *q) {   \
     enum { VL = sizeof(V) / sizeof(T) };                                      \
     V s0 = {0}, s1 = {0}, q0 = {0}, q1 = {0}, d;                              \
+    V s2 = {0}, s3 = {0}, q2 = {0}, q3 = {0};                                 \
     ptrdiff_t j = 0;                                                          \
     double ts = 0, tq = 0;                                                    \
+    for (; j + 4 * VL <= len; j += 4 * VL) {                                  \
+        d = *(const VU *)(p + j) - k;                                         \
+        s0 += d;                                                              \
+        q0 += d * d;                                                          \
+        d = *(const VU *)(p + j + VL) - k;                                    \
+        s1 += d;                                                              \
+        q1 += d * d;                                                          \
+        d = *(const VU *)(p + j + 2 * VL) - k;                                \
+        s2 += d;                                                              \
+        q2 += d * d;                                                          \
+        d = *(const VU *)(p + j + 3 * VL) - k;                                \
+        s3 += d;                                                              \
+        q3 += d * d;                                                          \
+    }                                                                         \
+    s0 += s2;                                                                 \
+    s1 += s3;                                                                 \
+    q0 += q2;                                                                 \
+    q1 += q3;                                                                 \
     for (; j + 2 * VL <= len; j += 2 * VL) {                                  \
         d = *(const VU *)(p + j) - k;                                         \
         s0 += d;                                                              \
