@@ -252,8 +252,8 @@ cdef inline void _slab(const floating* xs, floating* ys, Geometry* g,
                        floating* rstd_out,
                        const floating* nxt) noexcept nogil:
     """Slab s (at xs, into ys) on the calling thread: statistics, then the
-    apply, during which the lines of ``nxt`` (the next slab, or NULL) are
-    requested."""
+    apply, during which the lines of ``nxt`` (a later slab of the same size,
+    or NULL) are requested."""
     cdef Moments acc, part
     cdef Py_ssize_t k
     cdef double mean, rstd

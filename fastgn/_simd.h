@@ -1,12 +1,14 @@
-/* Hot inner loops of fastgn's kernels, plain C loops that the compiler
- * vectorizes for any baseline ISA
- * (SSE2 on x86-64, NEON on arm64) and, on x86-64 Linux with GCC, also an
- * AVX2+FMA clone picked at load time (target_clones): the default wheel runs
- * on every CPU of its platform and still uses the wide units where present.
+/* Hot inner loops of fastgn's kernels: plain C loops that the compiler
+ * vectorizes for any baseline ISA (SSE2 on x86-64, NEON on arm64), GNU C
+ * vector types (GCC, clang) where a reduction must end in shuffles rather
+ * than the auto-vectorizer's scalar epilogue, and SSE2 streaming stores on
+ * x86-64. On x86-64 Linux with GCC, AVX2+FMA and AVX-512 clones are picked
+ * at load time (target_clones): the default wheel runs on every CPU of its
+ * platform and still uses the wide units where present.
  *
- * Sums are float64 `omp simd` reductions (compiled with -fopenmp or
- * -fopenmp-simd): their order depends on the build and the CPU's clone, never
- * on the thread count.
+ * The order of every sum depends on the build, the CPU's clone and the
+ * shape, never on the thread count (nor, for per-sample results, on the
+ * batch size).
  */
 #ifndef FASTGN_SIMD_H
 #define FASTGN_SIMD_H
@@ -234,7 +236,8 @@ FG_CLONES void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, \
 /* The clamp bounds of fg_expf live in a variable the compiler cannot
  * see the value of: with literal bounds GCC folded exp at each bound and
  * if-converted SiLU into three masked divisions per vector, one per case. */
-float fg_exp_bounds[2] = {-87.0f, 88.0f};
+__attribute__((visibility("hidden"))) float fg_exp_bounds[2] = {-87.0f,
+                                                                 88.0f};
 
 static inline FG_INLINE float fg_expf(float x) {
     union { float f; int i; } s;
@@ -448,13 +451,12 @@ FG_CLONES void fg_apply_rows_##SUF(const T *x, T *y, ptrdiff_t rows,          \
 }
 
 /* Short runs (a small slab, a 7x7 channel: at most a few thousand values)
- * are summed with
- * GNU C vector types of 64 bytes, which each clone lowers to its own
- * registers (one AVX-512 register, two AVX2, four SSE2 or NEON): the
- * reduction at the end is a handful of shuffles, not the scalar epilogue
- * the auto-vectorizer emits for `omp simd` reductions, which dominated
- * groups of a few dozen values. Lanes are folded to 8 in T, then added up
- * in float64. */
+ * are summed with GNU C vector types of 64 bytes, which each clone lowers
+ * to its own registers (one AVX-512 register, two AVX2, four SSE2 or NEON),
+ * in two or four independent accumulators: the reduction at the end is a
+ * handful of shuffles, not the scalar epilogue the auto-vectorizer emits
+ * for `omp simd` reductions, which dominated groups of a few dozen values.
+ * Lanes are folded to 8 in T, then added up in float64. */
 typedef float fg_vf32 __attribute__((vector_size(64)));
 typedef double fg_vf64 __attribute__((vector_size(64)));
 typedef float fg_vf32u __attribute__((vector_size(64), aligned(4), may_alias));
