@@ -480,6 +480,11 @@ static inline FG_INLINE double fg_vsum_f32(fg_vf32 v) {
 }
 static inline FG_INLINE double fg_vsum_f64(fg_vf64 v) { return fg_d8_sum(v); }
 
+/* d = the vector at p + j + off, shifted by k; its sum and sum of squares */
+#define FG_DEV_STEP(VU, S, Q, off)                                            \
+    d = *(const VU *)(p + j + (off)) - k;                                     \
+    S += d;                                                                   \
+    Q += d * d;
 #define FG_VRUNS(T, V, VU, SUF)                                               \
 static inline FG_INLINE double fg_vrun_sum_##SUF(const T *p, ptrdiff_t len) { \
     enum { VL = sizeof(V) / sizeof(T) };                                      \
@@ -513,35 +518,21 @@ static inline FG_INLINE void fg_vrun_dev_##SUF(const T *p, ptrdiff_t len,     \
     ptrdiff_t j = 0;                                                          \
     double ts = 0, tq = 0;                                                    \
     for (; j + 4 * VL <= len; j += 4 * VL) {                                  \
-        d = *(const VU *)(p + j) - k;                                         \
-        s0 += d;                                                              \
-        q0 += d * d;                                                          \
-        d = *(const VU *)(p + j + VL) - k;                                    \
-        s1 += d;                                                              \
-        q1 += d * d;                                                          \
-        d = *(const VU *)(p + j + 2 * VL) - k;                                \
-        s2 += d;                                                              \
-        q2 += d * d;                                                          \
-        d = *(const VU *)(p + j + 3 * VL) - k;                                \
-        s3 += d;                                                              \
-        q3 += d * d;                                                          \
+        FG_DEV_STEP(VU, s0, q0, 0)                                            \
+        FG_DEV_STEP(VU, s1, q1, VL)                                           \
+        FG_DEV_STEP(VU, s2, q2, 2 * VL)                                       \
+        FG_DEV_STEP(VU, s3, q3, 3 * VL)                                       \
     }                                                                         \
     s0 += s2;                                                                 \
     s1 += s3;                                                                 \
     q0 += q2;                                                                 \
     q1 += q3;                                                                 \
     for (; j + 2 * VL <= len; j += 2 * VL) {                                  \
-        d = *(const VU *)(p + j) - k;                                         \
-        s0 += d;                                                              \
-        q0 += d * d;                                                          \
-        d = *(const VU *)(p + j + VL) - k;                                    \
-        s1 += d;                                                              \
-        q1 += d * d;                                                          \
+        FG_DEV_STEP(VU, s0, q0, 0)                                            \
+        FG_DEV_STEP(VU, s1, q1, VL)                                           \
     }                                                                         \
     if (j + VL <= len) {                                                      \
-        d = *(const VU *)(p + j) - k;                                         \
-        s0 += d;                                                              \
-        q0 += d * d;                                                          \
+        FG_DEV_STEP(VU, s0, q0, 0)                                            \
         j += VL;                                                              \
     }                                                                         \
     for (; j < len; j++) {                                                    \
