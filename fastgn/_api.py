@@ -346,9 +346,8 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *,
                 y = out
             return (y, mean, rstd) if return_stats else y
     xk = _kernel_ready(x, cdt, nt)
-    if out is not None and out.dtype == cdt and out.flags.c_contiguous and \
-            out.flags.aligned and (out is x or
-                                   not np.may_share_memory(out, x)):
+    if out is not None and _is_plain(out, cdt) and \
+            (out is x or not np.may_share_memory(out, x)):
         y = out         # written directly; ``out is x`` is exactly in place
     elif xk is not x:
         y = xk          # our own copy: normalize it in place
