@@ -38,10 +38,8 @@ cdef extern from *:
     const char* FASTGN_COMPILE_ARGS
 
 cdef extern from "_simd.h" nogil:
-    void fg_moments_f32(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                        double*)
-    void fg_moments_f64(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                        double*)
+    void fg_moments_f32(const float*, Py_ssize_t, double*)
+    void fg_moments_f64(const double*, Py_ssize_t, double*)
     void fg_apply_span_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
                            Py_ssize_t, float, float, float, const float*,
                            const float*, int, int, const float*)
@@ -222,9 +220,9 @@ cdef inline void _chunk_moments(const floating* xs, Geometry* g,
     cdef Py_ssize_t u0 = k * g.U
     cdef Py_ssize_t u1 = min(u0 + g.U, g.T)
     if floating is float:
-        fg_moments_f32(xs + u0, 1, u1 - u0, 0, <double*>m)
+        fg_moments_f32(xs + u0, u1 - u0, <double*>m)
     else:
-        fg_moments_f64(xs + u0, 1, u1 - u0, 0, <double*>m)
+        fg_moments_f64(xs + u0, u1 - u0, <double*>m)
 
 
 cdef inline void _apply_units(const floating* xs, floating* ys, Geometry* g,

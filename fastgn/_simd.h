@@ -32,26 +32,10 @@
  * pass A finds a shift K (a value of type T near the mean), pass B sums
  * d = x - K and d*d; then mean = K + s/n and m2 = q - s*s/n, exact algebra
  * for any K, and well conditioned because K is within rounding of the mean.
- * Each pass keeps FG_LANES independent partial sums in AT (float32 for
- * float32 data: element-wise adds the compiler turns into full-width vector
- * adds, no loop-carried latency chain) and adds them up in float64 at the end
- * of the run; a run is at most one chunk, so a lane sums few values. */
-#define FG_LANES 64
-
-/* Sum of the lanes used (8, or all FG_LANES when `wide`) in float64: folded
- * to 8 partial sums (vector adds), then a tree, not a latency chain. */
-#define FG_HSUM_DEF(AT, SUF)                                                  \
-static inline FG_INLINE double fg_hsum_##SUF(const AT *acc, int wide) {       \
-    double t[8];                                                              \
-    int l, k;                                                                 \
-    for (l = 0; l < 8; l++) t[l] = acc[l];                                    \
-    if (wide)                                                                 \
-        for (k = 8; k < FG_LANES; k += 8)                                     \
-            for (l = 0; l < 8; l++) t[l] += acc[k + l];                       \
-    return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7])); \
-}
-FG_HSUM_DEF(float, f32)
-FG_HSUM_DEF(double, f64)
+ * Both passes are vector runs (fg_vrun_sum, fg_vrun_dev below): 64 partial
+ * sums in T (float32 for float32 data, so no float64 conversions and no
+ * loop-carried latency chain), added up in float64 at the end of the run; a
+ * run is at most one chunk, so a lane sums a hundred or so values. */
 
 /* Float32 lanes keep the passes fast, but squares of |x| > ~1e18 overflow
  * them and squares of |x| < ~1e-16 lose bits to subnormals. A result that
@@ -83,59 +67,16 @@ FG_MOMENTS_F64(float, f32)
 FG_MOMENTS_F64(double, f64)
 
 #define FG_MOMENTS(T, AT, SUF)                                                \
-static inline FG_INLINE void fg_run_sum_##SUF(const T *p, ptrdiff_t len,      \
-                                              double *a) {                    \
-    AT acc[FG_LANES] = {0};                                                   \
-    const ptrdiff_t nb = len - len % FG_LANES;                                \
-    ptrdiff_t j, l;                                                           \
-    double t = 0;                                                             \
-    for (j = 0; j < nb; j += FG_LANES)                                        \
-        for (l = 0; l < FG_LANES; l++) acc[l] += p[j + l];                    \
-    for (j = nb; j + 8 <= len; j += 8)                                        \
-        for (l = 0; l < 8; l++) acc[l] += p[j + l];                           \
-    for (; j < len; j++) t += p[j];                                           \
-    *a += t + fg_hsum_##SUF(acc, nb != 0);                                    \
-}                                                                             \
-static inline FG_INLINE void fg_run_dev_##SUF(const T *p, ptrdiff_t len, T k, \
-                                              double *s, double *q) {         \
-    AT as[FG_LANES] = {0}, aq[FG_LANES] = {0}, d;                             \
-    const ptrdiff_t nb = len - len % FG_LANES;                                \
-    ptrdiff_t j, l;                                                           \
-    double ts = 0, tq = 0;                                                    \
-    for (j = 0; j < nb; j += FG_LANES)                                        \
-        for (l = 0; l < FG_LANES; l++) {                                      \
-            d = p[j + l] - k;                                                 \
-            as[l] += d;                                                       \
-            aq[l] += d * d;                                                   \
-        }                                                                     \
-    for (j = nb; j + 8 <= len; j += 8)                                        \
-        for (l = 0; l < 8; l++) {                                             \
-            d = p[j + l] - k;                                                 \
-            as[l] += d;                                                       \
-            aq[l] += d * d;                                                   \
-        }                                                                     \
-    for (; j < len; j++) {                                                    \
-        d = p[j] - k;                                                         \
-        ts += d;                                                              \
-        tq += (double)d * d;                                                  \
-    }                                                                         \
-    *s += ts + fg_hsum_##SUF(as, nb != 0);                                    \
-    *q += tq + fg_hsum_##SUF(aq, nb != 0);                                    \
-}                                                                             \
-FG_CLONES void fg_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t rowlen, \
-                                ptrdiff_t stride, double *out) {             \
-    double a = 0, s = 0, q = 0, n = (double)rows * (double)rowlen;            \
-    ptrdiff_t r;                                                              \
-    T k;                                                                      \
-    for (r = 0; r < rows; r++) fg_run_sum_##SUF(x + r * stride, rowlen, &a);  \
-    k = (T)(a / n);                                                           \
-    for (r = 0; r < rows; r++)                                                \
-        fg_run_dev_##SUF(x + r * stride, rowlen, k, &s, &q);                  \
+FG_CLONES void fg_moments_##SUF(const T *x, ptrdiff_t len, double *out) {     \
+    const double n = (double)len, a = fg_vrun_sum_##SUF(x, len);              \
+    const T k = (T)(a / n);                                                   \
+    double s, q;                                                              \
+    fg_vrun_dev_##SUF(x, len, k, &s, &q);                                     \
     out[0] = n;                                                               \
     out[1] = (double)k + s / n;                                               \
     out[2] = q - s * (s / n);                                                 \
     if (FG_NEEDS_F64(AT, q, n))                                               \
-        fg_moments_f64acc_##SUF(x, rows, rowlen, stride, out);                \
+        fg_moments_f64acc_##SUF(x, 1, len, len, out);                         \
 }
 
 /* Channels-last moments: `rows` positions of C channels (G groups of Cg),
@@ -485,6 +426,12 @@ static inline FG_INLINE double fg_vsum_f64(fg_vf64 v) { return fg_d8_sum(v); }
     d = *(const VU *)(p + j + (off)) - k;                                     \
     S += d;                                                                   \
     Q += d * d;
+/* v = the gradient vector at g + j + off; its sum, and its products with
+ * the values at p + j + off less mu */
+#define FG_BWD_STEP(VU, S, B, off)                                            \
+    v = *(const VU *)(g + j + (off));                                         \
+    S += v * (*(const VU *)(p + j + (off)) - mu);                             \
+    B += v;
 #define FG_VRUNS(T, V, VU, SUF)                                               \
 static inline FG_INLINE double fg_vrun_sum_##SUF(const T *p, ptrdiff_t len) { \
     enum { VL = sizeof(V) / sizeof(T) };                                      \
@@ -551,18 +498,25 @@ static inline FG_INLINE void fg_vrun_bwd_##SUF(const T *g, const T *p,        \
     V s0 = {0}, s1 = {0}, b0 = {0}, b1 = {0}, v;                              \
     ptrdiff_t j = 0;                                                          \
     double ts = 0, tb = 0;                                                    \
+    if (len >= 4 * VL) {    /* long runs: four chains */                      \
+        V s2 = {0}, s3 = {0}, b2 = {0}, b3 = {0};                             \
+        for (; j + 4 * VL <= len; j += 4 * VL) {                              \
+            FG_BWD_STEP(VU, s0, b0, 0)                                        \
+            FG_BWD_STEP(VU, s1, b1, VL)                                       \
+            FG_BWD_STEP(VU, s2, b2, 2 * VL)                                   \
+            FG_BWD_STEP(VU, s3, b3, 3 * VL)                                   \
+        }                                                                     \
+        s0 += s2;                                                             \
+        s1 += s3;                                                             \
+        b0 += b2;                                                             \
+        b1 += b3;                                                             \
+    }                                                                         \
     for (; j + 2 * VL <= len; j += 2 * VL) {                                  \
-        v = *(const VU *)(g + j);                                             \
-        s0 += v * (*(const VU *)(p + j) - mu);                                \
-        b0 += v;                                                              \
-        v = *(const VU *)(g + j + VL);                                        \
-        s1 += v * (*(const VU *)(p + j + VL) - mu);                           \
-        b1 += v;                                                              \
+        FG_BWD_STEP(VU, s0, b0, 0)                                            \
+        FG_BWD_STEP(VU, s1, b1, VL)                                           \
     }                                                                         \
     if (j + VL <= len) {                                                      \
-        v = *(const VU *)(g + j);                                             \
-        s0 += v * (*(const VU *)(p + j) - mu);                                \
-        b0 += v;                                                              \
+        FG_BWD_STEP(VU, s0, b0, 0)                                            \
         j += VL;                                                              \
     }                                                                         \
     for (; j < len; j++) {                                                    \
@@ -576,10 +530,10 @@ FG_VRUNS(float, fg_vf32, fg_vf32u, f32)
 FG_VRUNS(double, fg_vf64, fg_vf64u, f64)
 
 /* ---- backward ----
- * Per channel: ds = sum dy * (x - mean), db = sum dy (lanes in AT as in
- * fg_moments, flushed to float64 every FG_BWD_BLK values);
+ * Per channel: ds = sum dy * (x - mean), db = sum dy (vector runs of at
+ * most FG_BWD_BLK values, as in fg_moments, added up in float64);
  * then dx = a*dy + B*(x - mean) + D. */
-#define FG_BWD_BLK 1024
+#define FG_BWD_BLK 8192
 
 /* Float32 lanes overflow where |dy * (x - mean)| sums pass ~3e38: such a
  * run is summed again with every value in float64. */
@@ -602,53 +556,30 @@ FG_BWD_F64(float, f32)
 FG_BWD_F64(double, f64)
 
 #define FG_BACKWARD(T, AT, SUF)                                               \
-static inline FG_INLINE void fg_bwd_run_##SUF(const T *dy, const T *x,       \
-                                              ptrdiff_t n, T mu, double *ds,  \
-                                              double *db) {                   \
-    double ts = 0, tb = 0;                                                    \
-    ptrdiff_t b0, j, l;                                                       \
-    for (b0 = 0; b0 < n; b0 += FG_BWD_BLK) {                                  \
-        const ptrdiff_t len = n - b0 < FG_BWD_BLK ? n - b0 : FG_BWD_BLK;      \
-        const ptrdiff_t nb = len - len % FG_LANES;                            \
-        const T *g = dy + b0, *p = x + b0;                                    \
-        AT as[FG_LANES] = {0}, ab[FG_LANES] = {0};                            \
-        for (j = 0; j < nb; j += FG_LANES)                                    \
-            for (l = 0; l < FG_LANES; l++) {                                  \
-                as[l] += (AT)g[j + l] * ((AT)p[j + l] - mu);                  \
-                ab[l] += g[j + l];                                            \
-            }                                                                 \
-        for (; j + 8 <= len; j += 8)                                          \
-            for (l = 0; l < 8; l++) {                                         \
-                as[l] += (AT)g[j + l] * ((AT)p[j + l] - mu);                  \
-                ab[l] += g[j + l];                                            \
-            }                                                                 \
-        for (; j < len; j++) {                                                \
-            ts += (double)g[j] * ((double)p[j] - mu);                         \
-            tb += g[j];                                                       \
-        }                                                                     \
-        ts += fg_hsum_##SUF(as, nb != 0);                                     \
-        tb += fg_hsum_##SUF(ab, nb != 0);                                     \
-    }                                                                         \
-    if (FG_OVERFLOWED(AT, ts, tb))                                            \
-        fg_bwd_run_f64acc_##SUF(dy, x, n, mu, &ts, &tb);                      \
-    *ds = ts;                                                                 \
-    *db = tb;                                                                 \
-}                                                                             \
 /* One NCHW slab: Cg channels of HW values each. */                          \
 FG_CLONES void fg_bwd_sums_##SUF(const T *dy, const T *x, ptrdiff_t Cg,       \
                                  ptrdiff_t HW, T mu, double *ds,              \
                                  double *db) {                                \
-    ptrdiff_t c;                                                              \
-    if (HW > FG_BWD_BLK) {                                                    \
-        for (c = 0; c < Cg; c++)                                              \
-            fg_bwd_run_##SUF(dy + c * HW, x + c * HW, HW, mu, ds + c, db + c);\
-        return;                                                               \
-    }                                                                         \
-    for (c = 0; c < Cg; c++) {  /* short runs (7x7) */                        \
+    ptrdiff_t c, b0;                                                          \
+    for (c = 0; c < Cg; c++) {                                                \
         const T *g = dy + c * HW, *p = x + c * HW;                            \
-        fg_vrun_bwd_##SUF(g, p, HW, mu, ds + c, db + c);                      \
-        if (FG_OVERFLOWED(AT, ds[c], db[c]))                                  \
-            fg_bwd_run_f64acc_##SUF(g, p, HW, mu, ds + c, db + c);            \
+        double ts, tb, s, b;                                                  \
+        if (HW <= FG_BWD_BLK) {     /* short runs (7x7): one call */          \
+            fg_vrun_bwd_##SUF(g, p, HW, mu, &ts, &tb);                        \
+        } else {                                                              \
+            ts = tb = 0;                                                      \
+            for (b0 = 0; b0 < HW; b0 += FG_BWD_BLK) {                         \
+                fg_vrun_bwd_##SUF(g + b0, p + b0,                             \
+                                  HW - b0 < FG_BWD_BLK ? HW - b0 : FG_BWD_BLK,\
+                                  mu, &s, &b);                                \
+                ts += s;                                                      \
+                tb += b;                                                      \
+            }                                                                 \
+        }                                                                     \
+        if (FG_OVERFLOWED(AT, ts, tb))                                        \
+            fg_bwd_run_f64acc_##SUF(g, p, HW, mu, &ts, &tb);                  \
+        ds[c] = ts;                                                           \
+        db[c] = tb;                                                           \
     }                                                                         \
 }                                                                             \
 FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,  \
