@@ -9,9 +9,12 @@ one contiguous run of Cg*HW values. Channels-last (NHWC): HW rows of Cg
 values, C apart. Statistics are gathered per fixed-size *chunk* of a slab
 (two passes over the chunk while it is hot in L1: a shift near the mean, then
 shifted sums; float32 data is summed in short float32 lanes added up in
-float64), and the chunks are merged in order with Chan's formula. Chunk boundaries depend on the shape only, so a
-slab owned by one thread and a slab split over several threads give bitwise
-the same numbers: results do not depend on the thread count.
+float64; a channels-last chunk, past L1, takes its shift from its first
+positions and is summed again if that shift proves far from the mean), and
+the chunks are merged in order with Chan's formula. Chunk boundaries depend
+on the shape only, so a slab owned by one thread and a slab split over
+several threads give bitwise the same numbers: results do not depend on the
+thread count.
 """
 
 cimport numpy as cnp

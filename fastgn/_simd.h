@@ -83,43 +83,25 @@ FG_CLONES void fg_moments_##SUF(const T *x, ptrdiff_t len, double *out) {     \
  * contiguous. Per-channel partial sums run across positions (vectorized over
  * channels) in AT over blocks of FG_ROWBLK positions, then in float64;
  * each group's sums are the sums of its channels. out[3*g..] = {n, mean, m2}
- * per group, the same two-pass scheme as fg_moments. scratch: 3*C doubles
- * plus C values of AT and C values of T. */
+ * per group, the two-pass scheme of fg_moments except where the shift comes
+ * from: a chunk here is a few hundred KB, past L1, so pass A reads only the
+ * first block (its group means are the shifts) and pass B reads every row.
+ * A group whose shift turns out farther than one standard deviation from its
+ * mean (data that drifts across positions) is summed again, shifted by the
+ * mean just found: as well conditioned as shifting by a full pass A's mean.
+ * scratch: 3*C doubles plus C values of AT and C values of T. */
 #define FG_ROWBLK 64
 
 #define FG_ROWS_MOMENTS(T, AT, SUF)                                           \
-FG_CLONES void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, \
-                                     ptrdiff_t G, double *restrict dscr,      \
-                                     AT *restrict acc, AT *restrict acq,      \
-                                     T *restrict kc, double *out) {           \
-    const ptrdiff_t Cg = C / G;                                               \
-    const double n = (double)rows * (double)Cg;                               \
-    double *restrict da = dscr, *restrict dq = dscr + C;                      \
-    ptrdiff_t p, p0, p1, c, g;                                                \
-    for (p0 = 0; p0 < rows; p0 += FG_ROWBLK) {                                \
-        p1 = p0 + FG_ROWBLK < rows ? p0 + FG_ROWBLK : rows;                   \
-        FG_SIMD for (c = 0; c < C; c++) acc[c] = x[p0 * C + c];               \
-        for (p = p0 + 1; p + 4 <= p1; p += 4) {                               \
-            const T *r0 = x + p * C, *r1 = r0 + C, *r2 = r1 + C, *r3 = r2 + C;\
-            FG_SIMD for (c = 0; c < C; c++)                                   \
-                acc[c] += ((AT)r0[c] + r1[c]) + ((AT)r2[c] + r3[c]);          \
-        }                                                                     \
-        for (; p < p1; p++) {                                                 \
-            const T *r0 = x + p * C;                                          \
-            FG_SIMD for (c = 0; c < C; c++) acc[c] += r0[c];                  \
-        }                                                                     \
-        if (p0 == 0)                                                          \
-            for (c = 0; c < C; c++) da[c] = acc[c];                           \
-        else                                                                  \
-            for (c = 0; c < C; c++) da[c] += acc[c];                          \
-    }                                                                         \
-    for (g = 0; g < G; g++) {                                                 \
-        double a = 0;                                                         \
-        T k;                                                                  \
-        for (c = g * Cg; c < (g + 1) * Cg; c++) a += da[c];                   \
-        k = (T)(a / n);                                                       \
-        for (c = g * Cg; c < (g + 1) * Cg; c++) kc[c] = k;                    \
-    }                                                                         \
+/* Pass B: per-channel sums of d = x - kc[c] and d*d into da, dq. */          \
+static inline FG_INLINE void fg_rows_dev_##SUF(const T *x, ptrdiff_t rows,    \
+                                               ptrdiff_t C,                   \
+                                               double *restrict da,           \
+                                               double *restrict dq,           \
+                                               AT *restrict acc,              \
+                                               AT *restrict acq,              \
+                                               const T *restrict kc) {        \
+    ptrdiff_t p, p0, p1, c;                                                   \
     for (p0 = 0; p0 < rows; p0 += FG_ROWBLK) {                                \
         p1 = p0 + FG_ROWBLK < rows ? p0 + FG_ROWBLK : rows;                   \
         FG_SIMD for (c = 0; c < C; c++) {                                     \
@@ -156,15 +138,55 @@ FG_CLONES void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, \
                 dq[c] += acq[c];                                              \
             }                                                                 \
     }                                                                         \
+}                                                                             \
+FG_CLONES void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, \
+                                     ptrdiff_t G, double *restrict dscr,      \
+                                     AT *restrict acc, AT *restrict acq,      \
+                                     T *restrict kc, double *out) {           \
+    const ptrdiff_t Cg = C / G, r0 = rows < FG_ROWBLK ? rows : FG_ROWBLK;     \
+    const double n = (double)rows * (double)Cg, n0 = (double)r0 * (double)Cg; \
+    double *restrict da = dscr, *restrict dq = dscr + C;                      \
+    ptrdiff_t p, c, g;                                                        \
+    int pass, again = 0;                                                      \
+    FG_SIMD for (c = 0; c < C; c++) acc[c] = x[c];                            \
+    for (p = 1; p + 4 <= r0; p += 4) {                                        \
+        const T *x0 = x + p * C, *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C;    \
+        FG_SIMD for (c = 0; c < C; c++)                                       \
+            acc[c] += ((AT)x0[c] + x1[c]) + ((AT)x2[c] + x3[c]);              \
+    }                                                                         \
+    for (; p < r0; p++) {                                                     \
+        const T *x0 = x + p * C;                                              \
+        FG_SIMD for (c = 0; c < C; c++) acc[c] += x0[c];                      \
+    }                                                                         \
     for (g = 0; g < G; g++) {                                                 \
-        double s = 0, q = 0;                                                  \
-        for (c = g * Cg; c < (g + 1) * Cg; c++) {                             \
-            s += da[c];                                                       \
-            q += dq[c];                                                       \
+        double a = 0;                                                         \
+        T k;                                                                  \
+        for (c = g * Cg; c < (g + 1) * Cg; c++) a += acc[c];                  \
+        k = (T)(a / n0);                                                      \
+        for (c = g * Cg; c < (g + 1) * Cg; c++) kc[c] = k;                    \
+    }                                                                         \
+    for (pass = 0; pass == 0 || again; pass++) {                              \
+        again = 0;                                                            \
+        fg_rows_dev_##SUF(x, rows, C, da, dq, acc, acq, kc);                  \
+        for (g = 0; g < G; g++) {                                             \
+            double s = 0, q = 0;                                              \
+            for (c = g * Cg; c < (g + 1) * Cg; c++) {                         \
+                s += da[c];                                                   \
+                q += dq[c];                                                   \
+            }                                                                 \
+            out[3 * g] = q;                   /* n, once the loop ends */     \
+            out[3 * g + 1] = (double)kc[g * Cg] + s / n;                      \
+            out[3 * g + 2] = q - s * (s / n);                                 \
+            if (pass == 0 && s * (s / n) > out[3 * g + 2]) {                  \
+                const T k = (T)out[3 * g + 1];                                \
+                for (c = g * Cg; c < (g + 1) * Cg; c++) kc[c] = k;            \
+                again = 1;                                                    \
+            }                                                                 \
         }                                                                     \
+    }                                                                         \
+    for (g = 0; g < G; g++) {                                                 \
+        const double q = out[3 * g];                                          \
         out[3 * g] = n;                                                       \
-        out[3 * g + 1] = (double)kc[g * Cg] + s / n;                          \
-        out[3 * g + 2] = q - s * (s / n);                                     \
         if (FG_NEEDS_F64(AT, q, n))                                           \
             fg_moments_f64acc_##SUF(x + g * Cg, rows, Cg, C, out + 3 * g);    \
     }                                                                         \

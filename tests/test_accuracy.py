@@ -29,6 +29,24 @@ def test_float32_large_offset(rng, oracle, channels_last):
     np.testing.assert_allclose(rstd, rr, rtol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(2, 8192, 8), (1, 4096, 16)])
+def test_float32_channels_last_drift(rng, oracle, shape):
+    """Channels-last data around a large offset whose first 64 positions sit
+    far from the rest (a level that drifts across the image): statistics as
+    good as for stationary data. The kernel takes its shift from the first
+    positions and must notice when that shift is a poor one."""
+    N, HW, C = shape
+    x = 1e4 + rng.standard_normal(shape)
+    x[:, :64] -= 1e4
+    x = x.astype(np.float32)
+    y, mean, rstd = gn(x, 4, return_stats=True, channels_last=True)
+    ref, rm, rr = oracle(x.astype(np.float64), 4, channels_last=True)
+    np.testing.assert_allclose(mean, rm, rtol=1e-7, atol=0)
+    np.testing.assert_allclose(rstd, rr, rtol=3e-7)
+    err = np.max(np.abs(y.astype(np.float64) - ref))
+    assert err <= 3e-6, f"max |y - y_f64| = {err:.3g}"
+
+
 def test_float32_8M_element_group(rng, oracle_stats):
     """One slab of 8M float32 values around 1e3: stats to 1e-6 (relative)."""
     shape = (1, 8, 1024, 1024)
