@@ -19,8 +19,10 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
     defined(__linux__) && !defined(FASTGN_NO_CLONES)
 #define FG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define FG_DISPATCH 1
 #else
 #define FG_CLONES
+#define FG_DISPATCH 0
 #endif
 
 /* Helpers are forced inline so that each clone compiles them for its ISA. */
@@ -66,12 +68,13 @@ static void fg_moments_f64acc_##SUF(const T *x, ptrdiff_t rows,               \
 FG_MOMENTS_F64(float, f32)
 FG_MOMENTS_F64(double, f64)
 
-#define FG_MOMENTS(T, AT, SUF)                                                \
-FG_CLONES void fg_moments_##SUF(const T *x, ptrdiff_t len, double *out) {     \
-    const double n = (double)len, a = fg_vrun_sum_##SUF(x, len);              \
+#define FG_MOMENTS(T, AT, SUF, ISA)                                           \
+FG_WIDE_FN void fg_moments_##SUF##ISA(const T *x, ptrdiff_t len,             \
+                                      double *out) {                          \
+    const double n = (double)len, a = fg_vrun_sum_##SUF##ISA(x, len);         \
     const T k = (T)(a / n);                                                   \
     double s, q;                                                              \
-    fg_vrun_dev_##SUF(x, len, k, &s, &q);                                     \
+    fg_vrun_dev_##SUF##ISA(x, len, k, &s, &q);                                \
     out[0] = n;                                                               \
     out[1] = (double)k + s / n;                                               \
     out[2] = q - s * (s / n);                                                 \
@@ -414,34 +417,68 @@ FG_CLONES void fg_apply_rows_##SUF(const T *x, T *y, ptrdiff_t rows,          \
 }
 
 /* Short runs (a small slab, a 7x7 channel: at most a few thousand values)
- * are summed with GNU C vector types of 64 bytes, which each clone lowers
- * to its own registers (one AVX-512 register, two AVX2, four SSE2 or NEON),
- * in two or four independent accumulators: the reduction at the end is a
- * handful of shuffles, not the scalar epilogue the auto-vectorizer emits
- * for `omp simd` reductions, which dominated groups of a few dozen values.
- * Lanes are folded to 8 in T, then added up in float64. */
-typedef float fg_vf32 __attribute__((vector_size(64)));
-typedef double fg_vf64 __attribute__((vector_size(64)));
-typedef float fg_vf32u __attribute__((vector_size(64), aligned(4), may_alias));
-typedef double fg_vf64u __attribute__((vector_size(64), aligned(8), may_alias));
-typedef float fg_hf32 __attribute__((vector_size(32)));
-typedef double fg_d8 __attribute__((vector_size(64)));
-typedef double fg_d4 __attribute__((vector_size(32)));
-
-static inline FG_INLINE double fg_d8_sum(fg_d8 v) {
-    fg_d4 lo, hi;
-    __builtin_memcpy(&lo, &v, 32);
-    __builtin_memcpy(&hi, (char *)&v + 32, 32);
-    lo += hi;
-    return (lo[0] + lo[1]) + (lo[2] + lo[3]);
+ * are summed with GNU C vector types in two or four independent
+ * accumulators: the reduction at the end is a handful of shuffles, not the
+ * scalar epilogue the auto-vectorizer emits for `omp simd` reductions, which
+ * dominated groups of a few dozen values. A vector type must be as wide as
+ * the registers of the code it is compiled for: GCC keeps a wider one in
+ * memory (64-byte vectors in AVX2 code ran 2-5x slower than plain loops).
+ * So the kernels built on them (FG_WIDE_KERNELS, below) are compiled once
+ * per ISA with the width of its registers, and picked at run time.
+ * Lanes are folded to at most 8 in T, then added up in float64. */
+#define FG_VTYPES(ISA, VB)                                                    \
+typedef float fg_vf32##ISA __attribute__((vector_size(VB)));                  \
+typedef double fg_vf64##ISA __attribute__((vector_size(VB)));                 \
+typedef float fg_vf32u##ISA                                                   \
+    __attribute__((vector_size(VB), aligned(4), may_alias));                  \
+typedef double fg_vf64u##ISA                                                  \
+    __attribute__((vector_size(VB), aligned(8), may_alias));
+/* The sum of a vector's lanes in float64: float32 halves added down to 8
+ * lanes, converted 4 + 4, then a tree. One definition per width (VB), for
+ * that width's registers; the AVX widths share the 8-lane tail. */
+#define FG_VTAIL(ISA)                                                         \
+typedef float fg_f8##ISA __attribute__((vector_size(32)));                    \
+typedef float fg_f4##ISA __attribute__((vector_size(16)));                    \
+typedef double fg_d4##ISA __attribute__((vector_size(32)));                   \
+static inline FG_INLINE double fg_d4sum##ISA(fg_d4##ISA v) {                  \
+    return (v[0] + v[1]) + (v[2] + v[3]);                                     \
+}                                                                             \
+static inline FG_INLINE double fg_f8sum##ISA(fg_f8##ISA v) {                  \
+    fg_f4##ISA lo, hi;                                                        \
+    __builtin_memcpy(&lo, &v, 16);                                            \
+    __builtin_memcpy(&hi, (char *)&v + 16, 16);                               \
+    return fg_d4sum##ISA(__builtin_convertvector(lo, fg_d4##ISA) +            \
+                         __builtin_convertvector(hi, fg_d4##ISA));            \
 }
-static inline FG_INLINE double fg_vsum_f32(fg_vf32 v) {
-    fg_hf32 lo, hi;
-    __builtin_memcpy(&lo, &v, 32);
-    __builtin_memcpy(&hi, (char *)&v + 32, 32);
-    return fg_d8_sum(__builtin_convertvector(lo + hi, fg_d8));
+#define FG_VSUMS_64(ISA)                                                      \
+FG_VTAIL(ISA)                                                                 \
+static inline FG_INLINE double fg_vsum_f32##ISA(fg_vf32##ISA v) {             \
+    fg_f8##ISA lo, hi;                                                        \
+    __builtin_memcpy(&lo, &v, 32);                                            \
+    __builtin_memcpy(&hi, (char *)&v + 32, 32);                               \
+    return fg_f8sum##ISA(lo + hi);                                            \
+}                                                                             \
+static inline FG_INLINE double fg_vsum_f64##ISA(fg_vf64##ISA v) {             \
+    fg_d4##ISA lo, hi;                                                        \
+    __builtin_memcpy(&lo, &v, 32);                                            \
+    __builtin_memcpy(&hi, (char *)&v + 32, 32);                               \
+    return fg_d4sum##ISA(lo + hi);                                            \
 }
-static inline FG_INLINE double fg_vsum_f64(fg_vf64 v) { return fg_d8_sum(v); }
+#define FG_VSUMS_32(ISA)                                                      \
+FG_VTAIL(ISA)                                                                 \
+static inline FG_INLINE double fg_vsum_f32##ISA(fg_vf32##ISA v) {             \
+    return fg_f8sum##ISA(v);                                                  \
+}                                                                             \
+static inline FG_INLINE double fg_vsum_f64##ISA(fg_vf64##ISA v) {             \
+    return fg_d4sum##ISA(v);                                                  \
+}
+#define FG_VSUMS_16(ISA)                                                      \
+static inline FG_INLINE double fg_vsum_f32##ISA(fg_vf32##ISA v) {             \
+    return ((double)v[0] + (double)v[1]) + ((double)v[2] + (double)v[3]);    \
+}                                                                             \
+static inline FG_INLINE double fg_vsum_f64##ISA(fg_vf64##ISA v) {             \
+    return v[0] + v[1];                                                       \
+}
 
 /* d = the vector at p + j + off, shifted by k; its sum and sum of squares */
 #define FG_DEV_STEP(VU, S, Q, off)                                            \
@@ -548,8 +585,6 @@ static inline FG_INLINE void fg_vrun_bwd_##SUF(const T *g, const T *p,        \
     *s = ts + fg_vsum_##SUF(s0 + s1);                                         \
     *b = tb + fg_vsum_##SUF(b0 + b1);                                         \
 }
-FG_VRUNS(float, fg_vf32, fg_vf32u, f32)
-FG_VRUNS(double, fg_vf64, fg_vf64u, f64)
 
 /* ---- backward ----
  * Per channel: ds = sum dy * (x - mean), db = sum dy (vector runs of at
@@ -577,21 +612,21 @@ static void fg_bwd_run_f64acc_##SUF(const T *dy, const T *x, ptrdiff_t n,     \
 FG_BWD_F64(float, f32)
 FG_BWD_F64(double, f64)
 
-#define FG_BACKWARD(T, AT, SUF)                                               \
-/* One NCHW slab: Cg channels of HW values each. */                          \
-FG_CLONES void fg_bwd_sums_##SUF(const T *dy, const T *x, ptrdiff_t Cg,       \
-                                 ptrdiff_t HW, T mu, double *ds,              \
-                                 double *db) {                                \
+/* One NCHW slab: Cg channels of HW values each. */
+#define FG_BWD_SUMS(T, AT, SUF, ISA)                                          \
+FG_WIDE_FN void fg_bwd_sums_##SUF##ISA(const T *dy, const T *x, ptrdiff_t Cg, \
+                                       ptrdiff_t HW, T mu, double *ds,        \
+                                       double *db) {                          \
     ptrdiff_t c, b0;                                                          \
     for (c = 0; c < Cg; c++) {                                                \
         const T *g = dy + c * HW, *p = x + c * HW;                            \
         double ts, tb, s, b;                                                  \
         if (HW <= FG_BWD_BLK) {     /* short runs (7x7): one call */          \
-            fg_vrun_bwd_##SUF(g, p, HW, mu, &ts, &tb);                        \
+            fg_vrun_bwd_##SUF##ISA(g, p, HW, mu, &ts, &tb);                        \
         } else {                                                              \
             ts = tb = 0;                                                      \
             for (b0 = 0; b0 < HW; b0 += FG_BWD_BLK) {                         \
-                fg_vrun_bwd_##SUF(g + b0, p + b0,                             \
+                fg_vrun_bwd_##SUF##ISA(g + b0, p + b0,                             \
                                   HW - b0 < FG_BWD_BLK ? HW - b0 : FG_BWD_BLK,\
                                   mu, &s, &b);                                \
                 ts += s;                                                      \
@@ -603,7 +638,9 @@ FG_CLONES void fg_bwd_sums_##SUF(const T *dy, const T *x, ptrdiff_t Cg,       \
         ds[c] = ts;                                                           \
         db[c] = tb;                                                           \
     }                                                                         \
-}                                                                             \
+}
+
+#define FG_BACKWARD(T, AT, SUF)                                               \
 FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,  \
                                ptrdiff_t HW, T rs, const T *w, T B, T mu,     \
                                T D) {                                         \
@@ -651,11 +688,12 @@ FG_CLONES void fg_bwd_rows_dx_##SUF(const T *dy, const T *x, T *dx,           \
  * with rstd == NULL). */
 #define FG_SMALL_CG 1024
 #define FG_PGT 16
-#define FG_BWD_SMALL(T, SUF)                                                  \
-FG_CLONES void fg_bwd_small_##SUF(const T *dy, const T *x, T *dx,             \
-                                  ptrdiff_t ng, ptrdiff_t Cg, const T *mean,  \
-                                  const T *rstd, const T *w, double *ps,      \
-                                  double *pb, int acc) {                      \
+#define FG_BWD_SMALL(T, SUF, ISA)                                             \
+FG_WIDE_FN void fg_bwd_small_##SUF##ISA(const T *dy, const T *x, T *dx,       \
+                                        ptrdiff_t ng, ptrdiff_t Cg,           \
+                                        const T *mean, const T *rstd,         \
+                                        const T *w, double *ps, double *pb,   \
+                                        int acc) {                            \
     const double M = (double)Cg;                                              \
     double p1[FG_SMALL_CG], p2[FG_SMALL_CG];                                  \
     ptrdiff_t g, c;                                                           \
@@ -681,16 +719,14 @@ FG_CLONES void fg_bwd_small_##SUF(const T *dy, const T *x, T *dx,             \
                 p1[c] = w[o + c] * d;                                         \
                 p2[c] = (double)w[o + c] * dy[o + c];                         \
             }                                                                 \
-        s1 = fg_vrun_sum_f64(p1, Cg);                                         \
-        s2 = fg_vrun_sum_f64(p2, Cg);                                         \
+        s1 = fg_vrun_sum_f64##ISA(p1, Cg);                                    \
+        s2 = fg_vrun_sum_f64##ISA(p2, Cg);                                    \
         B = (T)(-drs * drs * drs * s1 / M);                                   \
         D = (T)(-drs * s2 / M);                                               \
         FG_SIMD for (c = 0; c < Cg; c++)                                      \
             dx[o + c] = (w[o + c] * rs) * dy[o + c] + B * (x[o + c] - mu) + D;\
     }                                                                         \
 }
-FG_BWD_SMALL(float, f32)
-FG_BWD_SMALL(double, f64)
 
 /* dweight, dbias of groups [g0, g1): sums over n (ascending) of
  * rstd[n, g] * ds[n, c] and db[n, c] (N rows of C), rows read in order;
@@ -752,8 +788,6 @@ FG_PARAM_GRADS(double, f64)
 
 FG_BACKWARD(float, float, f32)
 FG_BACKWARD(double, double, f64)
-FG_MOMENTS(float, float, f32)
-FG_MOMENTS(double, double, f64)
 
 /* Small slabs (NCHW, Cg*HW values each, a few thousand at most): `ng`
  * consecutive slabs, statistics and apply in one call, so nothing is paid
@@ -784,11 +818,12 @@ FG_MOMENTS(double, double, f64)
  * one group at a time would wait on each of them in turn. */
 #define FG_SMALL_BLK 32
 
-#define FG_SMALL_SLABS(T, AT, SUF)                                            \
-FG_CLONES void fg_small_slabs_##SUF(const T *x, T *y, ptrdiff_t ng,           \
-                                    ptrdiff_t Cg, ptrdiff_t HW, const T *w,   \
-                                    const T *b, double eps, int act,          \
-                                    T *mean_out, T *rstd_out) {               \
+#define FG_SMALL_SLABS(T, AT, SUF, ISA)                                       \
+FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
+                                          ptrdiff_t Cg, ptrdiff_t HW,         \
+                                          const T *w, const T *b, double eps, \
+                                          int act, T *mean_out,               \
+                                          T *rstd_out) {                      \
     typedef T fg_t;                                                           \
     const ptrdiff_t L = Cg * HW;                                              \
     const double n = (double)L;                                               \
@@ -800,10 +835,10 @@ FG_CLONES void fg_small_slabs_##SUF(const T *x, T *y, ptrdiff_t ng,           \
     for (g0 = 0; g0 < ng; g0 += bs) {                                         \
         const ptrdiff_t nb = ng - g0 < bs ? ng - g0 : bs;                     \
         const T *xb = x + g0 * L;                                             \
-        for (g = 0; g < nb; g++) a[g] = fg_vrun_sum_##SUF(xb + g * L, L);     \
+        for (g = 0; g < nb; g++) a[g] = fg_vrun_sum_##SUF##ISA(xb + g * L, L);\
         for (g = 0; g < nb; g++) {                                            \
             k[g] = (T)(a[g] / n);                                             \
-            fg_vrun_dev_##SUF(xb + g * L, L, k[g], s + g, q + g);             \
+            fg_vrun_dev_##SUF##ISA(xb + g * L, L, k[g], s + g, q + g);        \
             a[g] = k[g];                                                      \
         }                                                                     \
         FG_SIMD for (g = 0; g < nb; g++) {                                    \
@@ -834,8 +869,77 @@ FG_CLONES void fg_small_slabs_##SUF(const T *x, T *y, ptrdiff_t ng,           \
     }                                                                         \
 }
 
-FG_SMALL_SLABS(float, float, f32)
-FG_SMALL_SLABS(double, double, f64)
+/* The kernels built on vector runs, for one ISA (names suffixed ISA) with
+ * vectors of VB bytes. */
+#define FG_WIDE_KERNELS(ISA, VB)                                              \
+    FG_VTYPES(ISA, VB)                                                        \
+    FG_VSUMS_##VB(ISA)                                                        \
+    FG_VRUNS(float, fg_vf32##ISA, fg_vf32u##ISA, f32##ISA)                    \
+    FG_VRUNS(double, fg_vf64##ISA, fg_vf64u##ISA, f64##ISA)                   \
+    FG_MOMENTS(float, float, f32, ISA)                                        \
+    FG_MOMENTS(double, double, f64, ISA)                                      \
+    FG_BWD_SUMS(float, float, f32, ISA)                                       \
+    FG_BWD_SUMS(double, double, f64, ISA)                                     \
+    FG_BWD_SMALL(float, f32, ISA)                                             \
+    FG_BWD_SMALL(double, f64, ISA)                                            \
+    FG_SMALL_SLABS(float, float, f32, ISA)                                    \
+    FG_SMALL_SLABS(double, double, f64, ISA)
+
+#if FG_DISPATCH
+/* x86-64 Linux, GCC: one copy per ISA level, as target_clones makes of the
+ * other kernels, each under its own target so its vectors are registers;
+ * the public names pick one per call, by the same test the clones use. */
+#define FG_WIDE_FN static
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+FG_WIDE_KERNELS(_v4, 64)
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+FG_WIDE_KERNELS(_v3, 32)
+#pragma GCC pop_options
+FG_WIDE_KERNELS(_v1, 16)
+#define FG_PICK(NAME, ARGS)                                                   \
+    if (__builtin_cpu_supports("x86-64-v4"))                                  \
+        NAME##_v4 ARGS;                                                       \
+    else if (__builtin_cpu_supports("x86-64-v3"))                             \
+        NAME##_v3 ARGS;                                                       \
+    else                                                                      \
+        NAME##_v1 ARGS;
+#define FG_PICK_TYPED(T, SUF)                                                 \
+void fg_moments_##SUF(const T *x, ptrdiff_t len, double *out) {               \
+    FG_PICK(fg_moments_##SUF, (x, len, out))                                  \
+}                                                                             \
+void fg_bwd_sums_##SUF(const T *dy, const T *x, ptrdiff_t Cg, ptrdiff_t HW,   \
+                       T mu, double *ds, double *db) {                        \
+    FG_PICK(fg_bwd_sums_##SUF, (dy, x, Cg, HW, mu, ds, db))                   \
+}                                                                             \
+void fg_bwd_small_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t ng,         \
+                        ptrdiff_t Cg, const T *mean, const T *rstd,           \
+                        const T *w, double *ps, double *pb, int acc) {        \
+    FG_PICK(fg_bwd_small_##SUF, (dy, x, dx, ng, Cg, mean, rstd, w, ps, pb,    \
+                                 acc))                                        \
+}                                                                             \
+void fg_small_slabs_##SUF(const T *x, T *y, ptrdiff_t ng, ptrdiff_t Cg,       \
+                          ptrdiff_t HW, const T *w, const T *b, double eps,   \
+                          int act, T *mean_out, T *rstd_out) {                \
+    FG_PICK(fg_small_slabs_##SUF, (x, y, ng, Cg, HW, w, b, eps, act,          \
+                                   mean_out, rstd_out))                       \
+}
+FG_PICK_TYPED(float, f32)
+FG_PICK_TYPED(double, f64)
+#else
+/* One copy, with the vector width of the target compiled for (AVX-512 or
+ * AVX in a native build, else 16 bytes: SSE2, NEON). */
+#define FG_WIDE_FN
+#if defined(__AVX512F__)
+FG_WIDE_KERNELS(, 64)
+#elif defined(__AVX__)
+FG_WIDE_KERNELS(, 32)
+#else
+FG_WIDE_KERNELS(, 16)
+#endif
+#endif
 FG_APPLY_SPAN(float, f32)
 FG_APPLY_SPAN(double, f64)
 FG_APPLY_ROWS(float, f32)
