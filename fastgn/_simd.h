@@ -3,8 +3,10 @@
  * vector types (GCC, clang) where a reduction must end in shuffles rather
  * than the auto-vectorizer's scalar epilogue, and SSE2 streaming stores on
  * x86-64. On x86-64 Linux with GCC, AVX2+FMA and AVX-512 clones are picked
- * at load time (target_clones): the default wheel runs on every CPU of its
- * platform and still uses the wide units where present.
+ * at load time (target_clones; the kernels on vector types are compiled per
+ * ISA level with vectors as wide as its registers and picked per call): the
+ * default wheel runs on every CPU of its platform and still uses the wide
+ * units where present.
  *
  * The order of every sum depends on the build, the CPU's clone and the
  * shape, never on the thread count (nor, for per-sample results, on the
