@@ -23,7 +23,8 @@ def show_config(mode="stdout"):
     dict or None
         Keys: version, backend ('openmp', 'serial' or 'python'),
         openmp_version (the ``_OPENMP`` date, 0 if none), max_threads,
-        compile_args, python, numpy, machine.
+        simd (the vector code the kernels run on this CPU, 'none' for the
+        NumPy backend), compile_args, python, numpy, machine.
     """
     kern = _api._kern
     info = {
@@ -31,6 +32,7 @@ def show_config(mode="stdout"):
         "backend": _api.BACKEND,
         "openmp_version": int(kern.OPENMP_VERSION),
         "max_threads": int(kern.max_threads()),
+        "simd": str(getattr(kern, "SIMD", "none")),
         "compile_args": list(getattr(kern, "COMPILE_ARGS", [])),
         "python": sys.version.split()[0],
         "numpy": np.__version__,

@@ -103,10 +103,12 @@ cdef extern from "_simd.h" nogil:
     Py_ssize_t FG_SMALL_CG
     void fg_f16_to_f32(const void*, float*, Py_ssize_t)
     void fg_f32_to_f16(const float*, void*, Py_ssize_t)
+    const char* fg_simd_level()
 
 OPENMP = bool(FASTGN_OPENMP)
 OPENMP_VERSION = FASTGN_OPENMP_VERSION
 COMPILE_ARGS = FASTGN_COMPILE_ARGS.decode().split()
+SIMD = fg_simd_level().decode()
 
 # Values per statistics chunk (NCHW), and per work item (channels-last, in
 # whole rows of C values).

@@ -13,6 +13,7 @@ import numpy as np
 
 OPENMP = False
 OPENMP_VERSION = 0
+SIMD = "none"
 
 ACTIVATIONS = {None: 0, "relu": 1, "silu": 2, "gelu": 3}
 

@@ -930,17 +930,31 @@ void fg_small_slabs_##SUF(const T *x, T *y, ptrdiff_t ng, ptrdiff_t Cg,       \
 }
 FG_PICK_TYPED(float, f32)
 FG_PICK_TYPED(double, f64)
+/* The level FG_PICK takes on this CPU (show_config's "simd"). */
+static const char *fg_simd_level(void) {
+    if (__builtin_cpu_supports("x86-64-v4"))
+        return "x86-64-v4 (AVX-512)";
+    if (__builtin_cpu_supports("x86-64-v3"))
+        return "x86-64-v3 (AVX2)";
+    return "x86-64 (SSE2)";
+}
 #else
 /* One copy, with the vector width of the target compiled for (AVX-512 or
  * AVX in a native build, else 16 bytes: SSE2, NEON). */
 #define FG_WIDE_FN
 #if defined(__AVX512F__)
 FG_WIDE_KERNELS(, 64)
+#define FG_VBITS "512"
 #elif defined(__AVX__)
 FG_WIDE_KERNELS(, 32)
+#define FG_VBITS "256"
 #else
 FG_WIDE_KERNELS(, 16)
+#define FG_VBITS "128"
 #endif
+static const char *fg_simd_level(void) {
+    return "build target, " FG_VBITS "-bit vectors";
+}
 #endif
 FG_APPLY_SPAN(float, f32)
 FG_APPLY_SPAN(double, f64)

@@ -774,10 +774,13 @@ def test_show_config(backend, capsys):
     assert isinstance(info["max_threads"], int) and info["max_threads"] >= 1
     assert isinstance(info["compile_args"], list)
     assert all(isinstance(a, str) for a in info["compile_args"])
+    assert isinstance(info["simd"], str) and info["simd"]
     if backend == "python":
         assert info["backend"] == "python"
         assert info["max_threads"] == 1
+        assert info["simd"] == "none"
     else:
+        assert info["simd"] != "none"
         assert info["backend"] in ("openmp", "serial")
         assert (info["openmp_version"] > 0) == (info["backend"] == "openmp")
         if info["backend"] == "serial":
@@ -787,5 +790,5 @@ def test_show_config(backend, capsys):
     printed = capsys.readouterr().out
     assert fastgn.__version__ in printed
     assert info["backend"] in printed
-    for key in ("version", "backend", "max_threads"):
+    for key in ("version", "backend", "max_threads", "simd"):
         assert key in printed
