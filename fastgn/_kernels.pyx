@@ -87,16 +87,17 @@ cdef extern from "_simd.h" nogil:
                             Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*,
                             const double*, double*, double*)
     void fg_bwd_rows_sums_f32(const float*, const float*, Py_ssize_t,
-                              Py_ssize_t, Py_ssize_t, float, double*, double*)
+                              Py_ssize_t, const float*, double*, double*,
+                              float*, float*)
     void fg_bwd_rows_sums_f64(const double*, const double*, Py_ssize_t,
-                              Py_ssize_t, Py_ssize_t, double, double*,
-                              double*)
+                              Py_ssize_t, const double*, double*, double*,
+                              double*, double*)
     void fg_bwd_rows_dx_f32(const float*, const float*, float*, Py_ssize_t,
-                            Py_ssize_t, Py_ssize_t, float, const float*,
-                            float, float, float)
+                            Py_ssize_t, const float*, const float*,
+                            const float*, const float*)
     void fg_bwd_rows_dx_f64(const double*, const double*, double*,
-                            Py_ssize_t, Py_ssize_t, Py_ssize_t, double,
-                            const double*, double, double, double)
+                            Py_ssize_t, Py_ssize_t, const double*,
+                            const double*, const double*, const double*)
     void fg_scale_copy_f32(const float*, float*, Py_ssize_t, float, int)
     void fg_scale_copy_f64(const double*, double*, Py_ssize_t, double, int)
     bint FG_HAVE_F16
@@ -623,50 +624,140 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
 
 # ------------------------------------------------------------ backward
 
+cdef inline void _bwd_coefs(const floating* w, double rs, const double* ds,
+                            const double* db, Py_ssize_t Cg, double M,
+                            floating* B, floating* D) noexcept nogil:
+    """B, D of dx = w*rstd*dy + B*(x - mean) + D for one group, from its
+    channels' sums ds = sum dy*(x - mean), db = sum dy (M values)."""
+    cdef double sum1 = 0, sum2 = 0
+    cdef Py_ssize_t c
+    for c in range(Cg):
+        sum1 += w[c] * ds[c]
+        sum2 += w[c] * db[c]
+    B[0] = <floating>(-rs * rs * rs * sum1 / M)
+    D[0] = <floating>(-rs * sum2 / M)
+
+
 cdef void _backward_slab(const floating* dy, const floating* x,
                          const floating* mean, const floating* rstd,
                          const floating* w, Geometry* g, Py_ssize_t s,
                          floating* dx, double* ds, double* db) noexcept nogil:
-    """dx of one slab, and its per-channel sums of dy*(x-mean) and dy.
+    """dx of one NCHW slab, and its per-channel sums of dy*(x-mean) and dy.
 
     ``mean`` is the caller's (rounded) mean: the gradient is that of the
     normalization with exactly these statistics, as in PyTorch.
     """
-    cdef Py_ssize_t n = s // g.G, grp = s % g.G, c
-    cdef Py_ssize_t base = (n * g.HW * g.C + grp * g.Cg) if g.rows else \
-        (n * g.C * g.HW + grp * g.Cg * g.HW)
+    cdef Py_ssize_t n = s // g.G, grp = s % g.G
+    cdef Py_ssize_t base = n * g.C * g.HW + grp * g.Cg * g.HW
     cdef floating mu = mean[s], rs = rstd[s], fB, fD
-    cdef double drs = rs, sum1 = 0, sum2 = 0
-    cdef double M = <double>(g.Cg * g.HW)
     cdef const floating* xs = x + base
     cdef const floating* gs = dy + base
     cdef floating* out = dx + base
     cdef double* dsc = ds + n * g.C + grp * g.Cg
     cdef double* dbc = db + n * g.C + grp * g.Cg
     w = w + grp * g.Cg
-    if g.rows:
-        if floating is float:
-            fg_bwd_rows_sums_f32(gs, xs, g.HW, g.Cg, g.C, mu, dsc, dbc)
-        else:
-            fg_bwd_rows_sums_f64(gs, xs, g.HW, g.Cg, g.C, mu, dsc, dbc)
-    elif floating is float:
+    if floating is float:
         fg_bwd_sums_f32(gs, xs, g.Cg, g.HW, mu, dsc, dbc)
     else:
         fg_bwd_sums_f64(gs, xs, g.Cg, g.HW, mu, dsc, dbc)
-    for c in range(g.Cg):
-        sum1 += w[c] * dsc[c]
-        sum2 += w[c] * dbc[c]
-    fB = <floating>(-drs * drs * drs * sum1 / M)
-    fD = <floating>(-drs * sum2 / M)
-    if g.rows:
-        if floating is float:
-            fg_bwd_rows_dx_f32(gs, xs, out, g.HW, g.Cg, g.C, rs, w, fB, mu, fD)
-        else:
-            fg_bwd_rows_dx_f64(gs, xs, out, g.HW, g.Cg, g.C, rs, w, fB, mu, fD)
-    elif floating is float:
+    _bwd_coefs(w, rs, dsc, dbc, g.Cg, <double>(g.Cg * g.HW), &fB, &fD)
+    if floating is float:
         fg_bwd_dx_f32(gs, xs, out, g.Cg, g.HW, rs, w, fB, mu, fD)
     else:
         fg_bwd_dx_f64(gs, xs, out, g.Cg, g.HW, rs, w, fB, mu, fD)
+
+
+# Channels-last (or HW == 1 with large groups): like the forward, a sample
+# is HW rows of C values cut in chunks of U rows, all groups at once. Chunk
+# sums per channel (phase 1); per sample, the chunks added in order and each
+# group's B, D (phase 2); dx per chunk (phase 3). A sample per thread when
+# there are enough, all three phases while it is hot; else phases split
+# over the threads. The same chunks and order either way: the same bits.
+
+cdef inline void _bwd_rows_sums(const floating* dy, const floating* x,
+                                const floating* mean, Geometry* g,
+                                Py_ssize_t it, double* part,
+                                floating* scratch) noexcept nogil:
+    """Phase 1, chunk it: its per-channel sums into part (2*C: ds, db)."""
+    cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U, c
+    cdef Py_ssize_t p1 = min(p0 + g.U, g.T), off = (n * g.T + p0) * g.C
+    cdef floating* muc = scratch
+    for c in range(g.C):
+        muc[c] = mean[n * g.G + c // g.Cg]
+    if floating is float:
+        fg_bwd_rows_sums_f32(dy + off, x + off, p1 - p0, g.C, muc, part,
+                             part + g.C, muc + g.C, muc + 2 * g.C)
+    else:
+        fg_bwd_rows_sums_f64(dy + off, x + off, p1 - p0, g.C, muc, part,
+                             part + g.C, muc + g.C, muc + 2 * g.C)
+
+
+cdef inline void _bwd_rows_merge(const floating* rstd, const floating* w,
+                                 Geometry* g, Py_ssize_t n,
+                                 const double* parts, double* ds, double* db,
+                                 floating* coef) noexcept nogil:
+    """Phase 2, sample n: its chunks' sums added in order into ds, db (C
+    each), then B, D of each group into coef (2 per group)."""
+    cdef Py_ssize_t k, c, grp
+    cdef const double* pk
+    for k in range(g.K):
+        pk = parts + 2 * (n * g.K + k) * g.C
+        if k == 0:
+            for c in range(g.C):
+                ds[c] = pk[c]
+                db[c] = pk[g.C + c]
+        else:
+            for c in range(g.C):
+                ds[c] += pk[c]
+                db[c] += pk[g.C + c]
+    for grp in range(g.G):
+        _bwd_coefs(w + grp * g.Cg, rstd[n * g.G + grp], ds + grp * g.Cg,
+                   db + grp * g.Cg, g.Cg, <double>(g.Cg * g.T),
+                   &coef[2 * grp], &coef[2 * grp + 1])
+
+
+cdef inline void _bwd_rows_dx(const floating* dy, const floating* x,
+                              const floating* mean, const floating* rstd,
+                              const floating* w, Geometry* g, Py_ssize_t it,
+                              const floating* coef, floating* dx,
+                              floating* scratch) noexcept nogil:
+    """Phase 3, chunk it: dx from per-channel vectors of the coefficients."""
+    cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U, c, grp
+    cdef Py_ssize_t p1 = min(p0 + g.U, g.T), off = (n * g.T + p0) * g.C
+    cdef floating* a = scratch
+    cdef floating* bc = a + g.C
+    cdef floating* muc = a + 2 * g.C
+    cdef floating* dc = a + 3 * g.C
+    for c in range(g.C):
+        grp = n * g.G + c // g.Cg
+        a[c] = w[c] * rstd[grp]
+        muc[c] = mean[grp]
+        bc[c] = coef[2 * grp]
+        dc[c] = coef[2 * grp + 1]
+    if floating is float:
+        fg_bwd_rows_dx_f32(dy + off, x + off, dx + off, p1 - p0, g.C, a, bc,
+                           muc, dc)
+    else:
+        fg_bwd_rows_dx_f64(dy + off, x + off, dx + off, p1 - p0, g.C, a, bc,
+                           muc, dc)
+
+
+cdef inline void _bwd_rows_sample(const floating* dy, const floating* x,
+                                  const floating* mean,
+                                  const floating* rstd, const floating* w,
+                                  Geometry* g, Py_ssize_t n, floating* dx,
+                                  double* ds, double* db, double* parts,
+                                  floating* coef,
+                                  floating* scratch) noexcept nogil:
+    """All three phases of sample n on the calling thread."""
+    cdef Py_ssize_t k
+    for k in range(g.K):
+        _bwd_rows_sums(dy, x, mean, g, n * g.K + k,
+                       parts + 2 * (n * g.K + k) * g.C, scratch)
+    _bwd_rows_merge(rstd, w, g, n, parts, ds + n * g.C, db + n * g.C,
+                    coef + 2 * n * g.G)
+    for k in range(g.K):
+        _bwd_rows_dx(dy, x, mean, rstd, w, g, n * g.K + k, coef, dx, scratch)
 
 
 cdef inline void _backward_rows(const floating* dy, const floating* x,
@@ -693,18 +784,39 @@ cdef void _backward_impl(const floating* dy, const floating* x,
                          const floating* mean, const floating* rstd,
                          const floating* w, Geometry* g, floating* dx,
                          floating* dw, floating* dbias, double* ds,
-                         double* db, Py_ssize_t RB, int nt) noexcept nogil:
+                         double* db, Py_ssize_t RB, double* parts,
+                         floating* coef, floating* scratch,
+                         int nt) noexcept nogil:
     """RB > 0: the small-group path (HW == 1), in blocks of RB samples whose
     partial sums (ds, db: one row of C per block) add up in block order;
-    else per-slab sums ds, db (rows of C per sample) and fg_param_grads."""
-    cdef Py_ssize_t S = g.N * g.G, s, blk, k
+    g.rows: the channels-last path (chunk sums in parts, B and D in coef,
+    4*C values of scratch per thread); else per-slab sums. ds, db are rows
+    of C per sample (per block) for fg_param_grads."""
+    cdef Py_ssize_t S = g.N * g.G, s, blk, k, n, it
     cdef Py_ssize_t nblk = min(g.G, 64)    # blocks of whole groups
     cdef Py_ssize_t R = (g.N + RB - 1) // RB if RB > 0 else 0
+    cdef floating* mine = NULL
     with parallel(num_threads=nt):
+        mine = scratch + omp_get_thread_num() * 4 * g.C if g.rows else NULL
         if RB > 0:
             for k in prange(R, schedule="static"):
                 _backward_rows(dy, x, mean, rstd, w, g, k, RB, dx,
                                ds + k * g.C, db + k * g.C)
+        elif g.rows and g.N >= nt:
+            for n in prange(g.N, schedule="static"):
+                _bwd_rows_sample(dy, x, mean, rstd, w, g, n, dx, ds, db,
+                                 parts, coef, mine)
+        elif g.rows:
+            for it in prange(g.N * g.K, schedule="static"):
+                _bwd_rows_sums(dy, x, mean, g, it, parts + 2 * it * g.C,
+                               mine)
+            fastgn_barrier()
+            for n in prange(g.N, schedule="static"):
+                _bwd_rows_merge(rstd, w, g, n, parts, ds + n * g.C,
+                                db + n * g.C, coef + 2 * n * g.G)
+            fastgn_barrier()
+            for it in prange(g.N * g.K, schedule="static"):
+                _bwd_rows_dx(dy, x, mean, rstd, w, g, it, coef, dx, mine)
         else:
             for s in prange(S, schedule="static"):
                 _backward_slab(dy, x, mean, rstd, w, g, s, dx, ds, db)
@@ -737,14 +849,26 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     cdef Py_ssize_t RB = max(1, min(ROW_BLOCK, N // 16)) \
         if HW == 1 and C // G <= SMALL_CG else 0
     cdef Py_ssize_t rows = (N + RB - 1) // RB if RB else N
-    cdef cnp.ndarray sums = np.empty(2 * rows * C, dtype=np.float64)
-    cdef double* ds = <double*>cnp.PyArray_DATA(sums)
     cdef bint f32 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
     cdef int nt = num_threads
+    cdef Py_ssize_t nparts = 0, ncoef = 0
     g.N, g.C, g.HW, g.G, g.Cg = N, C, HW, G, C // G
-    g.rows = channels_last or HW == 1
+    g.rows = (channels_last or HW == 1) and RB == 0
+    g.T = HW
+    g.U = max(1, ROW_CHUNK // C)
+    g.K = (g.T + g.U - 1) // g.U
     if N * C * HW < SERIAL_BELOW:
         nt = 1
+    if g.rows:
+        nparts = 2 * N * g.K * C
+        ncoef = 2 * N * G + 4 * C * nt + 16    # coef, then thread scratch
+    # one work array: ds, db, chunk sums (doubles), then coef and scratch
+    cdef cnp.ndarray work = np.empty(2 * rows * C + nparts + ncoef,
+                                     dtype=np.float64)
+    cdef double* ds = <double*>cnp.PyArray_DATA(work)
+    cdef double* pp = ds + 2 * rows * C
+    cdef char* cp = <char*>(pp + nparts)
+    cp = cp + (-<size_t>cp) % 64
     cdef void* p0 = cnp.PyArray_DATA(dy)
     cdef void* p1 = cnp.PyArray_DATA(x)
     cdef void* p2 = cnp.PyArray_DATA(mean)
@@ -753,17 +877,20 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     cdef void* p5 = cnp.PyArray_DATA(dx)
     cdef void* p6 = cnp.PyArray_DATA(dweight)
     cdef void* p7 = cnp.PyArray_DATA(dbias)
+    cdef Py_ssize_t cs = 2 * N * G
     with nogil:
         if f32:
             _backward_impl(<const float*>p0, <const float*>p1,
                            <const float*>p2, <const float*>p3,
                            <const float*>p4, &g, <float*>p5, <float*>p6,
-                           <float*>p7, ds, ds + rows * C, RB, nt)
+                           <float*>p7, ds, ds + rows * C, RB, pp,
+                           <float*>cp, <float*>cp + (cs + 15) // 16 * 16, nt)
         else:
             _backward_impl(<const double*>p0, <const double*>p1,
                            <const double*>p2, <const double*>p3,
                            <const double*>p4, &g, <double*>p5, <double*>p6,
-                           <double*>p7, ds, ds + rows * C, RB, nt)
+                           <double*>p7, ds, ds + rows * C, RB, pp,
+                           <double*>cp, <double*>cp + (cs + 7) // 8 * 8, nt)
 
 
 # ------------------------------------------------------------ floor

@@ -653,33 +653,88 @@ FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,  \
         FG_SIMD for (i = 0; i < HW; i++) o[i] = a * g[i] + B * (p[i] - mu) + D;\
     }                                                                         \
 }                                                                             \
-/* Channels-last: `rows` rows of Cg channels, `stride` apart. */              \
+/* Channels-last: `rows` positions of all C channels (a chunk of a sample),
+ * the mean of each channel's group in muc. Per channel, sums of
+ * dy * (x - mean) and dy into ds, db: AT lanes over blocks of FG_ROWBLK
+ * positions, four rows a step, then float64 (a channel whose sums
+ * overflowed is summed again in float64). scratch as, ab: C values each. */\
 FG_CLONES void fg_bwd_rows_sums_##SUF(const T *dy, const T *x,                \
-                                      ptrdiff_t rows, ptrdiff_t Cg,           \
-                                      ptrdiff_t stride, T mu,                 \
+                                      ptrdiff_t rows, ptrdiff_t C,            \
+                                      const T *restrict muc,                  \
                                       double *restrict ds,                    \
-                                      double *restrict db) {                  \
-    ptrdiff_t r, c;                                                           \
-    for (c = 0; c < Cg; c++) ds[c] = db[c] = 0;                               \
-    for (r = 0; r < rows; r++) {                                              \
-        const T *g = dy + r * stride, *p = x + r * stride;                    \
-        FG_SIMD for (c = 0; c < Cg; c++) {                                    \
-            ds[c] += (double)g[c] * ((double)p[c] - mu);                      \
-            db[c] += g[c];                                                    \
+                                      double *restrict db,                    \
+                                      AT *restrict as, AT *restrict ab) {     \
+    ptrdiff_t p, p0, p1, c;                                                   \
+    for (p0 = 0; p0 < rows; p0 += FG_ROWBLK) {                                \
+        p1 = p0 + FG_ROWBLK < rows ? p0 + FG_ROWBLK : rows;                   \
+        FG_SIMD for (c = 0; c < C; c++) {                                     \
+            const AT v = dy[p0 * C + c];                                      \
+            as[c] = v * (x[p0 * C + c] - muc[c]);                             \
+            ab[c] = v;                                                        \
         }                                                                     \
+        for (p = p0 + 1; p + 4 <= p1; p += 4) {                               \
+            const T *g0 = dy + p * C, *g1 = g0 + C, *g2 = g1 + C,             \
+                    *g3 = g2 + C;                                             \
+            const T *x0 = x + p * C, *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C;\
+            FG_SIMD for (c = 0; c < C; c++) {                                 \
+                const AT m = muc[c];                                          \
+                as[c] += (g0[c] * (x0[c] - m) + g1[c] * (x1[c] - m)) +        \
+                         (g2[c] * (x2[c] - m) + g3[c] * (x3[c] - m));         \
+                ab[c] += ((AT)g0[c] + g1[c]) + ((AT)g2[c] + g3[c]);           \
+            }                                                                 \
+        }                                                                     \
+        for (; p < p1; p++) {                                                 \
+            const T *g0 = dy + p * C, *x0 = x + p * C;                        \
+            FG_SIMD for (c = 0; c < C; c++) {                                 \
+                as[c] += g0[c] * (x0[c] - muc[c]);                            \
+                ab[c] += g0[c];                                               \
+            }                                                                 \
+        }                                                                     \
+        if (p0 == 0)                                                          \
+            for (c = 0; c < C; c++) {                                         \
+                ds[c] = as[c];                                                \
+                db[c] = ab[c];                                                \
+            }                                                                 \
+        else                                                                  \
+            for (c = 0; c < C; c++) {                                         \
+                ds[c] += as[c];                                               \
+                db[c] += ab[c];                                               \
+            }                                                                 \
     }                                                                         \
+    for (c = 0; c < C; c++)                                                   \
+        if (FG_OVERFLOWED(AT, ds[c], db[c])) {                                \
+            double s = 0, b = 0;                                              \
+            for (p = 0; p < rows; p++) {                                      \
+                s += (double)dy[p * C + c] *                                  \
+                     ((double)x[p * C + c] - muc[c]);                         \
+                b += dy[p * C + c];                                           \
+            }                                                                 \
+            ds[c] = s;                                                        \
+            db[c] = b;                                                        \
+        }                                                                     \
 }                                                                             \
+/* dx = a*dy + B*(x - mean) + D per channel (vectors a, bc, muc, dc of C),  \
+ * four rows a step so each parameter vector is loaded once for four. */     \
 FG_CLONES void fg_bwd_rows_dx_##SUF(const T *dy, const T *x, T *dx,           \
-                                    ptrdiff_t rows, ptrdiff_t Cg,             \
-                                    ptrdiff_t stride, T rs,                   \
-                                    const T *restrict w, T B, T mu, T D) {    \
-    ptrdiff_t r, c;                                                           \
-    for (r = 0; r < rows; r++) {                                              \
-        const T *g = dy + r * stride, *p = x + r * stride;                    \
-        T *o = dx + r * stride;                                               \
-        FG_SIMD for (c = 0; c < Cg; c++)                                      \
-            o[c] = (w[c] * rs) * g[c] + B * (p[c] - mu) + D;                  \
-    }                                                                         \
+                                    ptrdiff_t rows, ptrdiff_t C,              \
+                                    const T *restrict a,                      \
+                                    const T *restrict bc,                     \
+                                    const T *restrict muc,                    \
+                                    const T *restrict dc) {                   \
+    ptrdiff_t p, c, r;                                                        \
+    for (p = 0; p + 4 <= rows; p += 4)                                        \
+        FG_SIMD for (c = 0; c < C; c++) {                                     \
+            const T ac = a[c], bb = bc[c], m = muc[c], d = dc[c];             \
+            for (r = 0; r < 4; r++) {                                         \
+                const ptrdiff_t i = (p + r) * C + c;                          \
+                dx[i] = ac * dy[i] + bb * (x[i] - m) + d;                     \
+            }                                                                 \
+        }                                                                     \
+    for (; p < rows; p++)                                                     \
+        FG_SIMD for (c = 0; c < C; c++) {                                     \
+            const ptrdiff_t i = p * C + c;                                    \
+            dx[i] = a[c] * dy[i] + bc[c] * (x[i] - muc[c]) + dc[c];           \
+        }                                                                     \
 }
 
 /* Backward for groups of few values with one value per channel (HW == 1,
