@@ -944,17 +944,17 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
 
 #if FG_DISPATCH
 /* x86-64 Linux, GCC: one copy per ISA level, as target_clones makes of the
- * other kernels, each under its own target so its vectors are registers;
- * the public names pick one per call, by the same test the clones use. */
-#define FG_WIDE_FN static
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v4")
+ * other kernels, each for its own target with vectors as wide as its
+ * registers; the public names pick one per call, by the same test the
+ * clones use. (A #pragma GCC target region instead of the attribute
+ * measured 5-7% slower on 256x1024.) */
+#define FG_WIDE_FN static __attribute__((target("arch=x86-64-v4")))
 FG_WIDE_KERNELS(_v4, 64)
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v3")
+#undef FG_WIDE_FN
+#define FG_WIDE_FN static __attribute__((target("arch=x86-64-v3")))
 FG_WIDE_KERNELS(_v3, 32)
-#pragma GCC pop_options
+#undef FG_WIDE_FN
+#define FG_WIDE_FN static
 FG_WIDE_KERNELS(_v1, 16)
 #define FG_PICK(NAME, ARGS)                                                   \
     if (__builtin_cpu_supports("x86-64-v4"))                                  \
