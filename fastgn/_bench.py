@@ -600,6 +600,55 @@ def section_backward(env, shapes, checker, timing_opts):
     return out, None
 
 
+def section_backward_cl(env, shapes, checker, timing_opts):
+    """Backward, channels_last vs NCHW on the same values (torch's CPU
+    backward on channels_last tensors where it accepts them)."""
+    out = {}
+    for shape, G in shapes:
+        if len(shape) < 3:
+            continue            # no spatial axes: NHWC is the same layout
+        x, w, b, dy = make_inputs(shape, G)
+        N, C, HW = dims(shape)
+        xcl, dycl = to_channels_last(x), to_channels_last(dy)
+        _, mean, rstd = group_norm(x, G, w, b, return_stats=True)
+        skipped = probe(lambda: group_norm_backward(
+            dycl, xcl, mean, rstd, G, w, channels_last=True))
+        if skipped:
+            return {}, skipped
+        ref = reference(lambda: group_norm_backward(
+            dycl, xcl, mean, rstd, G, w, channels_last=True))
+        cs = []
+        for t in env.threads:
+            got = group_norm_backward(dycl, xcl, mean, rstd, G, w,
+                                      channels_last=True, num_threads=t)
+            for name, g, r in zip(("dx", "dweight", "dbias"), got, ref):
+                checker.compare(f"backward channels_last {name} "
+                                f"{shape_str(shape)} G={G} t={t}", g, r,
+                                TOL["float32"], relative=True)
+            cs.append(Contender(("nchw", t), lambda t=t: group_norm_backward(
+                dy, x, mean, rstd, G, w, num_threads=t)))
+            cs.append(Contender(("nhwc", t), lambda t=t: group_norm_backward(
+                dycl, xcl, mean, rstd, G, w, channels_last=True,
+                num_threads=t)))
+            if env.torch is not None:
+                torch = env.torch
+                fmt = (torch.channels_last if len(shape) == 4 else
+                       torch.channels_last_3d)
+                xt, dyt = (torch.from_numpy(a).contiguous(memory_format=fmt)
+                           for a in (x, dy))
+                wt, bt = torch.from_numpy(w), torch.from_numpy(b)
+                _, mt, rt = torch.ops.aten.native_group_norm(
+                    xt, wt, bt, N, C, HW, G, 1e-5)
+                cs.append(Contender(
+                    ("torch_cl", t), lambda xt=xt, wt=wt, dyt=dyt, mt=mt,
+                    rt=rt: torch.ops.aten.native_group_norm_backward(
+                        dyt, xt, mt, rt, wt, N, C, HW, G, [True, True, True]),
+                    env.torch_threads(t)))
+        out[(shape, G)] = time_interleaved(cs, after_round=env.assert_backend,
+                                           **timing_opts("extra"))
+    return out, None
+
+
 def section_dtypes(env, shapes, checker, timing_opts):
     """float64 and float16: fastgn, fastgn out=, floor of the same bytes."""
     out, skipped = {}, []
@@ -703,6 +752,13 @@ def table_backward(rep, env, res):
     _table_pair(rep, env, res, ("fwd", "bwd", "torch_bwd"),
                 ["shape", "G", "threads", "fwd ms", "bwd ms", "bwd/fwd",
                  "torch bwd ms", "vs torch"])
+
+
+def table_backward_cl(rep, env, res):
+    _table_pair(rep, env, res, ("nchw", "nhwc", "torch_cl"),
+                ["shape (NCHW)", "G", "threads", "NCHW bwd ms",
+                 "NHWC bwd ms", "NHWC/NCHW", "torch CL bwd ms",
+                 "vs torch CL"])
 
 
 def table_dtypes(rep, env, res):
@@ -989,6 +1045,9 @@ def run(args):
          "F.silu(F.group_norm(...))", section_silu, table_silu),
         ("backward", "backward: group_norm_backward vs forward; torch "
          "aten.native_group_norm_backward", section_backward, table_backward),
+        ("backward_cl", "backward, channels_last vs NCHW on the same "
+         "values; torch aten.native_group_norm_backward on channels_last "
+         "tensors", section_backward_cl, table_backward_cl),
         ("dtypes", "float64 / float16 vs their streaming floor (float16 "
          "computed in float32; its floor moves the same bytes)",
          section_dtypes, table_dtypes),
