@@ -679,11 +679,12 @@ cdef inline void _bwd_rows_sums(const floating* dy, const floating* x,
                                 Py_ssize_t it, double* part,
                                 floating* scratch) noexcept nogil:
     """Phase 1, chunk it: its per-channel sums into part (2*C: ds, db)."""
-    cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U, c
+    cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U, c, grp
     cdef Py_ssize_t p1 = min(p0 + g.U, g.T), off = (n * g.T + p0) * g.C
     cdef floating* muc = scratch
-    for c in range(g.C):
-        muc[c] = mean[n * g.G + c // g.Cg]
+    for grp in range(g.G):
+        for c in range(grp * g.Cg, (grp + 1) * g.Cg):
+            muc[c] = mean[n * g.G + grp]
     if floating is float:
         fg_bwd_rows_sums_f32(dy + off, x + off, p1 - p0, g.C, muc, part,
                              part + g.C, muc + g.C, muc + 2 * g.C)
@@ -728,12 +729,14 @@ cdef inline void _bwd_rows_dx(const floating* dy, const floating* x,
     cdef floating* bc = a + g.C
     cdef floating* muc = a + 2 * g.C
     cdef floating* dc = a + 3 * g.C
-    for c in range(g.C):
-        grp = n * g.G + c // g.Cg
-        a[c] = w[c] * rstd[grp]
-        muc[c] = mean[grp]
-        bc[c] = coef[2 * grp]
-        dc[c] = coef[2 * grp + 1]
+    cdef floating rs, mu, B, D
+    for grp in range(n * g.G, (n + 1) * g.G):
+        rs, mu, B, D = rstd[grp], mean[grp], coef[2 * grp], coef[2 * grp + 1]
+        for c in range((grp % g.G) * g.Cg, (grp % g.G + 1) * g.Cg):
+            a[c] = w[c] * rs
+            muc[c] = mu
+            bc[c] = B
+            dc[c] = D
     if floating is float:
         fg_bwd_rows_dx_f32(dy + off, x + off, dx + off, p1 - p0, g.C, a, bc,
                            muc, dc)
