@@ -36,10 +36,11 @@
  * pass A finds a shift K (a value of type T near the mean), pass B sums
  * d = x - K and d*d; then mean = K + s/n and m2 = q - s*s/n, exact algebra
  * for any K, and well conditioned because K is within rounding of the mean.
- * Both passes are vector runs (fg_vrun_sum, fg_vrun_dev below): 64 partial
- * sums in T (float32 for float32 data, so no float64 conversions and no
- * loop-carried latency chain), added up in float64 at the end of the run; a
- * run is at most one chunk, so a lane sums a hundred or so values. */
+ * Both passes are vector runs (fg_vrun_sum, fg_vrun_dev below): four
+ * vectors of partial sums in T (float32 for float32 data, so no float64
+ * conversions and no loop-carried latency chain), added up in float64 at
+ * the end of the run; a run is at most one chunk, so a lane sums at most a
+ * few hundred values. */
 
 /* Float32 lanes keep the passes fast, but squares of |x| > ~1e18 overflow
  * them and squares of |x| < ~1e-16 lose bits to subnormals. A result that
@@ -624,11 +625,11 @@ FG_WIDE_FN void fg_bwd_sums_##SUF##ISA(const T *dy, const T *x, ptrdiff_t Cg, \
         const T *g = dy + c * HW, *p = x + c * HW;                            \
         double ts, tb, s, b;                                                  \
         if (HW <= FG_BWD_BLK) {     /* short runs (7x7): one call */          \
-            fg_vrun_bwd_##SUF##ISA(g, p, HW, mu, &ts, &tb);                        \
+            fg_vrun_bwd_##SUF##ISA(g, p, HW, mu, &ts, &tb);                   \
         } else {                                                              \
             ts = tb = 0;                                                      \
             for (b0 = 0; b0 < HW; b0 += FG_BWD_BLK) {                         \
-                fg_vrun_bwd_##SUF##ISA(g + b0, p + b0,                             \
+                fg_vrun_bwd_##SUF##ISA(g + b0, p + b0,                        \
                                   HW - b0 < FG_BWD_BLK ? HW - b0 : FG_BWD_BLK,\
                                   mu, &s, &b);                                \
                 ts += s;                                                      \
@@ -653,11 +654,11 @@ FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,  \
         FG_SIMD for (i = 0; i < HW; i++) o[i] = a * g[i] + B * (p[i] - mu) + D;\
     }                                                                         \
 }                                                                             \
-/* Channels-last: `rows` positions of all C channels (a chunk of a sample),
- * the mean of each channel's group in muc. Per channel, sums of
- * dy * (x - mean) and dy into ds, db: AT lanes over blocks of FG_ROWBLK
- * positions, four rows a step, then float64 (a channel whose sums
- * overflowed is summed again in float64). scratch as, ab: C values each. */\
+/* Channels-last: `rows` positions of all C channels (a chunk of a sample), \
+ * the mean of each channel's group in muc. Per channel, sums of             \
+ * dy * (x - mean) and dy into ds, db: AT lanes over blocks of FG_ROWBLK     \
+ * positions, four rows a step, then float64 (a channel whose sums           \
+ * overflowed is summed again in float64). scratch as, ab: C values each. */ \
 FG_CLONES void fg_bwd_rows_sums_##SUF(const T *dy, const T *x,                \
                                       ptrdiff_t rows, ptrdiff_t C,            \
                                       const T *restrict muc,                  \
@@ -713,7 +714,7 @@ FG_CLONES void fg_bwd_rows_sums_##SUF(const T *dy, const T *x,                \
             db[c] = b;                                                        \
         }                                                                     \
 }                                                                             \
-/* dx = a*dy + B*(x - mean) + D per channel (vectors a, bc, muc, dc of C),  \
+/* dx = a*dy + B*(x - mean) + D per channel (vectors a, bc, muc, dc of C), \
  * four rows a step so each parameter vector is loaded once for four. */     \
 FG_CLONES void fg_bwd_rows_dx_##SUF(const T *dy, const T *x, T *dx,           \
                                     ptrdiff_t rows, ptrdiff_t C,              \
