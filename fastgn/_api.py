@@ -239,8 +239,8 @@ def _kernel_ready(a, cdt, nt=1):
 
 
 def _half_ready(x, out):
-    """Where the compiled float16 path (NCHW) may write, or None when it
-    cannot run (fallback backend; x not aligned, C-contiguous, native)."""
+    """Where the compiled float16 path may write, or None when it cannot
+    run (fallback backend; x not aligned, C-contiguous, native)."""
     if not hasattr(_kern, "forward_half") or not _is_plain(x, _F2):
         return None
     if out is not None and _is_plain(out, _F2) and \
@@ -335,12 +335,10 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *,
             return y, mean, rstd
         return y
 
-    y = None
-    if x.dtype == _F2 and not (channels_last and HW > 1):
-        y = _half_ready(x, out)
+    y = _half_ready(x, out) if x.dtype == _F2 else None
     if y is not None:
-        if _kern.forward_half(x, y, w, b, N, C, HW, G, eps, act, mean, rstd,
-                              nt):
+        if _kern.forward_half(x, y, w, b, N, C, HW, G, eps,
+                              bool(channels_last), act, mean, rstd, nt):
             if out is not None and y is not out:
                 np.copyto(out, y)
                 y = out

@@ -21,6 +21,7 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.math cimport sqrt
+from libc.stdlib cimport free, malloc
 
 from ._openmp cimport (FASTGN_OPENMP, FASTGN_OPENMP_VERSION,
                       omp_get_max_threads, omp_get_thread_num,
@@ -127,8 +128,10 @@ cdef Py_ssize_t SMALL_ITEM = 8192
 cdef Py_ssize_t ROW_BLOCK = 16
 # Below this many values a call runs on the calling thread.
 cdef Py_ssize_t SERIAL_BELOW = 32768
-# float16 slabs of at most this many values go through float32 buffers.
+# float16 slabs (NCHW) of at most HALF_BUF values, and channels-last samples
+# of at most HALF_ROWS values, go through float32 buffers.
 cdef Py_ssize_t HALF_BUF = 1 << 18
+cdef Py_ssize_t HALF_ROWS = 1 << 22
 
 
 def _last_level_cache():
@@ -374,84 +377,6 @@ cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
                              stats[2 * s + 1], w, b, act)
 
 
-# ------------------------------------------------------------ forward, float16
-#
-# float16 NCHW data goes through a float32 buffer per thread, a unit of work
-# (one slab, or a small-slab item) at a time: converted in, normalized there
-# by the float32 code above, converted out. One read and one write of the
-# float16 arrays, the same bits as converting the whole array first.
-
-cdef inline void _half_unit(const char* x, char* y, const float* w,
-                            const float* b, Geometry* g, Py_ssize_t it,
-                            bint small, double eps, int act, float* mo,
-                            float* ro, float* buf) noexcept nogil:
-    cdef Py_ssize_t ng = 1, s0 = it
-    if small:
-        s0 = _small_block(g, it, &ng)
-    fg_f16_to_f32(x + 2 * s0 * g.T, buf, ng * g.T)
-    if small:
-        _small_run(buf, buf, w, b, g, s0, ng, eps, act, mo, ro)
-    else:
-        _slab(buf, buf, g, s0, eps, w, b, act, mo, ro, NULL)
-    fg_f32_to_f16(buf, y + 2 * s0 * g.T, ng * g.T)
-
-
-def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
-                 Py_ssize_t C, Py_ssize_t HW, Py_ssize_t G, double eps,
-                 int activation, mean, rstd, int num_threads):
-    """float16 NCHW x into y (may be x) through float32 buffers; False,
-    with nothing written, where the buffers do not suit (slabs above
-    HALF_BUF values, slabs split over threads): convert the whole array."""
-    cdef Geometry g
-    cdef cnp.ndarray w, b, scratch
-    cdef cnp.ndarray mo = mean, ro = rstd
-    cdef int nt = num_threads
-    cdef bint small
-    cdef Py_ssize_t units, per, it
-    cdef float* buf
-    g.N, g.C, g.HW, g.G, g.Cg = N, C, HW, G, C // G
-    g.rows = False
-    g.big = False
-    g.stream = 0
-    g.T = g.Cg * HW
-    g.U = CHUNK
-    g.K = (g.T + g.U - 1) // g.U
-    if not FG_HAVE_F16 or g.T > HALF_BUF:
-        return False
-    if N * C * HW < SERIAL_BELOW:
-        nt = 1
-    small = g.T <= SMALL_SLAB
-    if not small and nt > 1 and N * G < nt and g.K > 1:
-        return False
-    units = _small_items(&g) if small else N * G
-    per = (_slabs_per_item(&g) if small else 1) * g.T
-    per = (per + 15) // 16 * 16                 # 64-byte strides
-    scratch = np.empty(per * nt + 16, dtype=np.float32)
-    cdef float* sp = <float*>cnp.PyArray_DATA(scratch)
-    sp = sp + (-(<size_t>sp) // 4) % 16         # 64-byte aligned
-    w = np.ones(C, dtype=np.float32) if weight is None else weight
-    b = np.zeros(C, dtype=np.float32) if bias is None else bias
-    cdef const char* xp = <const char*>cnp.PyArray_DATA(x)
-    cdef char* yp = <char*>cnp.PyArray_DATA(y)
-    cdef const float* wp = <const float*>cnp.PyArray_DATA(w)
-    cdef const float* bp = <const float*>cnp.PyArray_DATA(b)
-    cdef float* mp = NULL if mo is None else <float*>cnp.PyArray_DATA(mo)
-    cdef float* rp = NULL if ro is None else <float*>cnp.PyArray_DATA(ro)
-    buf = sp
-    with nogil:
-        if nt == 1:
-            for it in range(units):
-                _half_unit(xp, yp, wp, bp, &g, it, small, eps, activation,
-                           mp, rp, buf)
-        else:
-            with parallel(num_threads=nt):
-                buf = sp + omp_get_thread_num() * per
-                for it in prange(units, schedule="static"):
-                    _half_unit(xp, yp, wp, bp, &g, it, small, eps,
-                               activation, mp, rp, buf)
-    return True
-
-
 # ------------------------------------------------------------ forward, NHWC
 #
 # Channels-last (HW > 1; with HW == 1 the memory is NCHW): a sample is HW rows
@@ -620,6 +545,147 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
             _forward_nchw(<const double*>xp, <double*>yp, <const double*>wp,
                           <const double*>bp, &g, eps, activation,
                           <double*>mp, <double*>rp, pp, sp, nt)
+
+
+# ------------------------------------------------------------ forward, float16
+#
+# float16 data goes through a float32 buffer per thread, a unit of work (NCHW:
+# one slab, or a small-slab item; channels-last: one sample) at a time:
+# converted in, normalized there by the float32 code above, converted out.
+# One read and one write of the float16 arrays, the same bits as converting
+# the whole array first.
+
+cdef inline void _half_unit(const char* x, char* y, const float* w,
+                            const float* b, Geometry* g, Py_ssize_t it,
+                            bint small, double eps, int act, float* mo,
+                            float* ro, float* buf) noexcept nogil:
+    cdef Py_ssize_t ng = 1, s0 = it
+    if small:
+        s0 = _small_block(g, it, &ng)
+    fg_f16_to_f32(x + 2 * s0 * g.T, buf, ng * g.T)
+    if small:
+        _small_run(buf, buf, w, b, g, s0, ng, eps, act, mo, ro)
+    else:
+        _slab(buf, buf, g, s0, eps, w, b, act, mo, ro, NULL)
+    fg_f32_to_f16(buf, y + 2 * s0 * g.T, ng * g.T)
+
+
+cdef inline void _half_sample(const char* x, char* y, const float* w,
+                              const float* b, Geometry* g1, Py_ssize_t n,
+                              double eps, int act, float* mo, float* ro,
+                              float* buf, char* work) noexcept nogil:
+    """Channels-last sample n through buf; g1 is the geometry of one sample,
+    work holds its chunk moments, its stats and a scratch row."""
+    cdef Py_ssize_t L = g1.T * g1.C
+    cdef Moments* parts = <Moments*>work
+    cdef double* stats = <double*>(parts + g1.K * g1.G)
+    cdef char* scratch = <char*>(stats + 2 * g1.G)
+    scratch = scratch + (-<size_t>scratch) % 64
+    fg_f16_to_f32(x + 2 * n * L, buf, L)
+    _rows_sample(buf, buf, w, b, g1, 0, eps, act,
+                 NULL if mo == NULL else mo + n * g1.G,
+                 NULL if ro == NULL else ro + n * g1.G, parts, stats, scratch)
+    fg_f32_to_f16(buf, y + 2 * n * L, L)
+
+
+cdef bint _forward_half_rows(const char* x, char* y, const float* w,
+                             const float* b, Geometry* g, double eps,
+                             int act, float* mo, float* ro,
+                             int nt) noexcept nogil:
+    """Channels-last float16, a sample per unit; False where a sample is
+    above HALF_ROWS values or there are fewer samples than threads."""
+    cdef Geometry g1 = g[0]
+    cdef Py_ssize_t L = g.T * g.C, per, n
+    cdef float* buf
+    cdef char* mem
+    if L > HALF_ROWS or (nt > 1 and g.N < nt):
+        return False
+    g1.N = 1
+    # per thread: the sample's values, its chunk moments, stats, scratch row
+    per = (L + 15) // 16 * 16 * 4 + 24 * g.K * g.G + 16 * g.G + \
+        8 * (6 * g.C + 8) + 64
+    per = (per + 63) // 64 * 64
+    mem = <char*>malloc(per * nt + 64)
+    if mem == NULL:
+        return False
+    with parallel(num_threads=nt):
+        buf = <float*>(mem + (-<size_t>mem) % 64 + omp_get_thread_num() * per)
+        for n in prange(g.N, schedule="static"):
+            _half_sample(x, y, w, b, &g1, n, eps, act, mo, ro, buf,
+                         <char*>(buf + (L + 15) // 16 * 16))
+    free(mem)
+    return True
+
+
+def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
+                 Py_ssize_t C, Py_ssize_t HW, Py_ssize_t G, double eps,
+                 bint channels_last, int activation, mean, rstd,
+                 int num_threads):
+    """float16 x into y (may be x) through float32 buffers; False, with
+    nothing written, where the buffers do not suit (NCHW slabs above
+    HALF_BUF values or split over threads; channels-last samples above
+    HALF_ROWS values or fewer samples than threads): convert the whole
+    array."""
+    cdef Geometry g
+    cdef cnp.ndarray w, b, scratch
+    cdef cnp.ndarray mo = mean, ro = rstd
+    cdef int nt = num_threads
+    cdef bint small
+    cdef Py_ssize_t units, per, it
+    cdef float* buf
+    cdef bint done
+    g.N, g.C, g.HW, g.G, g.Cg = N, C, HW, G, C // G
+    g.rows = channels_last and HW > 1
+    g.big = False
+    g.stream = 0
+    g.T = HW if g.rows else g.Cg * HW
+    g.U = max(1, ROW_CHUNK // C) if g.rows else CHUNK
+    g.K = (g.T + g.U - 1) // g.U
+    if N * C * HW < SERIAL_BELOW:
+        nt = 1
+    if not FG_HAVE_F16 or not g.rows and g.T > HALF_BUF:
+        return False
+    if g.rows:
+        w = np.ones(C, dtype=np.float32) if weight is None else weight
+        b = np.zeros(C, dtype=np.float32) if bias is None else bias
+        with nogil:
+            done = _forward_half_rows(
+                <const char*>cnp.PyArray_DATA(x), <char*>cnp.PyArray_DATA(y),
+                <const float*>cnp.PyArray_DATA(w),
+                <const float*>cnp.PyArray_DATA(b), &g, eps, activation,
+                NULL if mo is None else <float*>cnp.PyArray_DATA(mo),
+                NULL if ro is None else <float*>cnp.PyArray_DATA(ro), nt)
+        return done
+    small = g.T <= SMALL_SLAB
+    if not small and nt > 1 and N * G < nt and g.K > 1:
+        return False
+    units = _small_items(&g) if small else N * G
+    per = (_slabs_per_item(&g) if small else 1) * g.T
+    per = (per + 15) // 16 * 16                 # 64-byte strides
+    scratch = np.empty(per * nt + 16, dtype=np.float32)
+    cdef float* sp = <float*>cnp.PyArray_DATA(scratch)
+    sp = sp + (-(<size_t>sp) // 4) % 16         # 64-byte aligned
+    w = np.ones(C, dtype=np.float32) if weight is None else weight
+    b = np.zeros(C, dtype=np.float32) if bias is None else bias
+    cdef const char* xp = <const char*>cnp.PyArray_DATA(x)
+    cdef char* yp = <char*>cnp.PyArray_DATA(y)
+    cdef const float* wp = <const float*>cnp.PyArray_DATA(w)
+    cdef const float* bp = <const float*>cnp.PyArray_DATA(b)
+    cdef float* mp = NULL if mo is None else <float*>cnp.PyArray_DATA(mo)
+    cdef float* rp = NULL if ro is None else <float*>cnp.PyArray_DATA(ro)
+    buf = sp
+    with nogil:
+        if nt == 1:
+            for it in range(units):
+                _half_unit(xp, yp, wp, bp, &g, it, small, eps, activation,
+                           mp, rp, buf)
+        else:
+            with parallel(num_threads=nt):
+                buf = sp + omp_get_thread_num() * per
+                for it in prange(units, schedule="static"):
+                    _half_unit(xp, yp, wp, bp, &g, it, small, eps,
+                               activation, mp, rp, buf)
+    return True
 
 
 # ------------------------------------------------------------ backward

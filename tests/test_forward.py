@@ -168,6 +168,37 @@ def test_float16_buffered_path_same_bits(rng, monkeypatch, shape, G, kind,
     np.testing.assert_array_equal(z, y)
 
 
+@pytest.mark.compiled_only
+@pytest.mark.parametrize("shape,G,kind", [
+    ((3, 6, 5, 8), 4, "fused"),          # one thread (small call)
+    ((2, 60, 60, 32), 8, "fused"),       # a sample per thread, two chunks
+    ((1, 50, 50, 16), 4, "split"),       # one sample: shared over threads
+    ((1, 2100, 1000, 2), 1, "big"),      # a sample above HALF_ROWS values
+], ids=str)
+@pytest.mark.parametrize("nt", [1, 2])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_float16_channels_last_buffered_path_same_bits(rng, monkeypatch,
+                                                       shape, G, kind, nt,
+                                                       activation):
+    """float16 channels-last goes through a float32 buffer per sample; the
+    bits of normalizing the float32 conversion and rounding once; samples
+    the buffers do not suit take the fallback."""
+    x = data(rng, shape, F16, offset=30.0)
+    w, b = params(rng, shape[-1], "both", F16)
+    kw = dict(num_threads=nt, activation=activation, return_stats=True,
+              channels_last=True)
+    r32, m32, s32 = gn(x.astype(F32), G, w.astype(F32), b.astype(F32), **kw)
+    spy = _HalfSpy(monkeypatch)
+    y, m, s = gn(x, G, w, b, **kw)
+    assert spy.ran == [kind == "fused" or kind == "split" and nt == 1]
+    np.testing.assert_array_equal(y, r32.astype(F16))
+    np.testing.assert_array_equal(m, m32)
+    np.testing.assert_array_equal(s, s32)
+    z = x.copy()
+    assert gn(z, G, w, b, out=z, **kw)[0] is z
+    np.testing.assert_array_equal(z, y)
+
+
 def test_float16_large_values_do_not_overflow_internally(rng, oracle):
     # x*x overflows float16 (max 65504): the computation must not be float16
     x = (3000.0 + 500.0 * rng.standard_normal((2, 4, 16))).astype(F16)
