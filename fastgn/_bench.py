@@ -560,11 +560,29 @@ def section_silu(env, shapes, checker, timing_opts):
     return out, None
 
 
+def _torch_backward(env, name, t, x, dy, w, b, G, channels_last=False):
+    """A contender running torch's CPU GN backward on (NCHW) x and dy, in
+    torch's channels_last memory format when asked."""
+    torch = env.torch
+    N, C, HW = dims(x.shape)
+    xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+    if channels_last:
+        fmt = (torch.channels_last if x.ndim == 4 else
+               torch.channels_last_3d)
+        xt, dyt = (a.contiguous(memory_format=fmt) for a in (xt, dyt))
+    wt, bt = torch.from_numpy(w), torch.from_numpy(b)
+    _, mt, rt = torch.ops.aten.native_group_norm(xt, wt, bt, N, C, HW, G,
+                                                 1e-5)
+    return Contender(
+        (name, t), lambda: torch.ops.aten.native_group_norm_backward(
+            dyt, xt, mt, rt, wt, N, C, HW, G, [True, True, True]),
+        env.torch_threads(t))
+
+
 def section_backward(env, shapes, checker, timing_opts):
     out = {}
     for shape, G in shapes:
         x, w, b, dy = make_inputs(shape, G)
-        N, C, HW = dims(shape)
 
         def stats():
             _, m, r = group_norm(x, G, w, b, return_stats=True)
@@ -586,15 +604,8 @@ def section_backward(env, shapes, checker, timing_opts):
                 ("bwd", t), lambda t=t: group_norm_backward(
                     dy, x, mean, rstd, G, w, num_threads=t)))
             if env.torch is not None:
-                torch = env.torch
-                xt, wt, bt, dyt = map(torch.from_numpy, (x, w, b, dy))
-                _, mt, rt = torch.ops.aten.native_group_norm(
-                    xt, wt, bt, N, C, HW, G, 1e-5)
-                cs.append(Contender(
-                    ("torch_bwd", t), lambda xt=xt, wt=wt, dyt=dyt, mt=mt,
-                    rt=rt: torch.ops.aten.native_group_norm_backward(
-                        dyt, xt, mt, rt, wt, N, C, HW, G, [True, True, True]),
-                    env.torch_threads(t)))
+                cs.append(_torch_backward(env, "torch_bwd", t, x, dy, w, b,
+                                          G))
         out[(shape, G)] = time_interleaved(cs, after_round=env.assert_backend,
                                            **timing_opts("extra"))
     return out, None
@@ -608,7 +619,6 @@ def section_backward_cl(env, shapes, checker, timing_opts):
         if len(shape) < 3:
             continue            # no spatial axes: NHWC is the same layout
         x, w, b, dy = make_inputs(shape, G)
-        N, C, HW = dims(shape)
         xcl, dycl = to_channels_last(x), to_channels_last(dy)
         _, mean, rstd = group_norm(x, G, w, b, return_stats=True)
         skipped = probe(lambda: group_norm_backward(
@@ -631,19 +641,8 @@ def section_backward_cl(env, shapes, checker, timing_opts):
                 dycl, xcl, mean, rstd, G, w, channels_last=True,
                 num_threads=t)))
             if env.torch is not None:
-                torch = env.torch
-                fmt = (torch.channels_last if len(shape) == 4 else
-                       torch.channels_last_3d)
-                xt, dyt = (torch.from_numpy(a).contiguous(memory_format=fmt)
-                           for a in (x, dy))
-                wt, bt = torch.from_numpy(w), torch.from_numpy(b)
-                _, mt, rt = torch.ops.aten.native_group_norm(
-                    xt, wt, bt, N, C, HW, G, 1e-5)
-                cs.append(Contender(
-                    ("torch_cl", t), lambda xt=xt, wt=wt, dyt=dyt, mt=mt,
-                    rt=rt: torch.ops.aten.native_group_norm_backward(
-                        dyt, xt, mt, rt, wt, N, C, HW, G, [True, True, True]),
-                    env.torch_threads(t)))
+                cs.append(_torch_backward(env, "torch_cl", t, x, dy, w, b, G,
+                                          channels_last=True))
         out[(shape, G)] = time_interleaved(cs, after_round=env.assert_backend,
                                            **timing_opts("extra"))
     return out, None

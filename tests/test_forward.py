@@ -135,24 +135,30 @@ class _HalfSpy:
 
 
 @pytest.mark.compiled_only
-@pytest.mark.parametrize("shape,G,kind", [
-    ((3, 8, 6, 5), 4, "fused"),        # small slabs, one call
-    ((64, 32, 7, 7), 8, "fused"),      # small slabs over threads
-    ((5, 8, 40, 41), 4, "fused"),      # a slab per unit, chunked
-    ((4, 64, 19), 2, "fused"),         # rank 3, odd lengths
-    ((1, 4, 100, 100), 1, "split"),    # one slab: split over threads
-    ((1, 8, 260, 260), 2, "big"),      # slabs above HALF_BUF values
-])
+@pytest.mark.parametrize("shape,G,kind,channels_last", [
+    ((3, 8, 6, 5), 4, "fused", False),        # small slabs, one call
+    ((64, 32, 7, 7), 8, "fused", False),      # small slabs over threads
+    ((5, 8, 40, 41), 4, "fused", False),      # a slab per unit, chunked
+    ((4, 64, 19), 2, "fused", False),         # rank 3, odd lengths
+    ((1, 4, 100, 100), 1, "split", False),    # one slab: split over threads
+    ((1, 8, 260, 260), 2, "big", False),      # slabs above HALF_BUF values
+    ((3, 6, 5, 8), 4, "fused", True),         # NHWC: one thread (small)
+    ((2, 60, 60, 32), 8, "fused", True),      # a sample per thread, 2 chunks
+    ((1, 50, 50, 16), 4, "split", True),      # one sample over threads
+    ((1, 2100, 1000, 2), 1, "big", True),     # a sample above HALF_ROWS
+], ids=str)
 @pytest.mark.parametrize("nt", [1, 2])
 @pytest.mark.parametrize("activation", [None, "silu"])
 def test_float16_buffered_path_same_bits(rng, monkeypatch, shape, G, kind,
-                                         nt, activation):
-    """float16 NCHW goes through float32 buffers per slab; it gives the bits
-    of normalizing the float32 conversion and rounding once, in place and
-    into out= as well; shapes the buffers do not suit take the fallback."""
+                                         channels_last, nt, activation):
+    """float16 goes through float32 buffers per slab (NCHW) or per sample
+    (channels-last); it gives the bits of normalizing the float32 conversion
+    and rounding once, in place and into out= as well; shapes the buffers
+    do not suit take the fallback."""
     x = data(rng, shape, F16, offset=30.0)
-    w, b = params(rng, shape[1], "both", F16)
-    kw = dict(num_threads=nt, activation=activation, return_stats=True)
+    w, b = params(rng, shape[-1 if channels_last else 1], "both", F16)
+    kw = dict(num_threads=nt, activation=activation, return_stats=True,
+              channels_last=channels_last)
     r32, m32, s32 = gn(x.astype(F32), G, w.astype(F32), b.astype(F32), **kw)
     spy = _HalfSpy(monkeypatch)
     y, m, s = gn(x, G, w, b, **kw)
@@ -163,37 +169,6 @@ def test_float16_buffered_path_same_bits(rng, monkeypatch, shape, G, kind,
     out = np.full(x.size + 1, 7.0, F16)[1:].reshape(shape)   # 2-byte offset
     assert gn(x, G, w, b, out=out, **kw)[0] is out
     np.testing.assert_array_equal(out, y)
-    z = x.copy()
-    assert gn(z, G, w, b, out=z, **kw)[0] is z
-    np.testing.assert_array_equal(z, y)
-
-
-@pytest.mark.compiled_only
-@pytest.mark.parametrize("shape,G,kind", [
-    ((3, 6, 5, 8), 4, "fused"),          # one thread (small call)
-    ((2, 60, 60, 32), 8, "fused"),       # a sample per thread, two chunks
-    ((1, 50, 50, 16), 4, "split"),       # one sample: shared over threads
-    ((1, 2100, 1000, 2), 1, "big"),      # a sample above HALF_ROWS values
-], ids=str)
-@pytest.mark.parametrize("nt", [1, 2])
-@pytest.mark.parametrize("activation", [None, "silu"])
-def test_float16_channels_last_buffered_path_same_bits(rng, monkeypatch,
-                                                       shape, G, kind, nt,
-                                                       activation):
-    """float16 channels-last goes through a float32 buffer per sample; the
-    bits of normalizing the float32 conversion and rounding once; samples
-    the buffers do not suit take the fallback."""
-    x = data(rng, shape, F16, offset=30.0)
-    w, b = params(rng, shape[-1], "both", F16)
-    kw = dict(num_threads=nt, activation=activation, return_stats=True,
-              channels_last=True)
-    r32, m32, s32 = gn(x.astype(F32), G, w.astype(F32), b.astype(F32), **kw)
-    spy = _HalfSpy(monkeypatch)
-    y, m, s = gn(x, G, w, b, **kw)
-    assert spy.ran == [kind == "fused" or kind == "split" and nt == 1]
-    np.testing.assert_array_equal(y, r32.astype(F16))
-    np.testing.assert_array_equal(m, m32)
-    np.testing.assert_array_equal(s, s32)
     z = x.copy()
     assert gn(z, G, w, b, out=z, **kw)[0] is z
     np.testing.assert_array_equal(z, y)
