@@ -97,6 +97,19 @@ FG_WIDE_FN void fg_moments_##SUF##ISA(const T *x, ptrdiff_t len,             \
  * mean just found: as well conditioned as shifting by a full pass A's mean.
  * scratch: 3*C doubles plus C values of AT and C values of T. */
 #define FG_ROWBLK 64
+/* A block's per-channel lane sums A1, A2 (C each) into the float64 sums D1,
+ * D2: stored on the first block, added after. */
+#define FG_FLUSH2(FIRST, D1, D2, A1, A2)                                      \
+    if (FIRST)                                                                \
+        for (c = 0; c < C; c++) {                                             \
+            D1[c] = A1[c];                                                    \
+            D2[c] = A2[c];                                                    \
+        }                                                                     \
+    else                                                                      \
+        for (c = 0; c < C; c++) {                                             \
+            D1[c] += A1[c];                                                   \
+            D2[c] += A2[c];                                                   \
+        }
 
 #define FG_ROWS_MOMENTS(T, AT, SUF)                                           \
 /* Pass B: per-channel sums of d = x - kc[c] and d*d into da, dq. */          \
@@ -133,16 +146,7 @@ static inline FG_INLINE void fg_rows_dev_##SUF(const T *x, ptrdiff_t rows,    \
                 acq[c] += d * d;                                              \
             }                                                                 \
         }                                                                     \
-        if (p0 == 0)                                                          \
-            for (c = 0; c < C; c++) {                                         \
-                da[c] = acc[c];                                               \
-                dq[c] = acq[c];                                               \
-            }                                                                 \
-        else                                                                  \
-            for (c = 0; c < C; c++) {                                         \
-                da[c] += acc[c];                                              \
-                dq[c] += acq[c];                                              \
-            }                                                                 \
+        FG_FLUSH2(p0 == 0, da, dq, acc, acq)                                  \
     }                                                                         \
 }                                                                             \
 FG_CLONES void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, \
@@ -691,16 +695,7 @@ FG_CLONES void fg_bwd_rows_sums_##SUF(const T *dy, const T *x,                \
                 ab[c] += g0[c];                                               \
             }                                                                 \
         }                                                                     \
-        if (p0 == 0)                                                          \
-            for (c = 0; c < C; c++) {                                         \
-                ds[c] = as[c];                                                \
-                db[c] = ab[c];                                                \
-            }                                                                 \
-        else                                                                  \
-            for (c = 0; c < C; c++) {                                         \
-                ds[c] += as[c];                                               \
-                db[c] += ab[c];                                               \
-            }                                                                 \
+        FG_FLUSH2(p0 == 0, ds, db, as, ab)                                    \
     }                                                                         \
     for (c = 0; c < C; c++)                                                   \
         if (FG_OVERFLOWED(AT, ds[c], db[c])) {                                \
