@@ -18,10 +18,24 @@
 #include <stddef.h>
 #include <math.h>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    defined(__linux__) && !defined(FASTGN_NO_CLONES)
+/* The x86-64-v3/v4 levels are GCC 11's; older compilers build one copy. */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && \
+    defined(__x86_64__) && defined(__linux__) && !defined(FASTGN_NO_CLONES)
 #define FG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define FG_DISPATCH 1
+/* Run-time tests for the levels (GCC 12 names them; GCC 11 by features). */
+#if __GNUC__ >= 12 && !defined(FASTGN_CPU_BY_FEATURES)
+#define FG_CPU_V4() __builtin_cpu_supports("x86-64-v4")
+#define FG_CPU_V3() __builtin_cpu_supports("x86-64-v3")
+#else
+#define FG_CPU_V4()                                                           \
+    (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") \
+     && __builtin_cpu_supports("avx512cd") &&                                 \
+     __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+#define FG_CPU_V3()                                                           \
+    (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&      \
+     __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2"))
+#endif
 #else
 #define FG_CLONES
 #define FG_DISPATCH 0
@@ -953,9 +967,9 @@ FG_WIDE_KERNELS(_v3, 32)
 #define FG_WIDE_FN static
 FG_WIDE_KERNELS(_v1, 16)
 #define FG_PICK(NAME, ARGS)                                                   \
-    if (__builtin_cpu_supports("x86-64-v4"))                                  \
+    if (FG_CPU_V4())                                                          \
         NAME##_v4 ARGS;                                                       \
-    else if (__builtin_cpu_supports("x86-64-v3"))                             \
+    else if (FG_CPU_V3())                                                     \
         NAME##_v3 ARGS;                                                       \
     else                                                                      \
         NAME##_v1 ARGS;
@@ -983,9 +997,9 @@ FG_PICK_TYPED(float, f32)
 FG_PICK_TYPED(double, f64)
 /* The level FG_PICK takes on this CPU (show_config's "simd"). */
 static const char *fg_simd_level(void) {
-    if (__builtin_cpu_supports("x86-64-v4"))
+    if (FG_CPU_V4())
         return "x86-64-v4 (AVX-512)";
-    if (__builtin_cpu_supports("x86-64-v3"))
+    if (FG_CPU_V3())
         return "x86-64-v3 (AVX2)";
     return "x86-64 (SSE2)";
 }

@@ -29,6 +29,7 @@ pytestmark = [
 
 @pytest.mark.parametrize("flags", [
     [],                                          # the wheel: dispatched
+    ["-DFASTGN_CPU_BY_FEATURES"],                # GCC 11's level tests
     ["-DFASTGN_NO_CLONES"],                      # baseline x86-64 only
     ["-DFASTGN_NO_CLONES", "-march=x86-64-v3"],  # AVX2 native build
     ["-DFASTGN_NO_CLONES", "-march=x86-64-v4"],  # AVX-512 native build
