@@ -596,7 +596,7 @@ cdef bint _forward_half_rows(const char* x, char* y, const float* w,
     above HALF_ROWS values or there are fewer samples than threads."""
     cdef Geometry g1 = g[0]
     cdef Py_ssize_t L = g.T * g.C, per, n
-    cdef float* buf
+    cdef float* buf = NULL
     cdef char* mem
     if L > HALF_ROWS or (nt > 1 and g.N < nt):
         return False
