@@ -106,10 +106,19 @@ cdef extern from "_simd.h" nogil:
     void fg_f16_to_f32(const void*, float*, Py_ssize_t)
     void fg_f32_to_f16(const float*, void*, Py_ssize_t)
     const char* fg_simd_level()
+    void fg_set_level(int)
 
 OPENMP = bool(FASTGN_OPENMP)
 OPENMP_VERSION = FASTGN_OPENMP_VERSION
 COMPILE_ARGS = FASTGN_COMPILE_ARGS.decode().split()
+# FASTGN_MAX_SIMD (x86-64-v3 or x86-64) caps the level of the kernels on
+# vector runs, to test the narrower copies on a wider CPU.
+_SIMD_CAPS = {"": 4, "x86-64-v4": 4, "x86-64-v3": 3, "x86-64": 1}
+_cap = os.environ.get("FASTGN_MAX_SIMD", "").strip().lower()
+if _cap not in _SIMD_CAPS:
+    raise ImportError(f"FASTGN_MAX_SIMD must be one of x86-64-v4, "
+                      f"x86-64-v3, x86-64, got {_cap!r}")
+fg_set_level(_SIMD_CAPS[_cap])
 SIMD = fg_simd_level().decode()
 
 # Values per statistics chunk (NCHW), and per work item (channels-last, in

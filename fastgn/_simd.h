@@ -968,10 +968,18 @@ FG_WIDE_KERNELS(_v3, 32)
 #undef FG_WIDE_FN
 #define FG_WIDE_FN static
 FG_WIDE_KERNELS(_v1, 16)
+/* The level the public names take: the CPU's, capped at fg_set_level's
+ * argument (4, 3 or 1; FASTGN_MAX_SIMD at import, so that a test run can
+ * exercise the narrower copies on a wider CPU). */
+static int fg_level = 0;
+static void fg_set_level(int cap) {
+    int l = FG_CPU_V4() ? 4 : FG_CPU_V3() ? 3 : 1;
+    fg_level = l < cap ? l : cap;
+}
 #define FG_PICK(NAME, ARGS)                                                   \
-    if (FG_CPU_V4())                                                          \
+    if (fg_level >= 4)                                                        \
         NAME##_v4 ARGS;                                                       \
-    else if (FG_CPU_V3())                                                     \
+    else if (fg_level == 3)                                                   \
         NAME##_v3 ARGS;                                                       \
     else                                                                      \
         NAME##_v1 ARGS;
@@ -997,13 +1005,10 @@ void fg_small_slabs_##SUF(const T *x, T *y, ptrdiff_t ng, ptrdiff_t Cg,       \
 }
 FG_PICK_TYPED(float, f32)
 FG_PICK_TYPED(double, f64)
-/* The level FG_PICK takes on this CPU (show_config's "simd"). */
+/* The level FG_PICK takes (show_config's "simd"). */
 static const char *fg_simd_level(void) {
-    if (FG_CPU_V4())
-        return "x86-64-v4 (AVX-512)";
-    if (FG_CPU_V3())
-        return "x86-64-v3 (AVX2)";
-    return "x86-64 (SSE2)";
+    return fg_level >= 4 ? "x86-64-v4 (AVX-512)"
+         : fg_level == 3 ? "x86-64-v3 (AVX2)" : "x86-64 (SSE2)";
 }
 #else
 /* One copy, with the vector width of the target compiled for (AVX-512 or
@@ -1022,6 +1027,7 @@ FG_WIDE_KERNELS(, 16)
 static const char *fg_simd_level(void) {
     return "build target, " FG_VBITS "-bit vectors";
 }
+static void fg_set_level(int cap) {}
 #endif
 FG_APPLY_SPAN(float, f32)
 FG_APPLY_SPAN(double, f64)

@@ -3,7 +3,10 @@
 Every test runs on both backends (autouse ``backend`` fixture).
 """
 
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -768,6 +771,29 @@ def test_activation_extreme_values(oracle, activation):
 
 
 # ------------------------------------------------------------ show_config
+
+@pytest.mark.compiled_only
+@pytest.mark.parametrize("cap,want", [
+    ("x86-64-v3", ("x86-64-v3 (AVX2)", "x86-64 (SSE2)")),
+    ("x86-64", ("x86-64 (SSE2)",)),
+    ("bogus", None),
+])
+def test_max_simd_caps_the_level(tmp_path, backend, cap, want):
+    """FASTGN_MAX_SIMD caps the vector-run kernels' level (dispatched x86-64
+    builds; others report their build target); a bad value is named."""
+    code = "import fastgn; print(fastgn.show_config(mode='dicts')['simd'])"
+    res = subprocess.run([sys.executable, "-W", "always", "-c", code],
+                         env=dict(os.environ, FASTGN_MAX_SIMD=cap),
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    got = res.stdout.strip()
+    if want is None:
+        assert "FASTGN_MAX_SIMD must be one of" in res.stderr
+        assert got == "none"            # the NumPy fallback took over
+    else:
+        assert got in want or got.startswith("build target"), got
+
+
 
 def test_show_config(backend, capsys):
     info = fastgn.show_config(mode="dicts")
