@@ -4,7 +4,7 @@
  * than the auto-vectorizer's scalar epilogue, and SSE2 streaming stores on
  * x86-64. On x86-64 Linux with GCC, AVX2+FMA and AVX-512 clones are picked
  * at load time (target_clones; the kernels on vector types are compiled per
- * ISA level with vectors as wide as its registers and picked per call): the
+ * ISA level with vectors as wide as its registers, one picked at import): the
  * default wheel runs on every CPU of its platform and still uses the wide
  * units where present.
  *
@@ -957,9 +957,9 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
 #if FG_DISPATCH
 /* x86-64 Linux, GCC: one copy per ISA level, as target_clones makes of the
  * other kernels, each for its own target with vectors as wide as its
- * registers; the public names pick one per call, by the same test the
- * clones use. (A #pragma GCC target region instead of the attribute
- * measured 5-7% slower on 256x1024.) */
+ * registers; the public names call the copy of the level set at import
+ * (fg_set_level, below). (A #pragma GCC target region instead of the
+ * attribute measured 5-7% slower on 256x1024.) */
 #define FG_WIDE_FN static __attribute__((target("arch=x86-64-v4")))
 FG_WIDE_KERNELS(_v4, 64)
 #undef FG_WIDE_FN
