@@ -21,7 +21,6 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.math cimport sqrt
-from libc.stdlib cimport free, malloc
 
 from ._openmp cimport (FASTGN_OPENMP, FASTGN_OPENMP_VERSION,
                       omp_get_max_threads, omp_get_thread_num,
@@ -231,6 +230,20 @@ cdef struct Geometry:
     bint rows           # channels-last memory
     bint big            # input plus output larger than the cache
     int stream          # streaming stores (big, apply without activation)
+
+
+cdef inline void _geometry(Geometry* g, Py_ssize_t N, Py_ssize_t C,
+                           Py_ssize_t HW, Py_ssize_t G,
+                           bint rows) noexcept nogil:
+    """The shape, and its slabs (NCHW) or samples (rows) cut in chunks;
+    plain stores (callers that stream set big and stream after)."""
+    g.N, g.C, g.HW, g.G, g.Cg = N, C, HW, G, C // G
+    g.rows = rows
+    g.T = HW if rows else g.Cg * HW
+    g.U = max(1, ROW_CHUNK // C) if rows else CHUNK
+    g.K = (g.T + g.U - 1) // g.U
+    g.big = False
+    g.stream = 0
 
 
 cdef inline void _chunk_moments(const floating* xs, Geometry* g,
@@ -500,15 +513,7 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
     cdef bint rows = channels_last and HW > 1
     cdef int nt = num_threads
     cdef Py_ssize_t scratch_bytes = 0
-    g.N, g.C, g.HW, g.G, g.Cg = N, C, HW, G, C // G
-    g.rows = rows
-    if rows:
-        g.T = HW
-        g.U = max(1, ROW_CHUNK // C)
-    else:
-        g.T = g.Cg * HW
-        g.U = CHUNK
-    g.K = (g.T + g.U - 1) // g.U
+    _geometry(&g, N, C, HW, G, rows)
     g.big = 2 * N * C * HW * x.itemsize > STREAM_BYTES
     g.stream = g.big and HW > 1 and activation == 0
     if N * C * HW < SERIAL_BELOW:
@@ -597,33 +602,29 @@ cdef inline void _half_sample(const char* x, char* y, const float* w,
     fg_f32_to_f16(buf, y + 2 * n * L, L)
 
 
-cdef bint _forward_half_rows(const char* x, char* y, const float* w,
+cdef void _forward_half_rows(const char* x, char* y, const float* w,
                              const float* b, Geometry* g, double eps,
-                             int act, float* mo, float* ro,
-                             int nt) noexcept nogil:
-    """Channels-last float16, a sample per unit; False where a sample is
-    above HALF_ROWS values or there are fewer samples than threads."""
+                             int act, float* mo, float* ro, char* mem,
+                             Py_ssize_t per, int nt) noexcept nogil:
+    """Channels-last float16, a sample per unit, per bytes of the 64-byte
+    aligned mem per thread (_half_rows_bytes)."""
     cdef Geometry g1 = g[0]
-    cdef Py_ssize_t L = g.T * g.C, per, n
+    cdef Py_ssize_t L = g.T * g.C, n
     cdef float* buf = NULL
-    cdef char* mem
-    if L > HALF_ROWS or (nt > 1 and g.N < nt):
-        return False
     g1.N = 1
-    # per thread: the sample's values, its chunk moments, stats, scratch row
-    per = (L + 15) // 16 * 16 * 4 + 24 * g.K * g.G + 16 * g.G + \
-        8 * (6 * g.C + 8) + 64
-    per = (per + 63) // 64 * 64
-    mem = <char*>malloc(per * nt + 64)
-    if mem == NULL:
-        return False
     with parallel(num_threads=nt):
-        buf = <float*>(mem + (-<size_t>mem) % 64 + omp_get_thread_num() * per)
+        buf = <float*>(mem + omp_get_thread_num() * per)
         for n in prange(g.N, schedule="static"):
             _half_sample(x, y, w, b, &g1, n, eps, act, mo, ro, buf,
                          <char*>(buf + (L + 15) // 16 * 16))
-    free(mem)
-    return True
+
+
+cdef inline Py_ssize_t _half_rows_bytes(Geometry* g) noexcept nogil:
+    """Per thread: a sample's values, its chunk moments, stats, scratch row
+    (a multiple of 64 bytes)."""
+    cdef Py_ssize_t per = (g.T * g.C + 15) // 16 * 16 * 4 + \
+        24 * g.K * g.G + 16 * g.G + 8 * (6 * g.C + 8) + 64
+    return (per + 63) // 64 * 64
 
 
 def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
@@ -642,38 +643,28 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
     cdef bint small
     cdef Py_ssize_t units, per, it
     cdef float* buf
-    cdef bint done
-    g.N, g.C, g.HW, g.G, g.Cg = N, C, HW, G, C // G
-    g.rows = channels_last and HW > 1
-    g.big = False
-    g.stream = 0
-    g.T = HW if g.rows else g.Cg * HW
-    g.U = max(1, ROW_CHUNK // C) if g.rows else CHUNK
-    g.K = (g.T + g.U - 1) // g.U
+    _geometry(&g, N, C, HW, G, channels_last and HW > 1)
     if N * C * HW < SERIAL_BELOW:
         nt = 1
-    if not FG_HAVE_F16 or not g.rows and g.T > HALF_BUF:
+    if not FG_HAVE_F16:
         return False
     if g.rows:
-        w = np.ones(C, dtype=np.float32) if weight is None else weight
-        b = np.zeros(C, dtype=np.float32) if bias is None else bias
-        with nogil:
-            done = _forward_half_rows(
-                <const char*>cnp.PyArray_DATA(x), <char*>cnp.PyArray_DATA(y),
-                <const float*>cnp.PyArray_DATA(w),
-                <const float*>cnp.PyArray_DATA(b), &g, eps, activation,
-                NULL if mo is None else <float*>cnp.PyArray_DATA(mo),
-                NULL if ro is None else <float*>cnp.PyArray_DATA(ro), nt)
-        return done
-    small = g.T <= SMALL_SLAB
-    if not small and nt > 1 and N * G < nt and g.K > 1:
-        return False
-    units = _small_items(&g) if small else N * G
-    per = (_slabs_per_item(&g) if small else 1) * g.T
-    per = (per + 15) // 16 * 16                 # 64-byte strides
-    scratch = np.empty(per * nt + 16, dtype=np.float32)
-    cdef float* sp = <float*>cnp.PyArray_DATA(scratch)
-    sp = sp + (-(<size_t>sp) // 4) % 16         # 64-byte aligned
+        if g.T * C > HALF_ROWS or (nt > 1 and N < nt):
+            return False
+        per = _half_rows_bytes(&g)
+        small = False
+        units = 0
+    else:
+        small = g.T <= SMALL_SLAB
+        if g.T > HALF_BUF or (not small and nt > 1 and N * G < nt and
+                              g.K > 1):
+            return False
+        units = _small_items(&g) if small else N * G
+        per = (_slabs_per_item(&g) if small else 1) * g.T
+        per = (per + 15) // 16 * 16 * 4        # bytes, 64-byte strides
+    scratch = np.empty(per * nt + 64, dtype=np.uint8)
+    cdef char* sp = <char*>cnp.PyArray_DATA(scratch)
+    sp = sp + (-<size_t>sp) % 64                # 64-byte aligned
     w = np.ones(C, dtype=np.float32) if weight is None else weight
     b = np.zeros(C, dtype=np.float32) if bias is None else bias
     cdef const char* xp = <const char*>cnp.PyArray_DATA(x)
@@ -682,15 +673,18 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
     cdef const float* bp = <const float*>cnp.PyArray_DATA(b)
     cdef float* mp = NULL if mo is None else <float*>cnp.PyArray_DATA(mo)
     cdef float* rp = NULL if ro is None else <float*>cnp.PyArray_DATA(ro)
-    buf = sp
+    buf = <float*>sp
     with nogil:
-        if nt == 1:
+        if g.rows:
+            _forward_half_rows(xp, yp, wp, bp, &g, eps, activation, mp, rp,
+                               sp, per, nt)
+        elif nt == 1:
             for it in range(units):
                 _half_unit(xp, yp, wp, bp, &g, it, small, eps, activation,
                            mp, rp, buf)
         else:
             with parallel(num_threads=nt):
-                buf = sp + omp_get_thread_num() * per
+                buf = <float*>(sp + omp_get_thread_num() * per)
                 for it in prange(units, schedule="static"):
                     _half_unit(xp, yp, wp, bp, &g, it, small, eps,
                                activation, mp, rp, buf)
@@ -930,11 +924,7 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     cdef bint f32 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
     cdef int nt = num_threads
     cdef Py_ssize_t nparts = 0, ncoef = 0
-    g.N, g.C, g.HW, g.G, g.Cg = N, C, HW, G, C // G
-    g.rows = (channels_last or HW == 1) and RB == 0
-    g.T = HW
-    g.U = max(1, ROW_CHUNK // C)
-    g.K = (g.T + g.U - 1) // g.U
+    _geometry(&g, N, C, HW, G, (channels_last or HW == 1) and RB == 0)
     if N * C * HW < SERIAL_BELOW:
         nt = 1
     if g.rows:

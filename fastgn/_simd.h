@@ -109,7 +109,7 @@ FG_WIDE_FN void fg_moments_##SUF##ISA(const T *x, ptrdiff_t len,             \
  * A group whose shift turns out farther than one standard deviation from its
  * mean (data that drifts across positions) is summed again, shifted by the
  * mean just found: as well conditioned as shifting by a full pass A's mean.
- * scratch: 3*C doubles plus C values of AT and C values of T. */
+ * scratch: 2*C doubles, 2*C values of AT and C values of T. */
 #define FG_ROWBLK 64
 /* A block's per-channel lane sums A1, A2 (C each) into the float64 sums D1,
  * D2: stored on the first block, added after. */
