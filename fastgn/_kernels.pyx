@@ -41,8 +41,8 @@ cdef extern from *:
     const char* FASTGN_COMPILE_ARGS
 
 cdef extern from "_simd.h" nogil:
-    void fg_moments_f32(const float*, Py_ssize_t, double*)
-    void fg_moments_f64(const double*, Py_ssize_t, double*)
+    void fg_moments_f32(const float*, Py_ssize_t, int, double*)
+    void fg_moments_f64(const double*, Py_ssize_t, int, double*)
     void fg_apply_span_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
                            Py_ssize_t, float, float, float, const float*,
                            const float*, int, int, const float*)
@@ -56,10 +56,10 @@ cdef extern from "_simd.h" nogil:
                            int)
     void fg_small_slabs_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
                             Py_ssize_t, const float*, const float*, double,
-                            int, float*, float*)
+                            int, int, float*, float*)
     void fg_small_slabs_f64(const double*, double*, Py_ssize_t, Py_ssize_t,
                             Py_ssize_t, const double*, const double*, double,
-                            int, double*, double*)
+                            int, int, double*, double*)
     void fg_rows_moments_f32(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                              double*, float*, float*, float*, double*)
     void fg_rows_moments_f64(const double*, Py_ssize_t, Py_ssize_t,
@@ -251,9 +251,9 @@ cdef inline void _chunk_moments(const floating* xs, Geometry* g,
     cdef Py_ssize_t u0 = k * g.U
     cdef Py_ssize_t u1 = min(u0 + g.U, g.T)
     if floating is float:
-        fg_moments_f32(xs + u0, u1 - u0, <double*>m)
+        fg_moments_f32(xs + u0, u1 - u0, g.big, <double*>m)
     else:
-        fg_moments_f64(xs + u0, u1 - u0, <double*>m)
+        fg_moments_f64(xs + u0, u1 - u0, g.big, <double*>m)
 
 
 cdef inline void _apply_units(const floating* xs, floating* ys, Geometry* g,
@@ -341,10 +341,10 @@ cdef inline void _small_run(const floating* xs, floating* ys,
     cdef floating* ro = NULL if rstd_out == NULL else rstd_out + s0
     if floating is float:
         fg_small_slabs_f32(xs, ys, ng, g.Cg, g.HW, w + c0, b + c0, eps, act,
-                           mo, ro)
+                           g.big, mo, ro)
     else:
         fg_small_slabs_f64(xs, ys, ng, g.Cg, g.HW, w + c0, b + c0, eps, act,
-                           mo, ro)
+                           g.big, mo, ro)
 
 
 cdef inline void _small_item(const floating* x, floating* y,

@@ -47,6 +47,29 @@ def test_float32_channels_last_drift(rng, oracle, shape):
     assert err <= 3e-6, f"max |y - y_f64| = {err:.3g}"
 
 
+@pytest.mark.parametrize("shape, G", [((4, 64, 7, 7), 4), ((2, 256, 1, 1), 8),
+                                      ((2, 8, 64, 64), 2), ((1, 8, 64, 64), 1)])
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_float32_nchw_outlying_start(rng, oracle, shape, G, num_threads):
+    """NCHW data around a large offset whose first 16 values of every run of
+    8192 (a small slab's first values, every statistics chunk's first
+    values) sit far from the rest: statistics as good as for stationary
+    data. The kernel takes its shift from a run's first values and must
+    notice when that shift is a poor one."""
+    x = 1e4 + rng.standard_normal(shape)
+    slabs = x.reshape(shape[0] * G, -1)
+    starts = np.arange(slabs.shape[1]) % 8192 < 16
+    slabs[:, starts] -= 100.0
+    x = x.astype(np.float32)
+    y, mean, rstd = gn(x, G, return_stats=True, num_threads=num_threads)
+    ref, rm, rr = oracle(x.astype(np.float64), G)
+    np.testing.assert_allclose(mean, rm, rtol=1e-7, atol=0)
+    np.testing.assert_allclose(rstd, rr, rtol=3e-7)
+    # the outliers normalize to about -22: a float32 ulp there is 1.9e-6
+    err = np.max(np.abs(y.astype(np.float64) - ref)) / np.max(np.abs(ref))
+    assert err <= 2e-7, f"max |y - y_f64| / max |y_f64| = {err:.3g}"
+
+
 def test_float32_8M_element_group(rng, oracle_stats):
     """One slab of 8M float32 values around 1e3: stats to 1e-6 (relative)."""
     shape = (1, 8, 1024, 1024)
