@@ -481,7 +481,9 @@ typedef double fg_vf64##ISA __attribute__((vector_size(VB)));                 \
 typedef float fg_vf32u##ISA                                                   \
     __attribute__((vector_size(VB), aligned(4), may_alias));                  \
 typedef double fg_vf64u##ISA                                                  \
-    __attribute__((vector_size(VB), aligned(8), may_alias));
+    __attribute__((vector_size(VB), aligned(8), may_alias));                  \
+typedef float fg_vf32h##ISA                                                   \
+    __attribute__((vector_size(VB / 2), aligned(4), may_alias));
 /* The sum of a vector's lanes in float64: float32 halves added down to 8
  * lanes, converted 4 + 4, then a tree. One definition per width (VB), for
  * that width's registers; the AVX widths share the 8-lane tail. */
@@ -934,22 +936,31 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
         const ptrdiff_t nb = ng - g0 < bs ? ng - g0 : bs;                     \
         const T *xb = x + g0 * L;                                             \
         FG_AHEAD(ahead, xb, nb * L)                                           \
-        for (g = 0; g < nb; g++) a[g] = fg_vrun_sum_##SUF##ISA(xb + g * L, m);\
-        for (g = 0; g < nb; g++) {                                            \
-            k[g] = (T)(a[g] * rm);                                            \
-            fg_vrun_dev_##SUF##ISA(xb + g * L, L, k[g], s + g, q + g);        \
-        }                                                                     \
-        for (g = 0; g < nb && m < L; g++)                                     \
-            if (FG_FAR(s[g], q[g], rn)) {                                     \
-                k[g] = (T)(k[g] + s[g] / n);                                  \
+        if (m == L && sizeof(T) < sizeof(double)) {   /* tiny, float32 */     \
+            for (g = 0; g < nb; g++) {                                        \
+                k[g] = xb[g * L];                                             \
+                fg_vrun_dev64_##SUF##ISA(xb + g * L, L, k[g], s + g, q + g);  \
+            }                                                                 \
+        } else {                                                              \
+            for (g = 0; g < nb; g++)                                          \
+                a[g] = fg_vrun_sum_##SUF##ISA(xb + g * L, m);                 \
+            for (g = 0; g < nb; g++) {                                        \
+                k[g] = (T)(a[g] * rm);                                        \
                 fg_vrun_dev_##SUF##ISA(xb + g * L, L, k[g], s + g, q + g);    \
             }                                                                 \
+            for (g = 0; g < nb; g++)                                          \
+                if (FG_FAR(s[g], q[g], rn)) {                                 \
+                    k[g] = (T)(k[g] + s[g] / n);                              \
+                    fg_vrun_dev_##SUF##ISA(xb + g * L, L, k[g], s + g,        \
+                                           q + g);                            \
+                }                                                             \
+        }                                                                     \
         FG_SIMD for (g = 0; g < nb; g++) {                                    \
             double v = (q[g] - s[g] * (s[g] / n)) / n;                        \
             mean[g] = (double)k[g] + s[g] / n;                                \
             rstd[g] = 1.0 / sqrt((v < 0 ? 0 : v) + eps);                      \
         }                                                                     \
-        for (g = 0; g < nb; g++)                                              \
+        for (g = 0; g < nb && m < L; g++)   /* tiny: float64 sums already */  \
             if (FG_NEEDS_F64(AT, q[g], n)) {                                  \
                 double m3[3];                                                 \
                 fg_moments_f64acc_##SUF(xb + g * L, 1, L, L, m3);             \
@@ -972,6 +983,83 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
     }                                                                         \
 }
 
+/* Float32 runs of at most FG_SHIFT_ALL values (tiny groups: rank-2 input),
+ * in one pass: shifted by their first value, d and d*d summed in float64
+ * lanes (the values widened exactly), so no pass and no reduction come
+ * before the sums. Any one of n values lies within sqrt(n - 1) standard
+ * deviations of their mean, so q <= n*m2: at most a factor 64 on float64
+ * rounding, far below float32's (and float64 squares of float32 values
+ * neither overflow nor underflow). float64 data keeps the two passes, whose
+ * rounding that factor would show in (3e-16 -> 5e-15 relative on rstd). The
+ * 16-byte copy (SSE2 has no register of two floats to widen) sums in pairs
+ * of scalars. */
+#define FG_VRUN_DEV64_64(ISA) FG_VRUN_DEV64(ISA)
+#define FG_VRUN_DEV64_32(ISA) FG_VRUN_DEV64(ISA)
+#define FG_VRUN_DEV64_16(ISA)                                                 \
+static inline FG_INLINE void fg_vrun_dev64_f32##ISA(const float *p,           \
+                                                    ptrdiff_t len, double k,  \
+                                                    double *s, double *q) {   \
+    double s0 = 0, s1 = 0, q0 = 0, q1 = 0, e, f;                              \
+    ptrdiff_t j = 0;                                                          \
+    for (; j + 2 <= len; j += 2) {                                            \
+        e = p[j] - k;                                                         \
+        f = p[j + 1] - k;                                                     \
+        s0 += e;                                                              \
+        s1 += f;                                                              \
+        q0 += e * e;                                                          \
+        q1 += f * f;                                                          \
+    }                                                                         \
+    if (j < len) {                                                            \
+        e = p[j] - k;                                                         \
+        s0 += e;                                                              \
+        q0 += e * e;                                                          \
+    }                                                                         \
+    *s = s0 + s1;                                                             \
+    *q = q0 + q1;                                                             \
+}                                                                             \
+FG_VRUN_DEV64_F64(ISA)
+#define FG_VRUN_DEV64(ISA)                                                    \
+static inline FG_INLINE void fg_vrun_dev64_f32##ISA(const float *p,           \
+                                                    ptrdiff_t len, double k,  \
+                                                    double *s, double *q) {   \
+    enum { VL = sizeof(fg_vf64##ISA) / sizeof(double) };                      \
+    fg_vf64##ISA s0 = {0}, s1 = {0}, q0 = {0}, q1 = {0}, d;                   \
+    ptrdiff_t j = 0;                                                          \
+    double ts = 0, tq = 0;                                                    \
+    for (; j + 2 * VL <= len; j += 2 * VL) {                                  \
+        d = __builtin_convertvector(*(const fg_vf32h##ISA *)(p + j),          \
+                                    fg_vf64##ISA) - k;                        \
+        s0 += d;                                                              \
+        q0 += d * d;                                                          \
+        d = __builtin_convertvector(*(const fg_vf32h##ISA *)(p + j + VL),     \
+                                    fg_vf64##ISA) - k;                        \
+        s1 += d;                                                              \
+        q1 += d * d;                                                          \
+    }                                                                         \
+    if (j + VL <= len) {                                                      \
+        d = __builtin_convertvector(*(const fg_vf32h##ISA *)(p + j),          \
+                                    fg_vf64##ISA) - k;                        \
+        s0 += d;                                                              \
+        q0 += d * d;                                                          \
+        j += VL;                                                              \
+    }                                                                         \
+    for (; j < len; j++) {                                                    \
+        double e = p[j] - k;                                                  \
+        ts += e;                                                              \
+        tq += e * e;                                                          \
+    }                                                                         \
+    *s = ts + fg_vsum_f64##ISA(s0 + s1);                                      \
+    *q = tq + fg_vsum_f64##ISA(q0 + q1);                                      \
+}                                                                             \
+FG_VRUN_DEV64_F64(ISA)
+/* The name for float64 in FG_SMALL_SLABS's type-generic code; not reached. */
+#define FG_VRUN_DEV64_F64(ISA)                                                \
+static inline FG_INLINE void fg_vrun_dev64_f64##ISA(const double *p,          \
+                                                    ptrdiff_t len, double k,  \
+                                                    double *s, double *q) {   \
+    fg_vrun_dev_f64##ISA(p, len, k, s, q);                                    \
+}
+
 /* The kernels built on vector runs, for one ISA (names suffixed ISA) with
  * vectors of VB bytes. */
 #define FG_WIDE_KERNELS(ISA, VB)                                              \
@@ -979,6 +1067,7 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
     FG_VSUMS_##VB(ISA)                                                        \
     FG_VRUNS(float, fg_vf32##ISA, fg_vf32u##ISA, f32##ISA)                    \
     FG_VRUNS(double, fg_vf64##ISA, fg_vf64u##ISA, f64##ISA)                   \
+    FG_VRUN_DEV64_##VB(ISA)                                                   \
     FG_MOMENTS(float, float, f32, ISA)                                        \
     FG_MOMENTS(double, double, f64, ISA)                                      \
     FG_BWD_SUMS(float, float, f32, ISA)                                       \

@@ -70,6 +70,26 @@ def test_float32_nchw_outlying_start(rng, oracle, shape, G, num_threads):
     assert err <= 1e-6, f"max |y - y_f64| / max |y_f64| = {err:.3g}"
 
 
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-7),
+                                         (np.float64, 1e-15)], ids=str)
+@pytest.mark.parametrize("shape, G", [((64, 1024), 32), ((32, 64, 2, 2), 8),
+                                      ((16, 64), 1)])
+def test_tiny_groups_outlying_first_value(rng, oracle, shape, G, dtype, rtol):
+    """Groups of at most 64 values are summed in one pass shifted by their
+    first value: with a first value far out (and a large offset) their
+    statistics must still be those of float64 two-pass, to the rounding of
+    the result dtype."""
+    x = 1e4 + rng.standard_normal(shape)
+    x.reshape(shape[0] * G, -1)[:, 0] += 1e3
+    x = x.astype(dtype)
+    y, mean, rstd = gn(x, G, return_stats=True)
+    ref, rm, rr = oracle(x.astype(np.float64), G)
+    np.testing.assert_allclose(mean, rm, rtol=rtol, atol=0)
+    np.testing.assert_allclose(rstd, rr, rtol=rtol)
+    err = np.max(np.abs(y.astype(np.float64) - ref)) / np.max(np.abs(ref))
+    assert err <= (1e-6 if dtype == np.float32 else 1e-14), err
+
+
 def test_float32_8M_element_group(rng, oracle_stats):
     """One slab of 8M float32 values around 1e3: stats to 1e-6 (relative)."""
     shape = (1, 8, 1024, 1024)
