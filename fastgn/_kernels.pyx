@@ -41,8 +41,8 @@ cdef extern from *:
     const char* FASTGN_COMPILE_ARGS
 
 cdef extern from "_simd.h" nogil:
-    void fg_moments_f32(const float*, Py_ssize_t, int, double*)
-    void fg_moments_f64(const double*, Py_ssize_t, int, double*)
+    void fg_moments_f32(const float*, Py_ssize_t, int, double, double*)
+    void fg_moments_f64(const double*, Py_ssize_t, int, double, double*)
     void fg_apply_span_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
                            Py_ssize_t, float, float, float, const float*,
                            const float*, int, int, const float*)
@@ -61,10 +61,10 @@ cdef extern from "_simd.h" nogil:
                             Py_ssize_t, const double*, const double*, double,
                             int, int, double*, double*)
     void fg_rows_moments_f32(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                             double*, float*, float*, float*, double*)
+                             double, double*, float*, float*, float*, double*)
     void fg_rows_moments_f64(const double*, Py_ssize_t, Py_ssize_t,
-                             Py_ssize_t, double*, double*, double*, double*,
-                             double*)
+                             Py_ssize_t, double, double*, double*, double*,
+                             double*, double*)
     void fg_bwd_sums_f32(const float*, const float*, Py_ssize_t, Py_ssize_t,
                          float, double*, double*)
     void fg_bwd_sums_f64(const double*, const double*, Py_ssize_t,
@@ -247,13 +247,14 @@ cdef inline void _geometry(Geometry* g, Py_ssize_t N, Py_ssize_t C,
 
 
 cdef inline void _chunk_moments(const floating* xs, Geometry* g,
-                                Py_ssize_t k, Moments* m) noexcept nogil:
+                                Py_ssize_t k, double eps,
+                                Moments* m) noexcept nogil:
     cdef Py_ssize_t u0 = k * g.U
     cdef Py_ssize_t u1 = min(u0 + g.U, g.T)
     if floating is float:
-        fg_moments_f32(xs + u0, u1 - u0, g.big, <double*>m)
+        fg_moments_f32(xs + u0, u1 - u0, g.big, eps, <double*>m)
     else:
-        fg_moments_f64(xs + u0, u1 - u0, g.big, <double*>m)
+        fg_moments_f64(xs + u0, u1 - u0, g.big, eps, <double*>m)
 
 
 cdef inline void _apply_units(const floating* xs, floating* ys, Geometry* g,
@@ -288,7 +289,7 @@ cdef inline void _slab(const floating* xs, floating* ys, Geometry* g,
     cdef double mean, rstd
     acc.n = acc.mean = acc.m2 = 0
     for k in range(g.K):
-        _chunk_moments(xs, g, k, &part)
+        _chunk_moments(xs, g, k, eps, &part)
         _merge(&acc, &part)
     _finish(&acc, eps, &mean, &rstd)
     if mean_out != NULL:
@@ -385,7 +386,8 @@ cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
         # Fewer slabs than threads: split every slab into its chunks.
         with parallel(num_threads=nt):
             for it in prange(S * g.K, schedule="static"):
-                _chunk_moments(x + (it // g.K) * g.T, g, it % g.K, &parts[it])
+                _chunk_moments(x + (it // g.K) * g.T, g, it % g.K, eps,
+                               &parts[it])
             fastgn_barrier()
             for s in prange(S, schedule="static"):
                 _merge_slab(&parts[s * g.K], g.K, 1, s, eps, stats,
@@ -408,17 +410,18 @@ cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
 # apply per item. Each thread applies the items it read (static schedule).
 
 cdef inline void _rows_moments(const floating* x, Geometry* g, Py_ssize_t it,
-                               char* scratch, Moments* out) noexcept nogil:
+                               double eps, char* scratch,
+                               Moments* out) noexcept nogil:
     cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U
     cdef Py_ssize_t p1 = min(p0 + g.U, g.T)
     cdef double* dscr = <double*>scratch
     cdef floating* acc = <floating*>(dscr + 2 * g.C)
     x = x + (n * g.T + p0) * g.C
     if floating is float:
-        fg_rows_moments_f32(x, p1 - p0, g.C, g.G, dscr, acc, acc + g.C,
+        fg_rows_moments_f32(x, p1 - p0, g.C, g.G, eps, dscr, acc, acc + g.C,
                             acc + 2 * g.C, <double*>out)
     else:
-        fg_rows_moments_f64(x, p1 - p0, g.C, g.G, dscr, acc, acc + g.C,
+        fg_rows_moments_f64(x, p1 - p0, g.C, g.G, eps, dscr, acc, acc + g.C,
                             acc + 2 * g.C, <double*>out)
 
 
@@ -461,7 +464,8 @@ cdef inline void _rows_sample(const floating* x, floating* y,
     """One whole sample on the calling thread (hot in L2 when it fits)."""
     cdef Py_ssize_t k, grp
     for k in range(g.K):
-        _rows_moments(x, g, n * g.K + k, scratch, &parts[(n * g.K + k) * g.G])
+        _rows_moments(x, g, n * g.K + k, eps, scratch,
+                      &parts[(n * g.K + k) * g.G])
     for grp in range(g.G):
         _merge_slab(&parts[n * g.K * g.G + grp], g.K, g.G, n * g.G + grp,
                     eps, stats, mean_out, rstd_out)
@@ -491,7 +495,7 @@ cdef void _forward_rows(const floating* x, floating* y, const floating* w,
         else:
             # Fewer samples than threads: the items of a sample are shared.
             for it in prange(items, schedule="static"):
-                _rows_moments(x, g, it, mine, &parts[it * g.G])
+                _rows_moments(x, g, it, eps, mine, &parts[it * g.G])
             fastgn_barrier()
             for s in prange(S, schedule="static"):
                 _merge_slab(&parts[(s // g.G) * g.K * g.G + s % g.G], g.K,

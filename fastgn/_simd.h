@@ -79,9 +79,15 @@
 /* Float32 lanes keep the passes fast, but squares of |x| > ~1e18 overflow
  * them and squares of |x| < ~1e-16 lose bits to subnormals. A result that
  * shows either (sum of squares not finite, or below 1e-30 per value) is
- * recomputed here with every value in float64; double data never needs it. */
-#define FG_NEEDS_F64(AT, q, n)                                                \
-    (sizeof(AT) < sizeof(double) && !((q) <= 1e300 && (q) >= 1e-30 * (n)))
+ * recomputed here with every value in float64; double data never needs it.
+ * Lost bits of a variance below 1e-30 only matter beside an eps below
+ * FG_EPS_EXACT (their effect on var + eps is below 1e-10 relative): with the
+ * usual eps, a constant group (q = 0) is not summed again (that scalar pass
+ * made constant float32 input 12-15x slower). */
+#define FG_EPS_EXACT 1e-20
+#define FG_NEEDS_F64(AT, q, n, eps)                                           \
+    (sizeof(AT) < sizeof(double) &&                                           \
+     !((q) <= 1e300 && ((q) >= 1e-30 * (n) || (eps) >= FG_EPS_EXACT)))
 
 #define FG_MOMENTS_F64(T, SUF)                                                \
 static void fg_moments_f64acc_##SUF(const T *x, ptrdiff_t rows,               \
@@ -107,7 +113,7 @@ FG_MOMENTS_F64(double, f64)
 
 #define FG_MOMENTS(T, AT, SUF, ISA)                                           \
 FG_WIDE_FN void fg_moments_##SUF##ISA(const T *x, ptrdiff_t len, int ahead,  \
-                                      double *out) {                          \
+                                      double eps, double *out) {              \
     const double n = (double)len;                                             \
     ptrdiff_t m = FG_SHIFT_N(len);                                            \
     T k;                                                                      \
@@ -123,7 +129,7 @@ FG_WIDE_FN void fg_moments_##SUF##ISA(const T *x, ptrdiff_t len, int ahead,  \
     out[0] = n;                                                               \
     out[1] = (double)k + s / n;                                               \
     out[2] = q - s * (s / n);                                                 \
-    if (FG_NEEDS_F64(AT, q, n))                                               \
+    if (FG_NEEDS_F64(AT, q, n, eps))                                          \
         fg_moments_f64acc_##SUF(x, 1, len, len, out);                         \
 }
 
@@ -192,7 +198,8 @@ static inline FG_INLINE void fg_rows_dev_##SUF(const T *x, ptrdiff_t rows,    \
     }                                                                         \
 }                                                                             \
 FG_CLONES void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, \
-                                     ptrdiff_t G, double *restrict dscr,      \
+                                     ptrdiff_t G, double eps,                 \
+                                     double *restrict dscr,                   \
                                      AT *restrict acc, AT *restrict acq,      \
                                      T *restrict kc, double *out) {           \
     const ptrdiff_t Cg = C / G, r0 = rows < FG_ROWBLK ? rows : FG_ROWBLK;     \
@@ -239,7 +246,7 @@ FG_CLONES void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, \
     for (g = 0; g < G; g++) {                                                 \
         const double q = out[3 * g];                                          \
         out[3 * g] = n;                                                       \
-        if (FG_NEEDS_F64(AT, q, n))                                           \
+        if (FG_NEEDS_F64(AT, q, n, eps))                                      \
             fg_moments_f64acc_##SUF(x + g * Cg, rows, Cg, C, out + 3 * g);    \
     }                                                                         \
 }
@@ -961,7 +968,7 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
             rstd[g] = 1.0 / sqrt((v < 0 ? 0 : v) + eps);                      \
         }                                                                     \
         for (g = 0; g < nb && m < L; g++)   /* tiny: float64 sums already */  \
-            if (FG_NEEDS_F64(AT, q[g], n)) {                                  \
+            if (FG_NEEDS_F64(AT, q[g], n, eps)) {                             \
                 double m3[3];                                                 \
                 fg_moments_f64acc_##SUF(xb + g * L, 1, L, L, m3);             \
                 mean[g] = m3[1];                                              \
@@ -1107,8 +1114,9 @@ static void fg_set_level(int cap) {
     else                                                                      \
         NAME##_v1 ARGS;
 #define FG_PICK_TYPED(T, SUF)                                                 \
-void fg_moments_##SUF(const T *x, ptrdiff_t len, int ahead, double *out) {    \
-    FG_PICK(fg_moments_##SUF, (x, len, ahead, out))                           \
+void fg_moments_##SUF(const T *x, ptrdiff_t len, int ahead, double eps,       \
+                     double *out) {                                           \
+    FG_PICK(fg_moments_##SUF, (x, len, ahead, eps, out))                      \
 }                                                                             \
 void fg_bwd_sums_##SUF(const T *dy, const T *x, ptrdiff_t Cg, ptrdiff_t HW,   \
                        T mu, double *ds, double *db) {                        \

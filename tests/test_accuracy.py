@@ -189,6 +189,31 @@ def test_float32_extreme_magnitudes(oracle, scale, shape, G, channels_last):
     np.testing.assert_allclose(y, ref, rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize("offset,scale", [(3.0, 0.0), (0.0, 1e-30),
+                                          (0.0, 1e-16), (0.0, 1e-9)],
+                         ids=["constant", "1e-30", "1e-16", "1e-9"])
+@pytest.mark.parametrize("shape,G,channels_last", [
+    ((2, 4, 64, 64), 2, False),
+    ((16, 64, 7, 7), 8, False),
+    ((2, 32, 32, 8), 2, True),
+], ids=["chunked", "small_slabs", "nhwc"])
+def test_float32_tiny_variance_beside_eps(oracle, offset, scale, shape, G,
+                                          channels_last):
+    """Groups whose float32 sums of squares go subnormal (or are 0: constant
+    groups) are not summed again in float64 when eps dwarfs their variance:
+    the result is the same to float32 rounding."""
+    rng = np.random.default_rng(5)
+    x = (offset + scale * rng.standard_normal(shape)).astype(np.float32)
+    y, mean, rstd = gn(x, G, eps=1e-20, return_stats=True,
+                       channels_last=channels_last)
+    ref, rm, rr = oracle(x, G, eps=1e-20, channels_last=channels_last)
+    # a mean near 0 is as good as its error against the spread (scale)
+    np.testing.assert_allclose(mean, rm, rtol=1e-7, atol=1e-7 * scale)
+    np.testing.assert_allclose(rstd, rr, rtol=1e-6)
+    np.testing.assert_allclose(y, ref, rtol=0,
+                               atol=1e-6 * max(1.0, np.abs(ref).max()))
+
+
 @pytest.mark.parametrize("channels_last", [False, True],
                          ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("scale", [1e19, 1e30], ids=str)
