@@ -998,34 +998,12 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
  * rounding, far below float32's (and float64 squares of float32 values
  * neither overflow nor underflow). float64 data keeps the two passes, whose
  * rounding that factor would show in (3e-16 -> 5e-15 relative on rstd). The
- * 16-byte copy (SSE2 has no register of two floats to widen) sums in pairs
- * of scalars. */
-#define FG_VRUN_DEV64_64(ISA) FG_VRUN_DEV64(ISA)
-#define FG_VRUN_DEV64_32(ISA) FG_VRUN_DEV64(ISA)
-#define FG_VRUN_DEV64_16(ISA)                                                 \
-static inline FG_INLINE void fg_vrun_dev64_f32##ISA(const float *p,           \
-                                                    ptrdiff_t len, double k,  \
-                                                    double *s, double *q) {   \
-    double s0 = 0, s1 = 0, q0 = 0, q1 = 0, e, f;                              \
-    ptrdiff_t j = 0;                                                          \
-    for (; j + 2 <= len; j += 2) {                                            \
-        e = p[j] - k;                                                         \
-        f = p[j + 1] - k;                                                     \
-        s0 += e;                                                              \
-        s1 += f;                                                              \
-        q0 += e * e;                                                          \
-        q1 += f * f;                                                          \
-    }                                                                         \
-    if (j < len) {                                                            \
-        e = p[j] - k;                                                         \
-        s0 += e;                                                              \
-        q0 += e * e;                                                          \
-    }                                                                         \
-    *s = s0 + s1;                                                             \
-    *q = q0 + q1;                                                             \
-}                                                                             \
-FG_VRUN_DEV64_F64(ISA)
-#define FG_VRUN_DEV64(ISA)                                                    \
+ * 16-byte copy (WIDEN 0: SSE2 has no register of two floats to widen) sums
+ * every value in the scalar loop. */
+#define FG_VRUN_DEV64_64(ISA) FG_VRUN_DEV64(ISA, 1)
+#define FG_VRUN_DEV64_32(ISA) FG_VRUN_DEV64(ISA, 1)
+#define FG_VRUN_DEV64_16(ISA) FG_VRUN_DEV64(ISA, 0)
+#define FG_VRUN_DEV64(ISA, WIDEN)                                             \
 static inline FG_INLINE void fg_vrun_dev64_f32##ISA(const float *p,           \
                                                     ptrdiff_t len, double k,  \
                                                     double *s, double *q) {   \
@@ -1033,7 +1011,7 @@ static inline FG_INLINE void fg_vrun_dev64_f32##ISA(const float *p,           \
     fg_vf64##ISA s0 = {0}, s1 = {0}, q0 = {0}, q1 = {0}, d;                   \
     ptrdiff_t j = 0;                                                          \
     double ts = 0, tq = 0;                                                    \
-    for (; j + 2 * VL <= len; j += 2 * VL) {                                  \
+    for (; WIDEN && j + 2 * VL <= len; j += 2 * VL) {                         \
         d = __builtin_convertvector(*(const fg_vf32h##ISA *)(p + j),          \
                                     fg_vf64##ISA) - k;                        \
         s0 += d;                                                              \
@@ -1043,7 +1021,7 @@ static inline FG_INLINE void fg_vrun_dev64_f32##ISA(const float *p,           \
         s1 += d;                                                              \
         q1 += d * d;                                                          \
     }                                                                         \
-    if (j + VL <= len) {                                                      \
+    if (WIDEN && j + VL <= len) {                                             \
         d = __builtin_convertvector(*(const fg_vf32h##ISA *)(p + j),          \
                                     fg_vf64##ISA) - k;                        \
         s0 += d;                                                              \
