@@ -170,3 +170,31 @@ def test_backward(benchmark, request, arrays, shape, G, contender, threads):
         result = benchmark(torch.ops.aten.native_group_norm_backward, dyt, xt,
                            mt, rt, wt, N, C, HW, G, [True, True, True])
     _check(result, x)
+
+
+# ----------------------------------------------------------- constant input
+
+@pytest.mark.parametrize("threads", THREADS, ids=lambda t: f"t{t}")
+@pytest.mark.parametrize("contender", ["fastgn_random", "fastgn_constant",
+                                       "torch_constant"])
+@pytest.mark.parametrize("shape,G", SPATIAL_SHAPE_PARAMS)
+def test_constant_input(benchmark, request, arrays, shape, G, contender,
+                        threads):
+    """All-zero input (padding, masked samples): every group is constant.
+    Its time should be the random input's: zero variance beside eps needs
+    no float64 pass (it took one per group, 20-33x the random time)."""
+    benchmark.group = f"constant {shape_str(shape)} G={G} threads={threads}"
+    x, w, b, _ = arrays(shape, G)
+    zeros = np.zeros_like(x)
+    if contender == "fastgn_random":
+        result = benchmark(group_norm, x, G, w, b, num_threads=threads)
+    elif contender == "fastgn_constant":
+        result = benchmark(group_norm, zeros, G, w, b, num_threads=threads)
+        np.testing.assert_array_equal(result, np.broadcast_to(
+            b.reshape((-1,) + (1,) * (len(shape) - 2)), shape))
+    else:
+        torch = request.getfixturevalue("torch_module")
+        torch.set_num_threads(threads)
+        zt, wt, bt = _torch_tensors(torch, zeros, w, b)
+        result = benchmark(torch.nn.functional.group_norm, zt, G, wt, bt)
+    _check(result, x)
