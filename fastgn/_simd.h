@@ -88,6 +88,12 @@
  * as well, so such a group is not summed again either (a NaN in every group
  * had made the call 33x slower). */
 #define FG_EPS_EXACT 1e-20
+/* The float64 sums (fg_vrun_dev64, vectorized; the strided channels-last
+ * groups take fg_moments_f64acc) keep the float32 shift K when it is finite,
+ * else take the run's first value x0 (any member: q <= n*m2, a factor of at
+ * most a few thousand on float64 rounding). The scalar two-pass float64 sum
+ * had made float32 data around 1e19 33x slower than ordinary data. */
+#define FG_SHIFT64(k, x0) (isfinite((double)(k)) ? (double)(k) : (double)(x0)[0])
 #define FG_NEEDS_F64(AT, q, n, eps)                                           \
     (sizeof(AT) < sizeof(double) &&                                           \
      ((q) > 1e300 || ((q) < 1e-30 * (n) && (eps) < FG_EPS_EXACT)))
@@ -129,11 +135,15 @@ FG_WIDE_FN void fg_moments_##SUF##ISA(const T *x, ptrdiff_t len, int ahead,  \
         k = (T)(k + s / n);                                                   \
         m = len;                                                              \
     }                                                                         \
+    if (FG_NEEDS_F64(AT, q, n, eps)) {                                        \
+        const double k64 = FG_SHIFT64(k, x);                                  \
+        fg_vrun_dev64_##SUF##ISA(x, len, k64, &s, &q);                        \
+        out[1] = k64 + s / n;                                                 \
+    } else {                                                                  \
+        out[1] = (double)k + s / n;                                           \
+    }                                                                         \
     out[0] = n;                                                               \
-    out[1] = (double)k + s / n;                                               \
     out[2] = q - s * (s / n);                                                 \
-    if (FG_NEEDS_F64(AT, q, n, eps))                                          \
-        fg_moments_f64acc_##SUF(x, 1, len, len, out);                         \
 }
 
 /* Channels-last moments: `rows` positions of C channels (G groups of Cg),
@@ -972,10 +982,12 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
         }                                                                     \
         for (g = 0; g < nb && m < L; g++)   /* tiny: float64 sums already */  \
             if (FG_NEEDS_F64(AT, q[g], n, eps)) {                             \
-                double m3[3];                                                 \
-                fg_moments_f64acc_##SUF(xb + g * L, 1, L, L, m3);             \
-                mean[g] = m3[1];                                              \
-                rstd[g] = 1.0 / sqrt((m3[2] < 0 ? 0 : m3[2] / n) + eps);      \
+                const double k64 = FG_SHIFT64(k[g], xb + g * L);              \
+                double v;                                                     \
+                fg_vrun_dev64_##SUF##ISA(xb + g * L, L, k64, s + g, q + g);   \
+                v = (q[g] - s[g] * (s[g] / n)) / n;                           \
+                mean[g] = k64 + s[g] / n;                                     \
+                rstd[g] = 1.0 / sqrt((v < 0 ? 0 : v) + eps);                  \
             }                                                                 \
         if (mean_out)                                                         \
             for (g = 0; g < nb; g++) {                                        \
