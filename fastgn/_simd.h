@@ -88,37 +88,16 @@
  * as well, so such a group is not summed again either (a NaN in every group
  * had made the call 33x slower). */
 #define FG_EPS_EXACT 1e-20
-/* The float64 sums (fg_vrun_dev64, vectorized; the strided channels-last
- * groups take fg_moments_f64acc) keep the float32 shift K when it is finite,
- * else take the run's first value x0 (any member: q <= n*m2, a factor of at
- * most a few thousand on float64 rounding). The scalar two-pass float64 sum
- * had made float32 data around 1e19 33x slower than ordinary data. */
+/* The float64 sums (fg_vrun_dev64; channels-last, fg_rows_dev64: both
+ * vectorized) keep the float32 shift K when it is finite, else take the
+ * run's first value x0 (any member: q <= n*m2, a factor of at most a few
+ * thousand on float64 rounding). The scalar two-pass float64 sum they
+ * replace had made float32 data around 1e19 20-30x slower than ordinary
+ * data. */
 #define FG_SHIFT64(k, x0) (isfinite((double)(k)) ? (double)(k) : (double)(x0)[0])
 #define FG_NEEDS_F64(AT, q, n, eps)                                           \
     (sizeof(AT) < sizeof(double) &&                                           \
      ((q) > 1e300 || ((q) < 1e-30 * (n) && (eps) < FG_EPS_EXACT)))
-
-#define FG_MOMENTS_F64(T, SUF)                                                \
-static void fg_moments_f64acc_##SUF(const T *x, ptrdiff_t rows,               \
-                                    ptrdiff_t rowlen, ptrdiff_t stride,       \
-                                    double *out) {                            \
-    double a = 0, s = 0, q = 0, n = (double)rows * (double)rowlen, mu, d;     \
-    ptrdiff_t r, i;                                                           \
-    for (r = 0; r < rows; r++)                                                \
-        for (i = 0; i < rowlen; i++) a += x[r * stride + i];                  \
-    mu = a / n;                                                               \
-    for (r = 0; r < rows; r++)                                                \
-        for (i = 0; i < rowlen; i++) {                                        \
-            d = (double)x[r * stride + i] - mu;                               \
-            s += d;                                                           \
-            q += d * d;                                                       \
-        }                                                                     \
-    out[0] = n;                                                               \
-    out[1] = mu + s / n;                                                      \
-    out[2] = q - s * (s / n);                                                 \
-}
-FG_MOMENTS_F64(float, f32)
-FG_MOMENTS_F64(double, f64)
 
 #define FG_MOMENTS(T, AT, SUF, ISA)                                           \
 FG_WIDE_FN void fg_moments_##SUF##ISA(const T *x, ptrdiff_t len, int ahead,  \
@@ -210,6 +189,23 @@ static inline FG_INLINE void fg_rows_dev_##SUF(const T *x, ptrdiff_t rows,    \
         FG_FLUSH2(p0 == 0, da, dq, acc, acq)                                  \
     }                                                                         \
 }                                                                             \
+/* The float64 re-summation: per channel, shifted by kd (float64 lanes). */ \
+static inline FG_INLINE void fg_rows_dev64_##SUF(const T *x, ptrdiff_t rows,  \
+                                                 ptrdiff_t C,                 \
+                                                 double *restrict da,         \
+                                                 double *restrict dq,         \
+                                                 const double *restrict kd) { \
+    ptrdiff_t p, c;                                                           \
+    FG_SIMD for (c = 0; c < C; c++) da[c] = dq[c] = 0;                        \
+    for (p = 0; p < rows; p++) {                                              \
+        const T *r = x + p * C;                                               \
+        FG_SIMD for (c = 0; c < C; c++) {                                     \
+            const double d = (double)r[c] - kd[c];                            \
+            da[c] += d;                                                       \
+            dq[c] += d * d;                                                   \
+        }                                                                     \
+    }                                                                         \
+}                                                                             \
 FG_CLONES void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, \
                                      ptrdiff_t G, double eps,                 \
                                      double *restrict dscr,                   \
@@ -256,11 +252,30 @@ FG_CLONES void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, \
             }                                                                 \
         }                                                                     \
     }                                                                         \
-    for (g = 0; g < G; g++) {                                                 \
-        const double q = out[3 * g];                                          \
-        out[3 * g] = n;                                                       \
-        if (FG_NEEDS_F64(AT, q, n, eps))                                      \
-            fg_moments_f64acc_##SUF(x + g * Cg, rows, Cg, C, out + 3 * g);    \
+    {   /* groups needing float64 (flag in kc[g*Cg]); their shifts in kd */   \
+        double *restrict kd = (double *)acc;    /* C doubles: acc, acq */     \
+        for (g = 0; g < G; g++) {                                             \
+            const double q = out[3 * g], k = FG_SHIFT64(kc[g * Cg], x + g * Cg);\
+            const int need = FG_NEEDS_F64(AT, q, n, eps);                     \
+            out[3 * g] = n;                                                   \
+            for (c = g * Cg; c < (g + 1) * Cg; c++) kd[c] = k;                \
+            kc[g * Cg] = (T)need;                                             \
+            again |= need;                                                    \
+        }                                                                     \
+        if (!again) return;                                                   \
+        /* every channel in float64 lanes; only those groups take it (the   \
+         * others keep their bits) */                                        \
+        fg_rows_dev64_##SUF(x, rows, C, da, dq, kd);                          \
+        for (g = 0; g < G; g++) {                                             \
+            double s = 0, q = 0;                                              \
+            if (kc[g * Cg] == 0) continue;                                    \
+            for (c = g * Cg; c < (g + 1) * Cg; c++) {                         \
+                s += da[c];                                                   \
+                q += dq[c];                                                   \
+            }                                                                 \
+            out[3 * g + 1] = kd[g * Cg] + s / n;                              \
+            out[3 * g + 2] = q - s * (s / n);                                 \
+        }                                                                     \
     }                                                                         \
 }
 
