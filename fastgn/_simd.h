@@ -681,24 +681,10 @@ static inline FG_INLINE void fg_vrun_bwd_##SUF(const T *g, const T *p,        \
 #define FG_BWD_BLK 8192
 
 /* Float32 lanes overflow where |dy * (x - mean)| sums pass ~3e38: such a
- * run is summed again with every value in float64. */
+ * run is summed again in float64 lanes (fg_vrun_bwd64; a NaN sum may come
+ * from lanes overflowing both ways, so NaN takes it too). */
 #define FG_OVERFLOWED(AT, s, b)                                               \
     (sizeof(AT) < sizeof(double) && !(fabs(s) <= 1e300 && fabs(b) <= 1e300))
-
-#define FG_BWD_F64(T, SUF)                                                    \
-static void fg_bwd_run_f64acc_##SUF(const T *dy, const T *x, ptrdiff_t n,     \
-                                    T mu, double *ds, double *db) {           \
-    double s = 0, b = 0;                                                      \
-    ptrdiff_t i;                                                              \
-    for (i = 0; i < n; i++) {                                                 \
-        s += (double)dy[i] * ((double)x[i] - mu);                             \
-        b += dy[i];                                                           \
-    }                                                                         \
-    *ds = s;                                                                  \
-    *db = b;                                                                  \
-}
-FG_BWD_F64(float, f32)
-FG_BWD_F64(double, f64)
 
 /* One NCHW slab: Cg channels of HW values each. */
 #define FG_BWD_SUMS(T, AT, SUF, ISA)                                          \
@@ -722,7 +708,7 @@ FG_WIDE_FN void fg_bwd_sums_##SUF##ISA(const T *dy, const T *x, ptrdiff_t Cg, \
             }                                                                 \
         }                                                                     \
         if (FG_OVERFLOWED(AT, ts, tb))                                        \
-            fg_bwd_run_f64acc_##SUF(g, p, HW, mu, &ts, &tb);                  \
+            fg_vrun_bwd64_##SUF##ISA(g, p, HW, mu, &ts, &tb);                 \
         ds[c] = ts;                                                           \
         db[c] = tb;                                                           \
     }                                                                         \
@@ -1028,12 +1014,16 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
  * rounding, far below float32's (and float64 squares of float32 values
  * neither overflow nor underflow). float64 data keeps the two passes, whose
  * rounding that factor would show in (3e-16 -> 5e-15 relative on rstd). The
- * 16-byte copy (WIDEN 0: SSE2 has no register of two floats to widen) sums
- * every value in the scalar loop. */
-#define FG_VRUN_DEV64_64(ISA) FG_VRUN_DEV64(ISA, 1)
-#define FG_VRUN_DEV64_32(ISA) FG_VRUN_DEV64(ISA, 1)
-#define FG_VRUN_DEV64_16(ISA) FG_VRUN_DEV64(ISA, 0)
-#define FG_VRUN_DEV64(ISA, WIDEN)                                             \
+ * same lanes re-sum float32 runs whose float32 sums overflowed or went
+ * subnormal (fg_moments, the backward). The 16-byte copy (WIDEN 0: SSE2 has
+ * no register of two floats to widen) sums every value in the scalar loop. */
+#define FG_VRUN_DEV64_64(ISA) FG_VRUN_F64(ISA, 1)
+#define FG_VRUN_DEV64_32(ISA) FG_VRUN_F64(ISA, 1)
+#define FG_VRUN_DEV64_16(ISA) FG_VRUN_F64(ISA, 0)
+/* Half a vector of float32 at P widened to a vector of float64. */
+#define FG_WIDEN(ISA, P)                                                      \
+    __builtin_convertvector(*(const fg_vf32h##ISA *)(P), fg_vf64##ISA)
+#define FG_VRUN_F64(ISA, WIDEN)                                               \
 static inline FG_INLINE void fg_vrun_dev64_f32##ISA(const float *p,           \
                                                     ptrdiff_t len, double k,  \
                                                     double *s, double *q) {   \
@@ -1042,18 +1032,15 @@ static inline FG_INLINE void fg_vrun_dev64_f32##ISA(const float *p,           \
     ptrdiff_t j = 0;                                                          \
     double ts = 0, tq = 0;                                                    \
     for (; WIDEN && j + 2 * VL <= len; j += 2 * VL) {                         \
-        d = __builtin_convertvector(*(const fg_vf32h##ISA *)(p + j),          \
-                                    fg_vf64##ISA) - k;                        \
+        d = FG_WIDEN(ISA, p + j) - k;                                         \
         s0 += d;                                                              \
         q0 += d * d;                                                          \
-        d = __builtin_convertvector(*(const fg_vf32h##ISA *)(p + j + VL),     \
-                                    fg_vf64##ISA) - k;                        \
+        d = FG_WIDEN(ISA, p + j + VL) - k;                                    \
         s1 += d;                                                              \
         q1 += d * d;                                                          \
     }                                                                         \
     if (WIDEN && j + VL <= len) {                                             \
-        d = __builtin_convertvector(*(const fg_vf32h##ISA *)(p + j),          \
-                                    fg_vf64##ISA) - k;                        \
+        d = FG_WIDEN(ISA, p + j) - k;                                         \
         s0 += d;                                                              \
         q0 += d * d;                                                          \
         j += VL;                                                              \
@@ -1066,13 +1053,41 @@ static inline FG_INLINE void fg_vrun_dev64_f32##ISA(const float *p,           \
     *s = ts + fg_vsum_f64##ISA(s0 + s1);                                      \
     *q = tq + fg_vsum_f64##ISA(q0 + q1);                                      \
 }                                                                             \
-FG_VRUN_DEV64_F64(ISA)
-/* The name for float64 in FG_SMALL_SLABS's type-generic code; not reached. */
-#define FG_VRUN_DEV64_F64(ISA)                                                \
+/* The backward's sums of dy*(x - mu) and dy in float64 lanes. */            \
+static inline FG_INLINE void fg_vrun_bwd64_f32##ISA(const float *g,           \
+                                                    const float *p,           \
+                                                    ptrdiff_t len, double mu, \
+                                                    double *s, double *b) {   \
+    enum { VL = sizeof(fg_vf64##ISA) / sizeof(double) };                      \
+    fg_vf64##ISA s0 = {0}, b0 = {0}, v;                                       \
+    ptrdiff_t j = 0;                                                          \
+    double ts = 0, tb = 0;                                                    \
+    for (; WIDEN && j + VL <= len; j += VL) {                                 \
+        v = FG_WIDEN(ISA, g + j);                                             \
+        s0 += v * (FG_WIDEN(ISA, p + j) - mu);                                \
+        b0 += v;                                                              \
+    }                                                                         \
+    for (; j < len; j++) {                                                    \
+        ts += (double)g[j] * ((double)p[j] - mu);                             \
+        tb += g[j];                                                           \
+    }                                                                         \
+    *s = ts + fg_vsum_f64##ISA(s0);                                           \
+    *b = tb + fg_vsum_f64##ISA(b0);                                           \
+}                                                                             \
+FG_VRUN_F64_NAMES(ISA)
+/* The names for float64 in type-generic code; not reached (float64 data
+ * needs no second summation). */
+#define FG_VRUN_F64_NAMES(ISA)                                                \
 static inline FG_INLINE void fg_vrun_dev64_f64##ISA(const double *p,          \
                                                     ptrdiff_t len, double k,  \
                                                     double *s, double *q) {   \
     fg_vrun_dev_f64##ISA(p, len, k, s, q);                                    \
+}                                                                             \
+static inline FG_INLINE void fg_vrun_bwd64_f64##ISA(const double *g,          \
+                                                    const double *p,          \
+                                                    ptrdiff_t len, double mu, \
+                                                    double *s, double *b) {   \
+    fg_vrun_bwd_f64##ISA(g, p, len, mu, s, b);                                \
 }
 
 /* The kernels built on vector runs, for one ISA (names suffixed ISA) with
