@@ -142,11 +142,40 @@ cdef Py_ssize_t HALF_BUF = 1 << 18
 cdef Py_ssize_t HALF_ROWS = 1 << 22
 
 
-def _last_level_cache():
+def _cache_bytes(level, default):
+    """Bytes of CPU 0's level-``level`` data cache: Linux's sysfs, else
+    sysconf (CPython knows no SC_LEVEL*_CACHE_SIZE names on Linux, so that
+    alone always fell back), else ``default``."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
     try:
-        size = os.sysconf("SC_LEVEL3_CACHE_SIZE")
+        for entry in sorted(os.listdir(base)):
+            d = os.path.join(base, entry)
+            if not entry.startswith("index"):
+                continue
+            with open(os.path.join(d, "level")) as f:
+                if int(f.read()) != level:
+                    continue
+            with open(os.path.join(d, "type")) as f:
+                if f.read().strip() == "Instruction":
+                    continue
+            with open(os.path.join(d, "size")) as f:
+                text = f.read().strip()         # "32768K"
+            num, unit = text.rstrip("KMG"), text.lstrip("0123456789")
+            return int(num) * {"": 1, "K": 1 << 10, "M": 1 << 20,
+                               "G": 1 << 30}[unit]
+    except (OSError, ValueError, KeyError):
+        pass
+    try:
+        size = os.sysconf(f"SC_LEVEL{level}_CACHE_SIZE")
+        if size > 0:
+            return size
     except (AttributeError, ValueError, OSError):
-        size = 0
+        pass
+    return default
+
+
+def _last_level_cache():
+    size = _cache_bytes(3, 0)
     return size if size >= (1 << 20) else 32 << 20
 
 

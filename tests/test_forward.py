@@ -672,6 +672,46 @@ def streaming(backend):
         kern.stream_bytes(old)
 
 
+def _sysfs_cache_bytes():
+    """{level: bytes} of CPU 0's data (or unified) caches as Linux's sysfs
+    describes them; {} elsewhere."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    sizes = {}
+    if not os.path.isdir(base):
+        return sizes
+    for entry in os.listdir(base):
+        d = os.path.join(base, entry)
+        try:
+            with open(os.path.join(d, "level")) as f:
+                level = int(f.read())
+            with open(os.path.join(d, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(d, "size")) as f:
+                size = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        if kind != "Instruction" and size.endswith("K"):
+            sizes[level] = int(size[:len(size) - 1]) * 1024
+    return sizes
+
+
+@pytest.mark.compiled_only
+def test_cache_sizes_and_streaming_threshold(backend):
+    """The kernels read the cache sizes Linux reports (CPython's os.sysconf
+    knows no cache names there: alone, it left the streaming threshold at
+    its 32 MiB fallback on every machine), and streaming stores start where
+    input plus output exceed the last level."""
+    sizes = _sysfs_cache_bytes()
+    if not sizes:
+        pytest.skip("no cache description in sysfs on this machine")
+    kern = _api._kern
+    for level, size in sizes.items():
+        assert kern._cache_bytes(level, -1) == size, level
+    assert kern._cache_bytes(99, -1) == -1
+    if sizes.get(3, 0) >= (1 << 20):
+        assert kern.stream_bytes() == sizes[3]
+
+
 @pytest.mark.compiled_only
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
 @pytest.mark.parametrize("shape,G", [
