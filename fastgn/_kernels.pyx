@@ -134,6 +134,13 @@ cdef Py_ssize_t SMALL_ITEM = 8192
 # The small-group backward sums parameter gradients over blocks of up to
 # ROW_BLOCK samples first (16 times less partial-sum traffic).
 cdef Py_ssize_t ROW_BLOCK = 16
+# Units of work (NCHW slabs, channels-last samples) are shared among the
+# threads, not one per thread, when fewer than SPLIT_UNITS per thread would
+# leave a thread idle, if they have SPLIT_VALUES values or more (measured, 3
+# or 5 slabs on 2 threads: 0.73-0.87x the time from 256 KiB slabs up, about
+# 1.0x from 200 KiB down).
+cdef Py_ssize_t SPLIT_UNITS = 4
+cdef Py_ssize_t SPLIT_VALUES = 65536
 # Below this many values a call runs on the calling thread.
 cdef Py_ssize_t SERIAL_BELOW = 32768
 # float16 slabs (NCHW) of at most HALF_BUF values, and channels-last samples
@@ -388,6 +395,21 @@ cdef inline void _small_item(const floating* x, floating* y,
                mean_out, rstd_out)
 
 
+cdef inline bint _split_units(Py_ssize_t S, Py_ssize_t K, Py_ssize_t values,
+                              int nt) noexcept nogil:
+    """Whether S units of work (NCHW slabs, channels-last samples) of K
+    chunks and ``values`` values each share their chunks among nt threads,
+    phase by phase, rather than go one unit per thread: when there are
+    fewer units than threads, or when whole units would leave a thread idle
+    for much of the call (3 units on 2 threads take 2 unit-times where 1.5
+    would do) and are long enough to pay for the barriers between phases.
+    Either way the same chunks, merged in the same order: the same bits."""
+    if nt <= 1 or K <= 1:
+        return False
+    return S < nt or (S % nt != 0 and S < SPLIT_UNITS * nt and
+                      values >= SPLIT_VALUES)
+
+
 cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
                         const floating* b, Geometry* g, double eps, int act,
                         floating* mean_out, floating* rstd_out,
@@ -516,13 +538,13 @@ cdef void _forward_rows(const floating* x, floating* y, const floating* w,
         return
     with parallel(num_threads=nt):
         mine = scratch + omp_get_thread_num() * scratch_bytes
-        if g.N >= nt:
+        if not _split_units(g.N, g.K, g.T * g.C, nt):
             # A sample per thread, from first read to last write.
             for n in prange(g.N, schedule="static"):
                 _rows_sample(x, y, w, b, g, n, eps, act, mean_out, rstd_out,
                              parts, stats, mine)
         else:
-            # Fewer samples than threads: the items of a sample are shared.
+            # Few samples for the threads: their items are shared.
             for it in prange(items, schedule="static"):
                 _rows_moments(x, g, it, eps, mine, &parts[it * g.G])
             fastgn_barrier()
@@ -558,7 +580,7 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
     if rows:
         nparts = N * g.K * G
         scratch_bytes = 8 * (6 * C + 8)     # 2C doubles + 3C (or 4C) values
-    elif nt > 1 and N * G < nt and g.K > 1:
+    elif _split_units(N * G, g.K, g.T, nt):
         nparts = N * G * g.K
     if nparts:
         work = np.empty(8 * (3 * nparts + 2 * N * G + 8) + scratch_bytes * nt,
@@ -740,6 +762,50 @@ cdef inline void _bwd_coefs(const floating* w, double rs, const double* ds,
     D[0] = <floating>(-rs * sum2 / M)
 
 
+cdef inline void _bwd_slab_sums(const floating* dy, const floating* x,
+                                const floating* mean, Geometry* g,
+                                Py_ssize_t s, Py_ssize_t c0, Py_ssize_t c1,
+                                double* ds, double* db) noexcept nogil:
+    """Channels c0 .. c1-1 of NCHW slab s: their sums of dy*(x - mean) and
+    dy into ds, db (rows of C per sample). Each channel's sums are its own:
+    the same bits for any channel range."""
+    cdef Py_ssize_t n = s // g.G, c = (s % g.G) * g.Cg + c0
+    cdef Py_ssize_t off = n * g.C * g.HW + c * g.HW
+    if floating is float:
+        fg_bwd_sums_f32(dy + off, x + off, c1 - c0, g.HW, mean[s],
+                        ds + n * g.C + c, db + n * g.C + c)
+    else:
+        fg_bwd_sums_f64(dy + off, x + off, c1 - c0, g.HW, mean[s],
+                        ds + n * g.C + c, db + n * g.C + c)
+
+
+cdef inline void _bwd_slab_coefs(const floating* rstd, const floating* w,
+                                 Geometry* g, Py_ssize_t s, const double* ds,
+                                 const double* db,
+                                 floating* coef) noexcept nogil:
+    """B, D of NCHW slab s into coef[0], coef[1], from its channels' sums."""
+    cdef Py_ssize_t c = (s // g.G) * g.C + (s % g.G) * g.Cg
+    _bwd_coefs(w + (s % g.G) * g.Cg, rstd[s], ds + c, db + c, g.Cg,
+               <double>(g.Cg * g.HW), &coef[0], &coef[1])
+
+
+cdef inline void _bwd_slab_dx(const floating* dy, const floating* x,
+                              const floating* mean, const floating* rstd,
+                              const floating* w, Geometry* g, Py_ssize_t s,
+                              Py_ssize_t c0, Py_ssize_t c1,
+                              const floating* coef,
+                              floating* dx) noexcept nogil:
+    """dx of channels c0 .. c1-1 of NCHW slab s, with its B, D in coef."""
+    cdef Py_ssize_t c = (s % g.G) * g.Cg + c0
+    cdef Py_ssize_t off = (s // g.G) * g.C * g.HW + c * g.HW
+    if floating is float:
+        fg_bwd_dx_f32(dy + off, x + off, dx + off, c1 - c0, g.HW, rstd[s],
+                      w + c, coef[0], mean[s], coef[1])
+    else:
+        fg_bwd_dx_f64(dy + off, x + off, dx + off, c1 - c0, g.HW, rstd[s],
+                      w + c, coef[0], mean[s], coef[1])
+
+
 cdef void _backward_slab(const floating* dy, const floating* x,
                          const floating* mean, const floating* rstd,
                          const floating* w, Geometry* g, Py_ssize_t s,
@@ -749,24 +815,10 @@ cdef void _backward_slab(const floating* dy, const floating* x,
     ``mean`` is the caller's (rounded) mean: the gradient is that of the
     normalization with exactly these statistics, as in PyTorch.
     """
-    cdef Py_ssize_t n = s // g.G, grp = s % g.G
-    cdef Py_ssize_t base = n * g.C * g.HW + grp * g.Cg * g.HW
-    cdef floating mu = mean[s], rs = rstd[s], fB, fD
-    cdef const floating* xs = x + base
-    cdef const floating* gs = dy + base
-    cdef floating* out = dx + base
-    cdef double* dsc = ds + n * g.C + grp * g.Cg
-    cdef double* dbc = db + n * g.C + grp * g.Cg
-    w = w + grp * g.Cg
-    if floating is float:
-        fg_bwd_sums_f32(gs, xs, g.Cg, g.HW, mu, dsc, dbc)
-    else:
-        fg_bwd_sums_f64(gs, xs, g.Cg, g.HW, mu, dsc, dbc)
-    _bwd_coefs(w, rs, dsc, dbc, g.Cg, <double>(g.Cg * g.HW), &fB, &fD)
-    if floating is float:
-        fg_bwd_dx_f32(gs, xs, out, g.Cg, g.HW, rs, w, fB, mu, fD)
-    else:
-        fg_bwd_dx_f64(gs, xs, out, g.Cg, g.HW, rs, w, fB, mu, fD)
+    cdef floating coef[2]
+    _bwd_slab_sums(dy, x, mean, g, s, 0, g.Cg, ds, db)
+    _bwd_slab_coefs(rstd, w, g, s, ds, db, coef)
+    _bwd_slab_dx(dy, x, mean, rstd, w, g, s, 0, g.Cg, coef, dx)
 
 
 # Channels-last (or HW == 1 with large groups): like the forward, a sample
@@ -889,14 +941,16 @@ cdef void _backward_impl(const floating* dy, const floating* x,
                          const floating* mean, const floating* rstd,
                          const floating* w, Geometry* g, floating* dx,
                          floating* dw, floating* dbias, double* ds,
-                         double* db, Py_ssize_t RB, double* parts,
-                         floating* coef, floating* scratch,
+                         double* db, Py_ssize_t RB, Py_ssize_t P,
+                         double* parts, floating* coef, floating* scratch,
                          int nt) noexcept nogil:
     """RB > 0: the small-group path (HW == 1), in blocks of RB samples whose
     partial sums (ds, db: one row of C per block) add up in block order;
     g.rows: the channels-last path (chunk sums in parts, B and D in coef,
-    4*C values of scratch per thread); else per-slab sums. ds, db are rows
-    of C per sample (per block) for fg_param_grads."""
+    4*C values of scratch per thread); P > 0: NCHW slabs shared among the
+    threads in P channel ranges each (B, D of each slab in coef between the
+    sums and dx); else a slab per thread. ds, db are rows of C per sample
+    (per block) for fg_param_grads."""
     cdef Py_ssize_t S = g.N * g.G, s, blk, k, n, it
     cdef Py_ssize_t nblk = min(g.G, 64)    # blocks of whole groups
     cdef Py_ssize_t R = (g.N + RB - 1) // RB if RB > 0 else 0
@@ -907,7 +961,7 @@ cdef void _backward_impl(const floating* dy, const floating* x,
             for k in prange(R, schedule="static"):
                 _backward_rows(dy, x, mean, rstd, w, g, k, RB, dx,
                                ds + k * g.C, db + k * g.C)
-        elif g.rows and g.N >= nt:
+        elif g.rows and not _split_units(g.N, g.K, g.T * g.C, nt):
             for n in prange(g.N, schedule="static"):
                 _bwd_rows_sample(dy, x, mean, rstd, w, g, n, dx, ds, db,
                                  parts, coef, mine)
@@ -922,6 +976,21 @@ cdef void _backward_impl(const floating* dy, const floating* x,
             fastgn_barrier()
             for it in prange(g.N * g.K, schedule="static"):
                 _bwd_rows_dx(dy, x, mean, rstd, w, g, it, coef, dx, mine)
+        elif P > 0:
+            for it in prange(S * P, schedule="static"):
+                s = it // P
+                k = it % P
+                _bwd_slab_sums(dy, x, mean, g, s, k * g.Cg // P,
+                               (k + 1) * g.Cg // P, ds, db)
+            fastgn_barrier()
+            for s in prange(S, schedule="static"):
+                _bwd_slab_coefs(rstd, w, g, s, ds, db, coef + 2 * s)
+            fastgn_barrier()
+            for it in prange(S * P, schedule="static"):
+                s = it // P
+                k = it % P
+                _bwd_slab_dx(dy, x, mean, rstd, w, g, s, k * g.Cg // P,
+                             (k + 1) * g.Cg // P, coef + 2 * s, dx)
         else:
             for s in prange(S, schedule="static"):
                 _backward_slab(dy, x, mean, rstd, w, g, s, dx, ds, db)
@@ -956,13 +1025,18 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     cdef Py_ssize_t rows = (N + RB - 1) // RB if RB else N
     cdef bint f32 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
     cdef int nt = num_threads
-    cdef Py_ssize_t nparts = 0, ncoef = 0
+    cdef Py_ssize_t nparts = 0, ncoef = 0, P = 0
     _geometry(&g, N, C, HW, G, (channels_last or HW == 1) and RB == 0)
     if N * C * HW < SERIAL_BELOW:
         nt = 1
     if g.rows:
         nparts = 2 * N * g.K * C
         ncoef = 2 * N * G + 4 * C * nt + 16    # coef, then thread scratch
+    elif RB == 0 and _split_units(N * G, g.Cg, g.T, nt):
+        # NCHW slabs shared by channel ranges (each channel's sums are its
+        # own, so the same bits); enough ranges to balance the threads
+        P = min(g.Cg, 4 * nt)
+        ncoef = 2 * N * G + 16
     # one work array: ds, db, chunk sums (doubles), then coef and scratch
     cdef cnp.ndarray work = np.empty(2 * rows * C + nparts + ncoef,
                                      dtype=np.float64)
@@ -984,13 +1058,13 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
             _backward_impl(<const float*>p0, <const float*>p1,
                            <const float*>p2, <const float*>p3,
                            <const float*>p4, &g, <float*>p5, <float*>p6,
-                           <float*>p7, ds, ds + rows * C, RB, pp,
+                           <float*>p7, ds, ds + rows * C, RB, P, pp,
                            <float*>cp, <float*>cp + (cs + 15) // 16 * 16, nt)
         else:
             _backward_impl(<const double*>p0, <const double*>p1,
                            <const double*>p2, <const double*>p3,
                            <const double*>p4, &g, <double*>p5, <double*>p6,
-                           <double*>p7, ds, ds + rows * C, RB, pp,
+                           <double*>p7, ds, ds + rows * C, RB, P, pp,
                            <double*>cp, <double*>cp + (cs + 7) // 8 * 8, nt)
 
 

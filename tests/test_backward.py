@@ -324,6 +324,34 @@ def test_rows_backward_paths_bitwise_identical(shape, G, dtype):
     check_close(db, rdb, tol, mag=mags["db"])
 
 
+@pytest.mark.compiled_only
+@pytest.mark.parametrize("shape,G", [((1, 16, 64, 64), 1),
+                                     ((3, 4, 128, 128), 1),
+                                     ((1, 5, 128, 128), 1),
+                                     ((1, 6, 128, 128), 3)],
+                         ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nchw_backward_split_bitwise_identical(shape, G, dtype):
+    """NCHW slabs too few (or too few per thread) to go one per thread are
+    shared among the threads by channel ranges, even (16 channels) or not
+    (5): the same bits for every thread count, matching the formula."""
+    rng = np.random.default_rng(14)
+    x, dy, w = make_data(shape, dtype, rng, True)
+    _, mean, rstd = fastgn.group_norm(x, G, w, return_stats=True)
+    results = [fastgn.group_norm_backward(dy, x, mean, rstd, G, w,
+                                          num_threads=nt)
+               for nt in (1, 2, 3, 4)]
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
+    rdx, rdw, rdb, mags = ref_backward(dy, x, G, w, 1e-5)
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    dx, dw, db = results[0]
+    check_close(dx, rdx, tol, mag=mags["dx"])
+    check_close(dw, rdw, tol, mag=mags["dw"])
+    check_close(db, rdb, tol, mag=mags["db"])
+
+
 @pytest.mark.parametrize("channels_last", [False, True],
                          ids=["nchw", "nhwc"])
 def test_float16(channels_last):

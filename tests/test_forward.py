@@ -506,10 +506,13 @@ def test_num_threads_bitwise_identical(rng, oracle, dtype, case):
 @pytest.mark.parametrize("case", [
     ((1, 2, 256, 256), 1, False),       # fewer slabs than threads: split
     ((3, 6, 64, 64), 3, False),         # 9 slabs over 2..4 threads
+    ((1, 3, 256, 256), 3, False),       # 3 long slabs on 2 threads: split
     ((1, 128, 128, 24), 3, True),       # one NHWC sample in many items
     ((2, 40, 40, 64), 8, True),
+    ((3, 64, 64, 32), 8, True),         # 3 NHWC samples on 2 threads: split
     ((4096, 96), 4, False),             # HW == 1: channels-last memory
-], ids=["split_nchw", "uneven", "nhwc_one_sample", "nhwc", "rank2_big"])
+], ids=["split_nchw", "uneven", "uneven_split", "nhwc_one_sample", "nhwc",
+        "nhwc_uneven_split", "rank2_big"])
 def test_parallel_phases_repeatable(rng, case):
     """Multi-phase parallel paths (chunk moments, merge, apply) give the
     one-thread bits on every repetition: a missing barrier between phases
