@@ -399,8 +399,8 @@ def group_norm_backward(grad_output, input, mean, rstd, num_groups,
     """
     x, xc, xr = _as_input(input, "input")
     dy, gc, gr = _as_input(grad_output, "grad_output")
-    cdt = np.promote_types(xc, gc)
-    rdt = np.promote_types(xr, gr)
+    cdt = xc if xc is gc else np.promote_types(xc, gc)
+    rdt = xr if xr is gr else np.promote_types(xr, gr)
     shape = x.shape
     if len(shape) < 2:
         raise ValueError(f"input must have at least 2 dimensions (N, C, ...), "

@@ -955,6 +955,25 @@ cdef inline void _backward_rows(const floating* dy, const floating* x,
                              n > n0)
 
 
+cdef inline void _param_grads(const floating* rstd, Geometry* g,
+                              Py_ssize_t RB, Py_ssize_t R, Py_ssize_t blk,
+                              Py_ssize_t nblk, double* ds, double* db,
+                              floating* dw, floating* dbias) noexcept nogil:
+    """dweight, dbias of block blk of nblk blocks of whole groups, from the
+    rows of ds, db (R row blocks when RB > 0, else one per sample) added in
+    order."""
+    if floating is float:
+        fg_param_grads_f32(<const float*>NULL if RB > 0 else rstd,
+                           R if RB > 0 else g.N, g.C, g.G,
+                           blk * g.G // nblk, (blk + 1) * g.G // nblk,
+                           ds, db, dw, dbias)
+    else:
+        fg_param_grads_f64(<const double*>NULL if RB > 0 else rstd,
+                           R if RB > 0 else g.N, g.C, g.G,
+                           blk * g.G // nblk, (blk + 1) * g.G // nblk,
+                           ds, db, dw, dbias)
+
+
 cdef void _backward_impl(const floating* dy, const floating* x,
                          const floating* mean, const floating* rstd,
                          const floating* w, Geometry* g, floating* dx,
@@ -973,6 +992,22 @@ cdef void _backward_impl(const floating* dy, const floating* x,
     cdef Py_ssize_t nblk = min(g.G, 64)    # blocks of whole groups
     cdef Py_ssize_t R = (g.N + RB - 1) // RB if RB > 0 else 0
     cdef floating* mine = NULL
+    if nt == 1:
+        # No parallel region: entering one took half of a small call.
+        if RB > 0:
+            for k in range(R):
+                _backward_rows(dy, x, mean, rstd, w, g, k, RB, dx,
+                               ds + k * g.C, db + k * g.C)
+        elif g.rows:
+            for n in range(g.N):
+                _bwd_rows_sample(dy, x, mean, rstd, w, g, n, dx, ds, db,
+                                 parts, coef, scratch)
+        else:
+            for s in range(S):
+                _backward_slab(dy, x, mean, rstd, w, g, s, dx, ds, db)
+        for blk in range(nblk):
+            _param_grads(rstd, g, RB, R, blk, nblk, ds, db, dw, dbias)
+        return
     with parallel(num_threads=nt):
         mine = scratch + omp_get_thread_num() * 4 * g.C if g.rows else NULL
         if RB > 0:
@@ -1014,17 +1049,7 @@ cdef void _backward_impl(const floating* dy, const floating* x,
                 _backward_slab(dy, x, mean, rstd, w, g, s, dx, ds, db)
         fastgn_barrier()
         for blk in prange(nblk, schedule="static"):
-            # dweight, dbias of a block of whole groups, rows in order
-            if floating is float:
-                fg_param_grads_f32(<const float*>NULL if RB > 0 else rstd,
-                                   R if RB > 0 else g.N, g.C, g.G,
-                                   blk * g.G // nblk, (blk + 1) * g.G // nblk,
-                                   ds, db, dw, dbias)
-            else:
-                fg_param_grads_f64(<const double*>NULL if RB > 0 else rstd,
-                                   R if RB > 0 else g.N, g.C, g.G,
-                                   blk * g.G // nblk, (blk + 1) * g.G // nblk,
-                                   ds, db, dw, dbias)
+            _param_grads(rstd, g, RB, R, blk, nblk, ds, db, dw, dbias)
 
 
 def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
