@@ -17,6 +17,9 @@
 
 #include <stddef.h>
 #include <math.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 /* The x86-64-v3/v4 levels are GCC 11's; older compilers build one copy. */
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && \
@@ -526,19 +529,24 @@ typedef float fg_vf32h##ISA                                                   \
 typedef float fg_f8##ISA __attribute__((vector_size(32)));                    \
 typedef float fg_f4##ISA __attribute__((vector_size(16)));                    \
 typedef double fg_d4##ISA __attribute__((vector_size(32)));                   \
-static inline FG_INLINE double fg_d4sum##ISA(fg_d4##ISA v) {                  \
+/* float32 -> float64 conversions by intrinsic: GCC 12 lowers               \
+ * __builtin_convertvector from 4 (8) floats to 4 (8) doubles in halves,      \
+ * three or four instructions for one. */                                    \
+FG_WIDE_INL fg_d4##ISA fg_cvt4##ISA(fg_f4##ISA v) {                           \
+    return (fg_d4##ISA)_mm256_cvtps_pd((__m128)v);                            \
+}                                                                             \
+FG_WIDE_INL double fg_d4sum##ISA(fg_d4##ISA v) {                              \
     return (v[0] + v[1]) + (v[2] + v[3]);                                     \
 }                                                                             \
-static inline FG_INLINE double fg_f8sum##ISA(fg_f8##ISA v) {                  \
+FG_WIDE_INL double fg_f8sum##ISA(fg_f8##ISA v) {                              \
     fg_f4##ISA lo, hi;                                                        \
     __builtin_memcpy(&lo, &v, 16);                                            \
     __builtin_memcpy(&hi, (char *)&v + 16, 16);                               \
-    return fg_d4sum##ISA(__builtin_convertvector(lo, fg_d4##ISA) +            \
-                         __builtin_convertvector(hi, fg_d4##ISA));            \
+    return fg_d4sum##ISA(fg_cvt4##ISA(lo) + fg_cvt4##ISA(hi));                \
 }
 #define FG_VSUMS_64(ISA)                                                      \
 FG_VTAIL(ISA)                                                                 \
-static inline FG_INLINE double fg_vsum_f64##ISA(fg_vf64##ISA v) {             \
+FG_WIDE_INL double fg_vsum_f64##ISA(fg_vf64##ISA v) {                         \
     fg_d4##ISA lo, hi;                                                        \
     __builtin_memcpy(&lo, &v, 32);                                            \
     __builtin_memcpy(&hi, (char *)&v + 32, 32);                               \
@@ -546,25 +554,34 @@ static inline FG_INLINE double fg_vsum_f64##ISA(fg_vf64##ISA v) {             \
 }                                                                             \
 /* 8 float32 lanes converted in one register (the 4 + 4 of FG_VTAIL took    \
  * one conversion more per reduction: 6-7% on 256x1024) */                  \
-static inline FG_INLINE double fg_vsum_f32##ISA(fg_vf32##ISA v) {             \
+FG_WIDE_INL double fg_vsum_f32##ISA(fg_vf32##ISA v) {                         \
     fg_f8##ISA lo, hi;                                                        \
     __builtin_memcpy(&lo, &v, 32);                                            \
     __builtin_memcpy(&hi, (char *)&v + 32, 32);                               \
-    return fg_vsum_f64##ISA(__builtin_convertvector(lo + hi, fg_vf64##ISA));  \
+    return fg_vsum_f64##ISA((fg_vf64##ISA)_mm512_cvtps_pd((__m256)(lo + hi)));\
+}                                                                             \
+FG_WIDE_INL fg_vf64##ISA fg_widen##ISA(const float *p) {                      \
+    return (fg_vf64##ISA)_mm512_cvtps_pd(_mm256_loadu_ps(p));                 \
 }
 #define FG_VSUMS_32(ISA)                                                      \
 FG_VTAIL(ISA)                                                                 \
-static inline FG_INLINE double fg_vsum_f32##ISA(fg_vf32##ISA v) {             \
+FG_WIDE_INL fg_vf64##ISA fg_widen##ISA(const float *p) {                      \
+    return (fg_vf64##ISA)_mm256_cvtps_pd(_mm_loadu_ps(p));                    \
+}                                                                             \
+FG_WIDE_INL double fg_vsum_f32##ISA(fg_vf32##ISA v) {                         \
     return fg_f8sum##ISA(v);                                                  \
 }                                                                             \
-static inline FG_INLINE double fg_vsum_f64##ISA(fg_vf64##ISA v) {             \
+FG_WIDE_INL double fg_vsum_f64##ISA(fg_vf64##ISA v) {                         \
     return fg_d4sum##ISA(v);                                                  \
 }
 #define FG_VSUMS_16(ISA)                                                      \
-static inline FG_INLINE double fg_vsum_f32##ISA(fg_vf32##ISA v) {             \
+FG_WIDE_INL fg_vf64##ISA fg_widen##ISA(const float *p) {                      \
+    return __builtin_convertvector(*(const fg_vf32h##ISA *)p, fg_vf64##ISA);  \
+}                                                                             \
+FG_WIDE_INL double fg_vsum_f32##ISA(fg_vf32##ISA v) {                         \
     return ((double)v[0] + (double)v[1]) + ((double)v[2] + (double)v[3]);    \
 }                                                                             \
-static inline FG_INLINE double fg_vsum_f64##ISA(fg_vf64##ISA v) {             \
+FG_WIDE_INL double fg_vsum_f64##ISA(fg_vf64##ISA v) {                         \
     return v[0] + v[1];                                                       \
 }
 
@@ -580,7 +597,7 @@ static inline FG_INLINE double fg_vsum_f64##ISA(fg_vf64##ISA v) {             \
     S += v * (*(const VU *)(p + j + (off)) - mu);                             \
     B += v;
 #define FG_VRUNS(T, V, VU, SUF)                                               \
-static inline FG_INLINE double fg_vrun_sum_##SUF(const T *p, ptrdiff_t len) { \
+FG_WIDE_INL double fg_vrun_sum_##SUF(const T *p, ptrdiff_t len) {             \
     enum { VL = sizeof(V) / sizeof(T) };                                      \
     V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                 \
     ptrdiff_t j = 0;                                                          \
@@ -604,7 +621,7 @@ static inline FG_INLINE double fg_vrun_sum_##SUF(const T *p, ptrdiff_t len) { \
     for (; j < len; j++) t += p[j];                                           \
     return t + fg_vsum_##SUF(a0 + a1);                                        \
 }                                                                             \
-static inline FG_INLINE void fg_vrun_dev_##SUF(const T *p, ptrdiff_t len,     \
+FG_WIDE_INL void fg_vrun_dev_##SUF(const T *p, ptrdiff_t len,                 \
                                                T k, double *s, double *q) {   \
     enum { VL = sizeof(V) / sizeof(T) };                                      \
     V s0 = {0}, s1 = {0}, q0 = {0}, q1 = {0}, d;                              \
@@ -638,7 +655,7 @@ static inline FG_INLINE void fg_vrun_dev_##SUF(const T *p, ptrdiff_t len,     \
     *q = tq + fg_vsum_##SUF(q0 + q1);                                         \
 }                                                                             \
 /* Backward: *s = sum g*(p - mu), *b = sum g. */                              \
-static inline FG_INLINE void fg_vrun_bwd_##SUF(const T *g, const T *p,        \
+FG_WIDE_INL void fg_vrun_bwd_##SUF(const T *g, const T *p,                    \
                                                ptrdiff_t len, T mu,           \
                                                double *s, double *b) {        \
     enum { VL = sizeof(V) / sizeof(T) };                                      \
@@ -1021,10 +1038,9 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
 #define FG_VRUN_DEV64_32(ISA) FG_VRUN_F64(ISA, 1)
 #define FG_VRUN_DEV64_16(ISA) FG_VRUN_F64(ISA, 0)
 /* Half a vector of float32 at P widened to a vector of float64. */
-#define FG_WIDEN(ISA, P)                                                      \
-    __builtin_convertvector(*(const fg_vf32h##ISA *)(P), fg_vf64##ISA)
+#define FG_WIDEN(ISA, P) fg_widen##ISA(P)
 #define FG_VRUN_F64(ISA, WIDEN)                                               \
-static inline FG_INLINE void fg_vrun_dev64_f32##ISA(const float *p,           \
+FG_WIDE_INL void fg_vrun_dev64_f32##ISA(const float *p,                       \
                                                     ptrdiff_t len, double k,  \
                                                     double *s, double *q) {   \
     enum { VL = sizeof(fg_vf64##ISA) / sizeof(double) };                      \
@@ -1054,7 +1070,7 @@ static inline FG_INLINE void fg_vrun_dev64_f32##ISA(const float *p,           \
     *q = tq + fg_vsum_f64##ISA(q0 + q1);                                      \
 }                                                                             \
 /* The backward's sums of dy*(x - mu) and dy in float64 lanes. */            \
-static inline FG_INLINE void fg_vrun_bwd64_f32##ISA(const float *g,           \
+FG_WIDE_INL void fg_vrun_bwd64_f32##ISA(const float *g,                       \
                                                     const float *p,           \
                                                     ptrdiff_t len, double mu, \
                                                     double *s, double *b) {   \
@@ -1078,12 +1094,12 @@ FG_VRUN_F64_NAMES(ISA)
 /* The names for float64 in type-generic code; not reached (float64 data
  * needs no second summation). */
 #define FG_VRUN_F64_NAMES(ISA)                                                \
-static inline FG_INLINE void fg_vrun_dev64_f64##ISA(const double *p,          \
+FG_WIDE_INL void fg_vrun_dev64_f64##ISA(const double *p,                      \
                                                     ptrdiff_t len, double k,  \
                                                     double *s, double *q) {   \
     fg_vrun_dev_f64##ISA(p, len, k, s, q);                                    \
 }                                                                             \
-static inline FG_INLINE void fg_vrun_bwd64_f64##ISA(const double *g,          \
+FG_WIDE_INL void fg_vrun_bwd64_f64##ISA(const double *g,                      \
                                                     const double *p,          \
                                                     ptrdiff_t len, double mu, \
                                                     double *s, double *b) {   \
@@ -1114,12 +1130,19 @@ static inline FG_INLINE void fg_vrun_bwd64_f64##ISA(const double *g,          \
  * (fg_set_level, below). (A #pragma GCC target region instead of the
  * attribute measured 5-7% slower on 256x1024.) */
 #define FG_WIDE_FN static __attribute__((target("arch=x86-64-v4")))
+#define FG_WIDE_INL static inline __attribute__((always_inline,               \
+                                                 target("arch=x86-64-v4")))
 FG_WIDE_KERNELS(_v4, 64)
 #undef FG_WIDE_FN
+#undef FG_WIDE_INL
 #define FG_WIDE_FN static __attribute__((target("arch=x86-64-v3")))
+#define FG_WIDE_INL static inline __attribute__((always_inline,               \
+                                                 target("arch=x86-64-v3")))
 FG_WIDE_KERNELS(_v3, 32)
 #undef FG_WIDE_FN
+#undef FG_WIDE_INL
 #define FG_WIDE_FN static
+#define FG_WIDE_INL static inline FG_INLINE
 FG_WIDE_KERNELS(_v1, 16)
 /* The level the public names take: the CPU's, capped at fg_set_level's
  * argument (4, 3 or 1; FASTGN_MAX_SIMD at import, so that a test run can
@@ -1168,6 +1191,7 @@ static const char *fg_simd_level(void) {
 /* One copy, with the vector width of the target compiled for (AVX-512 or
  * AVX in a native build, else 16 bytes: SSE2, NEON). */
 #define FG_WIDE_FN
+#define FG_WIDE_INL static inline FG_INLINE
 #if defined(__AVX512F__)
 FG_WIDE_KERNELS(, 64)
 #define FG_VBITS "512"
