@@ -294,51 +294,29 @@ def test_threads_bitwise_identical(channels_last, dtype):
 
 
 @pytest.mark.compiled_only
-@pytest.mark.parametrize("shape,G", [((1, 16, 64, 80), 4),
-                                     ((3, 16, 64, 80), 4),
-                                     ((12, 4096), 2)],   # HW == 1, Cg 2048
-                         ids=str)
+@pytest.mark.parametrize("shape,G,channels_last", [
+    ((1, 16, 64, 80), 4, True),     # NHWC: one sample, phases split
+    ((3, 16, 64, 80), 4, True),     # a sample per thread, or split (N % nt)
+    ((12, 4096), 2, True),          # HW == 1, Cg 2048: the same path
+    ((1, 16, 64, 64), 1, False),    # NCHW: one slab, by channel ranges
+    ((3, 4, 128, 128), 1, False),   # 3 slabs on 2 threads: split
+    ((1, 5, 128, 128), 1, False),   # uneven channel ranges
+    ((1, 6, 128, 128), 3, False),
+], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_rows_backward_paths_bitwise_identical(shape, G, dtype):
-    """Channels-last samples of several chunks (4096 positions of 16
-    channels each), run a sample per thread (N >= threads) or with every
-    phase split over the threads (N < threads), and rank-2 input with
-    large groups (the same path): the same bits for every thread count,
-    matching the formula."""
+def test_split_backward_paths_bitwise_identical(shape, G, channels_last,
+                                                dtype):
+    """Backward paths whose work is shared among the threads phase by
+    phase (channels-last samples of several chunks; NCHW slabs by channel
+    ranges, even or not) or goes a unit per thread: the same bits for every
+    thread count, matching the formula."""
     rng = np.random.default_rng(13)
     x, dy, w = make_data(shape, dtype, rng, True)
-    xl, dyl = to_layout(x, True), to_layout(dy, True)
+    xl, dyl = to_layout(x, channels_last), to_layout(dy, channels_last)
     _, mean, rstd = fastgn.group_norm(xl, G, w, return_stats=True,
-                                      channels_last=True)
+                                      channels_last=channels_last)
     results = [fastgn.group_norm_backward(dyl, xl, mean, rstd, G, w,
-                                          channels_last=True, num_threads=nt)
-               for nt in (1, 2, 4)]
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert a.tobytes() == b.tobytes()
-    rdx, rdw, rdb, mags = ref_backward(dy, x, G, w, 1e-5)
-    tol = 1e-5 if dtype == np.float32 else 1e-10
-    dx, dw, db = results[0]
-    check_close(from_layout(dx, True), rdx, tol, mag=mags["dx"])
-    check_close(dw, rdw, tol, mag=mags["dw"])
-    check_close(db, rdb, tol, mag=mags["db"])
-
-
-@pytest.mark.compiled_only
-@pytest.mark.parametrize("shape,G", [((1, 16, 64, 64), 1),
-                                     ((3, 4, 128, 128), 1),
-                                     ((1, 5, 128, 128), 1),
-                                     ((1, 6, 128, 128), 3)],
-                         ids=str)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_nchw_backward_split_bitwise_identical(shape, G, dtype):
-    """NCHW slabs too few (or too few per thread) to go one per thread are
-    shared among the threads by channel ranges, even (16 channels) or not
-    (5): the same bits for every thread count, matching the formula."""
-    rng = np.random.default_rng(14)
-    x, dy, w = make_data(shape, dtype, rng, True)
-    _, mean, rstd = fastgn.group_norm(x, G, w, return_stats=True)
-    results = [fastgn.group_norm_backward(dy, x, mean, rstd, G, w,
+                                          channels_last=channels_last,
                                           num_threads=nt)
                for nt in (1, 2, 3, 4)]
     for other in results[1:]:
@@ -347,7 +325,7 @@ def test_nchw_backward_split_bitwise_identical(shape, G, dtype):
     rdx, rdw, rdb, mags = ref_backward(dy, x, G, w, 1e-5)
     tol = 1e-5 if dtype == np.float32 else 1e-10
     dx, dw, db = results[0]
-    check_close(dx, rdx, tol, mag=mags["dx"])
+    check_close(from_layout(dx, channels_last), rdx, tol, mag=mags["dx"])
     check_close(dw, rdw, tol, mag=mags["dw"])
     check_close(db, rdb, tol, mag=mags["db"])
 
