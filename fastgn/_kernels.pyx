@@ -452,7 +452,7 @@ cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
         for s in prange(S, schedule="static", num_threads=nt):
             _one_slab(x, y, g, s, eps, w, b, act, mean_out, rstd_out)
     else:
-        # Fewer slabs than threads: split every slab into its chunks.
+        # Few slabs for the threads (_split_units): share their chunks.
         with parallel(num_threads=nt):
             for it in prange(S * g.K, schedule="static"):
                 _chunk_moments(x + (it // g.K) * g.T, g, it % g.K, eps,
