@@ -416,12 +416,13 @@ cdef inline void _small_item(const floating* x, floating* y,
 cdef inline bint _split_units(Py_ssize_t S, Py_ssize_t K, Py_ssize_t values,
                               int nt) noexcept nogil:
     """Whether S units of work (NCHW slabs, channels-last samples) of K
-    chunks and ``values`` values each share their chunks among nt threads,
-    phase by phase, rather than go one unit per thread: when there are
-    fewer units than threads, or when whole units would leave a thread idle
-    for much of the call (3 units on 2 threads take 2 unit-times where 1.5
-    would do) and are long enough to pay for the barriers between phases.
-    Either way the same chunks, merged in the same order: the same bits."""
+    pieces (chunks; channels in the NCHW backward) and ``values`` values
+    each share their pieces among nt threads, phase by phase, rather than
+    go one unit per thread: when there are fewer units than threads, or
+    when whole units would leave a thread idle for much of the call (3
+    units on 2 threads take 2 unit-times where 1.5 would do) and are long
+    enough to pay for the barriers between phases. Either way the same
+    pieces, merged in the same order: the same bits."""
     if nt <= 1 or K <= 1:
         return False
     return S < nt or (S % nt != 0 and S < SPLIT_UNITS * nt and
