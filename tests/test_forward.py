@@ -703,7 +703,8 @@ def test_cache_sizes_and_streaming_threshold(backend):
     """The kernels read the cache sizes Linux reports (CPython's os.sysconf
     knows no cache names there: alone, it left the streaming threshold at
     its 32 MiB fallback on every machine), and streaming stores start where
-    input plus output exceed the last level."""
+    input plus output exceed the last level or the cap on the share of it
+    one call may count on, whichever is less."""
     sizes = _sysfs_cache_bytes()
     if not sizes:
         pytest.skip("no cache description in sysfs on this machine")
@@ -711,8 +712,10 @@ def test_cache_sizes_and_streaming_threshold(backend):
     for level, size in sizes.items():
         assert kern._cache_bytes(level, -1) == size, level
     assert kern._cache_bytes(99, -1) == -1
+    cap = kern.STREAM_CAP_BYTES
+    assert 1 << 20 <= cap <= 64 << 20
     if sizes.get(3, 0) >= (1 << 20):
-        assert kern.stream_bytes() == sizes[3]
+        assert kern.stream_bytes() == min(sizes[3], cap)
 
 
 @pytest.mark.compiled_only
