@@ -761,6 +761,24 @@ FG_WIDE_FN void fg_bwd_sums_##SUF##ISA(const T *dy, const T *x, ptrdiff_t Cg, \
     }                                                                         \
 }
 
+/* dx of rows p .. p+3 at a time, channels [0, Q) one by one, then as vectors
+ * (the loop from 0 where Q is 0: a variable start cost 5% on short rows) */
+#define FG_BWD_ROWS_DX4(T, Q)                                                 \
+    for (p = 0; p + 4 <= rows; p += 4) {                                      \
+        for (c = 0; c < (Q); c++)                                             \
+            for (r = 0; r < 4; r++) {                                         \
+                const ptrdiff_t i = (p + r) * C + c;                          \
+                dx[i] = a[c] * dy[i] + bc[c] * (x[i] - muc[c]) + dc[c];       \
+            }                                                                 \
+        FG_SIMD for (c = (Q); c < C; c++) {                                   \
+            const T ac = a[c], bb = bc[c], m = muc[c], d = dc[c];             \
+            for (r = 0; r < 4; r++) {                                         \
+                const ptrdiff_t i = (p + r) * C + c;                          \
+                dx[i] = ac * dy[i] + bb * (x[i] - m) + d;                     \
+            }                                                                 \
+        }                                                                     \
+    }
+
 #define FG_BACKWARD(T, AT, SUF)                                               \
 FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,  \
                                ptrdiff_t HW, T rs, const T *w, T B, T mu,     \
@@ -769,7 +787,15 @@ FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,  \
     for (c = 0; c < Cg; c++) {                                                \
         const T a = w[c] * rs, *g = dy + c * HW, *p = x + c * HW;             \
         T *o = dx + c * HW;                                                   \
-        FG_SIMD for (i = 0; i < HW; i++) o[i] = a * g[i] + B * (p[i] - mu) + D;\
+        if (FG_LONG_RUN(o, HW)) {           /* stores from a line on */       \
+            const ptrdiff_t q = FG_TO_LINE(o);                                \
+            for (i = 0; i < q; i++) o[i] = a * g[i] + B * (p[i] - mu) + D;    \
+            FG_SIMD for (i = q; i < HW; i++)                                  \
+                o[i] = a * g[i] + B * (p[i] - mu) + D;                        \
+        } else {                                                              \
+            FG_SIMD for (i = 0; i < HW; i++)                                  \
+                o[i] = a * g[i] + B * (p[i] - mu) + D;                        \
+        }                                                                     \
     }                                                                         \
 }                                                                             \
 /* Channels-last: `rows` positions of all C channels (a chunk of a sample), \
@@ -831,15 +857,14 @@ FG_CLONES void fg_bwd_rows_dx_##SUF(const T *dy, const T *x, T *dx,           \
                                     const T *restrict bc,                     \
                                     const T *restrict muc,                    \
                                     const T *restrict dc) {                   \
+    /* rows that all start at one offset in a line: from the line on */       \
+    const ptrdiff_t q = FG_LONG_RUN(dx, C) && C * sizeof(T) % 64 == 0         \
+                            ? FG_TO_LINE(dx) : 0;                             \
     ptrdiff_t p, c, r;                                                        \
-    for (p = 0; p + 4 <= rows; p += 4)                                        \
-        FG_SIMD for (c = 0; c < C; c++) {                                     \
-            const T ac = a[c], bb = bc[c], m = muc[c], d = dc[c];             \
-            for (r = 0; r < 4; r++) {                                         \
-                const ptrdiff_t i = (p + r) * C + c;                          \
-                dx[i] = ac * dy[i] + bb * (x[i] - m) + d;                     \
-            }                                                                 \
-        }                                                                     \
+    if (q)                                                                    \
+        FG_BWD_ROWS_DX4(T, q)                                                 \
+    else                                                                      \
+        FG_BWD_ROWS_DX4(T, 0)                                                 \
     for (; p < rows; p++)                                                     \
         FG_SIMD for (c = 0; c < C; c++) {                                     \
             const ptrdiff_t i = p * C + c;                                    \
