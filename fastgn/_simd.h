@@ -379,7 +379,36 @@ static void fg_sfence(void) { _mm_sfence(); }
     ptrdiff_t i;                                                              \
     FG_SIMD for (i = 0; i < n; i++) yp[i] = (xp[i] - M) * S + H;
 #endif
+/* The backward's dx = a*dy + B*(x - mu) + D, streamed the same way: scalars
+ * (fg_nt_dx, an NCHW channel run) or per-channel vectors (fg_nt_dxrow). */
+#if FG_HAVE_NT
+#define FG_NT_DX_LOOP(V, VL, LOAD, STREAM, A, B, M, D, VA, VB, VM, VD)        \
+    ptrdiff_t i = 0;                                                          \
+    for (; i < n && ((size_t)(o + i) & 15); i++)                              \
+        o[i] = A * g[i] + B * (p[i] - M) + D;                                 \
+    for (; i + VL <= n; i += VL) {                                            \
+        V v = VA * LOAD(g + i) + VB * (LOAD(p + i) - VM) + VD;                \
+        STREAM(o + i, v);                                                     \
+    }                                                                         \
+    for (; i < n; i++) o[i] = A * g[i] + B * (p[i] - M) + D;
+#else
+#define FG_NT_DX_LOOP(V, VL, LOAD, STREAM, A, B, M, D, VA, VB, VM, VD)        \
+    ptrdiff_t i;                                                              \
+    FG_SIMD for (i = 0; i < n; i++) o[i] = A * g[i] + B * (p[i] - M) + D;
+#endif
 #define FG_NT_DEF(T, V, VL, LOAD, STREAM, SUF)                                \
+static inline FG_INLINE void fg_nt_dx_##SUF(const T *g, const T *p, T *o,     \
+                                            ptrdiff_t n, T a, T b, T mu,      \
+                                            T d) {                            \
+    FG_NT_DX_LOOP(V, VL, LOAD, STREAM, a, b, mu, d, a, b, mu, d)              \
+}                                                                             \
+static inline FG_INLINE void fg_nt_dxrow_##SUF(const T *g, const T *p, T *o,  \
+                                               ptrdiff_t n, const T *a,       \
+                                               const T *b, const T *mu,       \
+                                               const T *d) {                  \
+    FG_NT_DX_LOOP(V, VL, LOAD, STREAM, a[i], b[i], mu[i], d[i], LOAD(a + i),  \
+                  LOAD(b + i), LOAD(mu + i), LOAD(d + i))                     \
+}                                                                             \
 static inline FG_INLINE void fg_nt_affine_##SUF(const T *xp, T *yp,          \
                                                 ptrdiff_t n, T m, T s, T h) { \
     FG_NT_LOOP(V, VL, LOAD, STREAM, m, s, h, m, s, h)                         \
@@ -782,12 +811,14 @@ FG_WIDE_FN void fg_bwd_sums_##SUF##ISA(const T *dy, const T *x, ptrdiff_t Cg, \
 #define FG_BACKWARD(T, AT, SUF)                                               \
 FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,  \
                                ptrdiff_t HW, T rs, const T *w, T B, T mu,     \
-                               T D) {                                         \
+                               T D, int stream) {                             \
     ptrdiff_t c, i;                                                           \
     for (c = 0; c < Cg; c++) {                                                \
         const T a = w[c] * rs, *g = dy + c * HW, *p = x + c * HW;             \
         T *o = dx + c * HW;                                                   \
-        if (FG_LONG_RUN(o, HW)) {           /* stores from a line on */       \
+        if (stream) {                                                         \
+            fg_nt_dx_##SUF(g, p, o, HW, a, B, mu, D);                         \
+        } else if (FG_LONG_RUN(o, HW)) {    /* stores from a line on */       \
             const ptrdiff_t q = FG_TO_LINE(o);                                \
             for (i = 0; i < q; i++) o[i] = a * g[i] + B * (p[i] - mu) + D;    \
             FG_SIMD for (i = q; i < HW; i++)                                  \
@@ -797,6 +828,8 @@ FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,  \
                 o[i] = a * g[i] + B * (p[i] - mu) + D;                        \
         }                                                                     \
     }                                                                         \
+    if (stream)                                                               \
+        fg_sfence();                                                          \
 }                                                                             \
 /* Channels-last: `rows` positions of all C channels (a chunk of a sample), \
  * the mean of each channel's group in muc. Per channel, sums of             \
@@ -856,11 +889,18 @@ FG_CLONES void fg_bwd_rows_dx_##SUF(const T *dy, const T *x, T *dx,           \
                                     const T *restrict a,                      \
                                     const T *restrict bc,                     \
                                     const T *restrict muc,                    \
-                                    const T *restrict dc) {                   \
+                                    const T *restrict dc, int stream) {       \
     /* rows that all start at one offset in a line: from the line on */       \
     const ptrdiff_t q = FG_LONG_RUN(dx, C) && C * sizeof(T) % 64 == 0         \
                             ? FG_TO_LINE(dx) : 0;                             \
     ptrdiff_t p, c, r;                                                        \
+    if (stream) {                                                             \
+        for (p = 0; p < rows; p++)                                            \
+            fg_nt_dxrow_##SUF(dy + p * C, x + p * C, dx + p * C, C, a, bc,    \
+                              muc, dc);                                       \
+        fg_sfence();                                                          \
+        return;                                                               \
+    }                                                                         \
     if (q)                                                                    \
         FG_BWD_ROWS_DX4(T, q)                                                 \
     else                                                                      \
