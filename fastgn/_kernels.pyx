@@ -50,10 +50,11 @@ cdef extern from "_simd.h" nogil:
                            Py_ssize_t, double, double, double, const double*,
                            const double*, int, int, const double*)
     void fg_apply_rows_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
-                           const float*, const float*, const float*, int, int)
+                           const float*, const float*, const float*,
+                           Py_ssize_t, int, int)
     void fg_apply_rows_f64(const double*, double*, Py_ssize_t, Py_ssize_t,
-                           const double*, const double*, const double*, int,
-                           int)
+                           const double*, const double*, const double*,
+                           Py_ssize_t, int, int)
     void fg_small_slabs_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
                             Py_ssize_t, const float*, const float*, double,
                             int, int, float*, float*)
@@ -504,12 +505,24 @@ cdef inline void _rows_moments(const floating* x, Geometry* g, Py_ssize_t it,
                             acc + 2 * g.C, <double*>out)
 
 
+cdef inline Py_ssize_t _rotation(const floating* y, Py_ssize_t C,
+                                 int stream) noexcept nogil:
+    """Values of y before its next 64-byte boundary when every row of C
+    values starts at that offset in a line (plain stores), else 0: the rows
+    kernels take their per-channel vectors rotated by it."""
+    if stream or (C * <Py_ssize_t>sizeof(floating)) % 64:
+        return 0
+    return <Py_ssize_t>((-(<size_t>y)) & 63) // sizeof(floating)
+
+
 cdef inline void _rows_apply(const floating* x, floating* y, Geometry* g,
                              Py_ssize_t it, const double* stats,
                              const floating* w, const floating* b, int act,
                              char* scratch) noexcept nogil:
     cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U
-    cdef Py_ssize_t p1 = min(p0 + g.U, g.T), c, grp, off
+    cdef Py_ssize_t p1 = min(p0 + g.U, g.T), c, t, grp
+    cdef Py_ssize_t off = (n * g.T + p0) * g.C
+    cdef Py_ssize_t q = _rotation(y + off, g.C, g.stream)
     cdef floating* mhi = <floating*>scratch
     cdef floating* sc = mhi + g.C
     cdef floating* sh = mhi + 2 * g.C
@@ -522,15 +535,15 @@ cdef inline void _rows_apply(const floating* x, floating* y, Geometry* g,
         hi = <floating>mean
         lo = <floating>(mean - <double>hi)
         for c in range(grp * g.Cg, (grp + 1) * g.Cg):
-            mhi[c] = hi
-            sc[c] = w[c] * rs
-            sh[c] = b[c] - lo * sc[c]
-    off = (n * g.T + p0) * g.C
+            t = c - q if c >= q else c - q + g.C     # rotated by q
+            mhi[t] = hi
+            sc[t] = w[c] * rs
+            sh[t] = b[c] - lo * sc[t]
     if floating is float:
-        fg_apply_rows_f32(x + off, y + off, p1 - p0, g.C, mhi, sc, sh, act,
+        fg_apply_rows_f32(x + off, y + off, p1 - p0, g.C, mhi, sc, sh, q, act,
                           g.stream)
     else:
-        fg_apply_rows_f64(x + off, y + off, p1 - p0, g.C, mhi, sc, sh, act,
+        fg_apply_rows_f64(x + off, y + off, p1 - p0, g.C, mhi, sc, sh, q, act,
                           g.stream)
 
 
