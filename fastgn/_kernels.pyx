@@ -96,10 +96,11 @@ cdef extern from "_simd.h" nogil:
                               double*, double*)
     void fg_bwd_rows_dx_f32(const float*, const float*, float*, Py_ssize_t,
                             Py_ssize_t, const float*, const float*,
-                            const float*, const float*, int)
+                            const float*, const float*, Py_ssize_t, int)
     void fg_bwd_rows_dx_f64(const double*, const double*, double*,
                             Py_ssize_t, Py_ssize_t, const double*,
-                            const double*, const double*, const double*, int)
+                            const double*, const double*, const double*,
+                            Py_ssize_t, int)
     void fg_scale_copy_f32(const float*, float*, Py_ssize_t, float, int)
     void fg_scale_copy_f64(const double*, double*, Py_ssize_t, double, int)
     bint FG_HAVE_F16
@@ -918,8 +919,9 @@ cdef inline void _bwd_rows_dx(const floating* dy, const floating* x,
                               const floating* coef, floating* dx,
                               floating* scratch) noexcept nogil:
     """Phase 3, chunk it: dx from per-channel vectors of the coefficients."""
-    cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U, c, grp
+    cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U, c, t, grp
     cdef Py_ssize_t p1 = min(p0 + g.U, g.T), off = (n * g.T + p0) * g.C
+    cdef Py_ssize_t q = _rotation(dx + off, g.C, g.stream)
     cdef floating* a = scratch
     cdef floating* bc = a + g.C
     cdef floating* muc = a + 2 * g.C
@@ -928,16 +930,17 @@ cdef inline void _bwd_rows_dx(const floating* dy, const floating* x,
     for grp in range(n * g.G, (n + 1) * g.G):
         rs, mu, B, D = rstd[grp], mean[grp], coef[2 * grp], coef[2 * grp + 1]
         for c in range((grp % g.G) * g.Cg, (grp % g.G + 1) * g.Cg):
-            a[c] = w[c] * rs
-            muc[c] = mu
-            bc[c] = B
-            dc[c] = D
+            t = c - q if c >= q else c - q + g.C     # rotated by q
+            a[t] = w[c] * rs
+            muc[t] = mu
+            bc[t] = B
+            dc[t] = D
     if floating is float:
         fg_bwd_rows_dx_f32(dy + off, x + off, dx + off, p1 - p0, g.C, a, bc,
-                           muc, dc, g.stream)
+                           muc, dc, q, g.stream)
     else:
         fg_bwd_rows_dx_f64(dy + off, x + off, dx + off, p1 - p0, g.C, a, bc,
-                           muc, dc, g.stream)
+                           muc, dc, q, g.stream)
 
 
 cdef inline void _bwd_rows_sample(const floating* dy, const floating* x,

@@ -796,23 +796,22 @@ FG_WIDE_FN void fg_bwd_sums_##SUF##ISA(const T *dy, const T *x, ptrdiff_t Cg, \
     }                                                                         \
 }
 
-/* dx of rows p .. p+3 at a time, channels [0, Q) one by one, then as vectors
- * (the loop from 0 where Q is 0: a variable start cost 5% on short rows) */
-#define FG_BWD_ROWS_DX4(T, Q)                                                 \
-    for (p = 0; p + 4 <= rows; p += 4) {                                      \
-        for (c = 0; c < (Q); c++)                                             \
-            for (r = 0; r < 4; r++) {                                         \
-                const ptrdiff_t i = (p + r) * C + c;                          \
-                dx[i] = a[c] * dy[i] + bc[c] * (x[i] - muc[c]) + dc[c];       \
-            }                                                                 \
-        FG_SIMD for (c = (Q); c < C; c++) {                                   \
+/* dx of `rows` rows from dy, x, dx on, four rows a step so each parameter
+ * vector is loaded once for four */
+#define FG_BWD_ROWS_DX(T)                                                     \
+    for (p = 0; p + 4 <= rows; p += 4)                                        \
+        FG_SIMD for (c = 0; c < C; c++) {                                     \
             const T ac = a[c], bb = bc[c], m = muc[c], d = dc[c];             \
             for (r = 0; r < 4; r++) {                                         \
                 const ptrdiff_t i = (p + r) * C + c;                          \
                 dx[i] = ac * dy[i] + bb * (x[i] - m) + d;                     \
             }                                                                 \
         }                                                                     \
-    }
+    for (; p < rows; p++)                                                     \
+        FG_SIMD for (c = 0; c < C; c++) {                                     \
+            const ptrdiff_t i = p * C + c;                                    \
+            dx[i] = a[c] * dy[i] + bc[c] * (x[i] - muc[c]) + dc[c];           \
+        }
 
 #define FG_BACKWARD(T, AT, SUF)                                               \
 FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,  \
@@ -895,10 +894,8 @@ FG_CLONES void fg_bwd_rows_dx_##SUF(const T *dy, const T *x, T *dx,           \
                                     const T *restrict a,                      \
                                     const T *restrict bc,                     \
                                     const T *restrict muc,                    \
-                                    const T *restrict dc, int stream) {       \
-    /* rows that all start at one offset in a line: from the line on */       \
-    const ptrdiff_t q = FG_LONG_RUN(dx, C) && C * sizeof(T) % 64 == 0         \
-                            ? FG_TO_LINE(dx) : 0;                             \
+                                    const T *restrict dc, ptrdiff_t q,        \
+                                    int stream) {                             \
     ptrdiff_t p, c, r;                                                        \
     if (stream) {                                                             \
         for (p = 0; p < rows; p++)                                            \
@@ -907,13 +904,20 @@ FG_CLONES void fg_bwd_rows_dx_##SUF(const T *dy, const T *x, T *dx,           \
         fg_sfence();                                                          \
         return;                                                               \
     }                                                                         \
+    if (q) {        /* rotated vectors: as fg_apply_rows (FG_ROWS_ROTATED) */ \
+        for (c = 0; c < q; c++) {                                             \
+            const ptrdiff_t t = C - q + c;                                    \
+            dx[c] = a[t] * dy[c] + bc[t] * (x[c] - muc[t]) + dc[t];           \
+        }                                                                     \
+        dy += q;                                                              \
+        x += q;                                                               \
+        dx += q;                                                              \
+        rows -= 1;                                                            \
+    }                                                                         \
+    FG_BWD_ROWS_DX(T)                                                         \
     if (q)                                                                    \
-        FG_BWD_ROWS_DX4(T, q)                                                 \
-    else                                                                      \
-        FG_BWD_ROWS_DX4(T, 0)                                                 \
-    for (; p < rows; p++)                                                     \
-        FG_SIMD for (c = 0; c < C; c++) {                                     \
-            const ptrdiff_t i = p * C + c;                                    \
+        FG_SIMD for (c = 0; c < C - q; c++) {                                 \
+            const ptrdiff_t i = rows * C + c;                                 \
             dx[i] = a[c] * dy[i] + bc[c] * (x[i] - muc[c]) + dc[c];           \
         }                                                                     \
 }

@@ -378,6 +378,44 @@ def test_streaming_dx_same_bits(shape, G, channels_last, dtype, nt):
                 mag=rdx[3]["dx"])
 
 
+@pytest.mark.compiled_only
+@pytest.mark.parametrize("shape,G,channels_last", [
+    ((3, 48, 5, 7), 3, True),       # NHWC rows of 3 (float64: 6) lines
+    ((2, 16, 9, 11), 4, True),      # rows of one line (float32)
+    ((2, 4, 60, 70), 2, False),     # NCHW channel runs of 4200 values
+], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dx_at_every_offset(shape, G, channels_last, dtype):
+    """dx is written from its first cache-line boundary on (NCHW runs
+    peeled, channels-last vectors rotated): a dx at every offset within a
+    line gets the same bits."""
+    rng = np.random.default_rng(19)
+    x, dy, w = make_data(shape, dtype, rng, True)
+    xl, dyl = to_layout(x, channels_last), to_layout(dy, channels_last)
+    _, mean, rstd = fastgn.group_norm(xl, G, w, return_stats=True,
+                                      channels_last=channels_last)
+    want = fastgn.group_norm_backward(dyl, xl, mean, rstd, G, w,
+                                      channels_last=channels_last)[0]
+    rdx = ref_backward(dy, x, G, w, 1e-5)
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    check_close(from_layout(want, channels_last), rdx[0], tol,
+                mag=rdx[3]["dx"])
+    kern = fastgn._api._kern
+    N, C, HW = shape[0], shape[1], int(np.prod(shape[2:]))
+    per_line = 64 // x.itemsize
+    buf = np.empty(x.size + 2 * per_line, dtype)
+    start = (-buf.ctypes.data % 64) // x.itemsize
+    for k in range(per_line):
+        buf.fill(-7.0)
+        dx = buf[start + k:start + k + x.size].reshape(xl.shape)
+        dw, db = np.empty(C, dtype), np.empty(C, dtype)
+        kern.backward(dyl, xl, mean, rstd, w, N, C, HW, G, channels_last,
+                      dx, dw, db, 1)
+        assert (buf[:start + k] == -7.0).all()
+        assert (buf[start + k + x.size:] == -7.0).all()
+        assert dx.tobytes() == want.tobytes(), k
+
+
 @pytest.mark.parametrize("channels_last", [False, True],
                          ids=["nchw", "nhwc"])
 def test_float16(channels_last):

@@ -758,6 +758,37 @@ def test_streaming_stores_same_bits(rng, oracle, streaming, dtype, shape, G,
     assert_close(y, oracle(x, G, w, b, channels_last=channels_last)[0], dtype)
 
 
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("C,G", [(16, 4), (48, 3), (64, 64)])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_channels_last_output_at_every_offset(rng, oracle, dtype, C, G,
+                                              activation):
+    """Channels-last rows of whole cache lines (C * itemsize a multiple of
+    64) are written from the output's first line boundary on, with the
+    per-channel vectors rotated to match: an output at every offset within
+    a line gets the bits of an aligned one."""
+    x = data(rng, (3, 5, 7, C), dtype, offset=3.0)
+    w, b = params(rng, C, "both", dtype)
+    kw = dict(channels_last=True, activation=activation)
+    per_line = 64 // dtype.itemsize
+    buf = np.empty(x.size + 2 * per_line, dtype)
+    start = (-buf.ctypes.data % 64) // dtype.itemsize
+    want = None
+    for k in range(per_line):
+        buf.fill(-7.0)
+        y = buf[start + k:start + k + x.size].reshape(x.shape)
+        assert gn(x, G, w, b, out=y, **kw) is y
+        assert (buf[:start + k] == -7.0).all()
+        assert (buf[start + k + x.size:] == -7.0).all()
+        if want is None:
+            want = y.copy()
+            ref = oracle(x, G, w, b, channels_last=True,
+                         activation=activation)[0]
+            assert_close(want, ref, dtype, scale=4.0)
+        else:
+            np.testing.assert_array_equal(y, want, err_msg=f"offset {k}")
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"rank{len(s)}")
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
 @pytest.mark.parametrize("G", [1, 4, 12])
