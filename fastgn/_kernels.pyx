@@ -184,10 +184,10 @@ def _cache_bytes(level, default):
     return default
 
 
-# A channels-last sample larger than this is applied from its last chunk
-# back, so the chunks its statistics pass read last, still in L2, are
-# re-read first (1x128x128x64: 0.89-0.93x the time; no gain on samples that
-# fit, which keep the forward order).
+# A slab or channels-last sample larger than this is applied from its last
+# chunk back, so the chunks its statistics pass read last, still in L2, are
+# re-read first (1x128x128x64 channels-last: 0.89-0.93x the time; no gain
+# on samples that fit, which keep the forward order).
 cdef Py_ssize_t L2_BYTES = _cache_bytes(2, 1 << 20)
 
 
@@ -211,8 +211,8 @@ cdef Py_ssize_t STREAM_BYTES = min(_last_level_cache(), STREAM_CAP_BYTES)
 
 
 def back_bytes(Py_ssize_t n=-1):
-    """The sample size above which channels-last chunks are applied last
-    read first (L2_BYTES); set it when n >= 0 (tests)."""
+    """The slab or channels-last sample size above which chunks are applied
+    last read first (L2_BYTES); set it when n >= 0 (tests)."""
     global L2_BYTES
     cdef Py_ssize_t old = L2_BYTES
     if n >= 0:
@@ -377,7 +377,12 @@ cdef inline void _slab(const floating* xs, floating* ys, Geometry* g,
     if mean_out != NULL:
         mean_out[s] = <floating>mean
         rstd_out[s] = <floating>rstd
-    _apply_units(xs, ys, g, s % g.G, 0, g.T, mean, rstd, w, b, act, nxt)
+    if g.T * <Py_ssize_t>sizeof(floating) > L2_BYTES:
+        for k in range(g.K - 1, -1, -1):    # the chunks still in L2 first
+            _apply_units(xs, ys, g, s % g.G, k * g.U, min(k * g.U + g.U, g.T),
+                         mean, rstd, w, b, act, nxt)
+    else:
+        _apply_units(xs, ys, g, s % g.G, 0, g.T, mean, rstd, w, b, act, nxt)
 
 
 cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
@@ -457,12 +462,30 @@ cdef inline bint _split_units(Py_ssize_t S, Py_ssize_t K, Py_ssize_t values,
                       values >= SPLIT_VALUES)
 
 
+cdef inline Py_ssize_t _mirror(Py_ssize_t it, Py_ssize_t n,
+                               int nt) noexcept nogil:
+    """Iteration it of a static prange over n on nt threads, mirrored within
+    the thread's own contiguous block (libgomp's static split: the first
+    n % nt threads get one more)."""
+    cdef Py_ssize_t q = n // nt, r = n % nt, t, lo, hi
+    if it < r * (q + 1):
+        t = it // (q + 1)
+        lo = t * (q + 1)
+        hi = lo + q + 1
+    else:
+        t = r + (it - r * (q + 1)) // q
+        lo = r * (q + 1) + (t - r) * q
+        hi = lo + q
+    return lo + hi - 1 - it
+
+
 cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
                         const floating* b, Geometry* g, double eps, int act,
                         floating* mean_out, floating* rstd_out,
                         Moments* parts, double* stats,
                         int nt) noexcept nogil:
-    cdef Py_ssize_t S = g.N * g.G, s, it, u0, items
+    cdef Py_ssize_t S = g.N * g.G, s, it, j, u0, items
+    cdef bint back = g.T * <Py_ssize_t>sizeof(floating) > L2_BYTES
     if g.T <= SMALL_SLAB:
         # Small slabs: many slabs per call, no per-slab dispatch.
         items = _small_items(g)
@@ -492,8 +515,10 @@ cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
                             mean_out, rstd_out)
             fastgn_barrier()
             for it in prange(S * g.K, schedule="static"):
-                s = it // g.K
-                u0 = (it % g.K) * g.U
+                # each thread's chunks, last read first when big
+                j = _mirror(it, S * g.K, nt) if back else it
+                s = j // g.K
+                u0 = (j % g.K) * g.U
                 _apply_units(x + s * g.T, y + s * g.T, g, s % g.G, u0,
                              min(u0 + g.U, g.T), stats[2 * s],
                              stats[2 * s + 1], w, b, act)
@@ -585,23 +610,6 @@ cdef inline void _rows_sample(const floating* x, floating* y,
     else:
         for k in range(g.K):
             _rows_apply(x, y, g, n * g.K + k, stats, w, b, act, scratch)
-
-
-cdef inline Py_ssize_t _mirror(Py_ssize_t it, Py_ssize_t n,
-                               int nt) noexcept nogil:
-    """Iteration it of a static prange over n on nt threads, mirrored within
-    the thread's own contiguous block (libgomp's static split: the first
-    n % nt threads get one more)."""
-    cdef Py_ssize_t q = n // nt, r = n % nt, t, lo, hi
-    if it < r * (q + 1):
-        t = it // (q + 1)
-        lo = t * (q + 1)
-        hi = lo + q + 1
-    else:
-        t = r + (it - r * (q + 1)) // q
-        lo = r * (q + 1) + (t - r) * q
-        hi = lo + q
-    return lo + hi - 1 - it
 
 
 cdef void _forward_rows(const floating* x, floating* y, const floating* w,

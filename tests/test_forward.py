@@ -790,33 +790,37 @@ def test_channels_last_output_at_every_offset(rng, oracle, dtype, C, G,
 
 
 @pytest.mark.compiled_only
-@pytest.mark.parametrize("shape,G", [
-    ((1, 4, 300, 300), 2),     # one sample of 6 chunks shared by threads
-    ((3, 12, 90, 100), 4),     # 3 samples on 2 threads: shared
-    ((4, 8, 30, 31), 2),       # a sample per thread
+@pytest.mark.parametrize("shape,G,channels_last", [
+    ((1, 4, 300, 300), 2, True),    # one sample of 6 chunks, shared
+    ((3, 12, 90, 100), 4, True),    # 3 samples on 2 threads: shared
+    ((4, 8, 30, 31), 2, True),      # a sample per thread
+    ((1, 4, 100, 100), 1, False),   # one slab of 5 chunks, shared
+    ((3, 2, 60, 100), 1, False),    # 3 slabs on 2 threads: shared
+    ((4, 4, 60, 60), 2, False),     # a slab per thread
 ], ids=str)
 @pytest.mark.parametrize("nt", [1, 2, 3])
-def test_channels_last_backward_order_same_bits(rng, oracle, backend, shape,
-                                                G, nt):
-    """Channels-last samples larger than L2 are applied from their last
-    chunk back (each thread its own chunks, mirrored): forced on small
-    samples here, every value is written once, with the forward order's
+def test_backward_apply_order_same_bits(rng, oracle, backend, shape, G,
+                                        channels_last, nt):
+    """Slabs and channels-last samples larger than L2 are applied from their
+    last chunk back (each thread its own chunks, mirrored): forced on small
+    ones here, every value is written once, with the forward order's
     bits."""
     x = data(rng, shape, F32, offset=2.0)
-    xl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    xl = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if channels_last else x
     w, b = params(rng, shape[1], "both", F32)
+    kw = dict(channels_last=channels_last, num_threads=nt)
     kern = _api._kern
     old = kern.back_bytes(1 << 62)
     try:
-        fwd = gn(xl, G, w, b, channels_last=True, num_threads=nt)
+        fwd = gn(xl, G, w, b, **kw)
         kern.back_bytes(0)
         y = np.full_like(xl, np.nan)
-        gn(xl, G, w, b, out=y, channels_last=True, num_threads=nt)
+        gn(xl, G, w, b, out=y, **kw)
     finally:
         kern.back_bytes(old)
     np.testing.assert_array_equal(y, fwd)
-    ref = oracle(x, G, w, b)[0]
-    assert_close(np.moveaxis(y, -1, 1), ref, F32)
+    y = np.moveaxis(y, -1, 1) if channels_last else y
+    assert_close(y, oracle(x, G, w, b)[0], F32)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"rank{len(s)}")
