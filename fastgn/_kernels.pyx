@@ -715,18 +715,47 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
 # One read and one write of the float16 arrays, the same bits as converting
 # the whole array first.
 
+cdef inline void _half_slab(const char* x, char* y, const float* w,
+                            const float* b, Geometry* g, Py_ssize_t s,
+                            double eps, int act, float* mo, float* ro,
+                            float* buf) noexcept nogil:
+    """NCHW float16 slab s through buf a chunk at a time: each chunk's
+    moments right after its conversion, and each chunk converted back right
+    after its apply, while it is in L1 (as _slab, so the same bits)."""
+    cdef Moments acc, part
+    cdef Py_ssize_t k, u0, u1
+    cdef double mean, rstd
+    x = x + 2 * s * g.T
+    y = y + 2 * s * g.T
+    acc.n = acc.mean = acc.m2 = 0
+    for k in range(g.K):
+        u0 = k * g.U
+        u1 = min(u0 + g.U, g.T)
+        fg_f16_to_f32(x + 2 * u0, buf + u0, u1 - u0)
+        _chunk_moments(buf, g, k, eps, &part)
+        _merge(&acc, &part)
+    _finish(&acc, eps, &mean, &rstd)
+    if mo != NULL:
+        mo[s] = <float>mean
+        ro[s] = <float>rstd
+    for k in range(g.K):
+        u0 = k * g.U
+        u1 = min(u0 + g.U, g.T)
+        _apply_units(buf, buf, g, s % g.G, u0, u1, mean, rstd, w, b, act)
+        fg_f32_to_f16(buf + u0, y + 2 * u0, u1 - u0)
+
+
 cdef inline void _half_unit(const char* x, char* y, const float* w,
                             const float* b, Geometry* g, Py_ssize_t it,
                             bint small, double eps, int act, float* mo,
                             float* ro, float* buf) noexcept nogil:
     cdef Py_ssize_t ng = 1, s0 = it
-    if small:
-        s0 = _small_block(g, it, &ng)
+    if not small:
+        _half_slab(x, y, w, b, g, it, eps, act, mo, ro, buf)
+        return
+    s0 = _small_block(g, it, &ng)
     fg_f16_to_f32(x + 2 * s0 * g.T, buf, ng * g.T)
-    if small:
-        _small_run(buf, buf, w, b, g, s0, ng, eps, act, mo, ro)
-    else:
-        _slab(buf, buf, g, s0, eps, w, b, act, mo, ro, NULL)
+    _small_run(buf, buf, w, b, g, s0, ng, eps, act, mo, ro)
     fg_f32_to_f16(buf, y + 2 * s0 * g.T, ng * g.T)
 
 
