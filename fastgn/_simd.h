@@ -1353,6 +1353,33 @@ static void fg_f32_to_f16_f16c(const float *src, void *dst, ptrdiff_t n) {
             _mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
     for (; i < n; i++) ((_Float16 *)dst)[i] = (_Float16)src[i];
 }
+#if FG_DISPATCH
+/* 16 values a step where the AVX-512 kernels run: the 8-wide conversions
+ * were about half of a float16 call's time on a Xeon. */
+__attribute__((target("avx512f")))
+static void fg_f16_to_f32_512(const void *src, float *dst, ptrdiff_t n) {
+    const unsigned short *s = (const unsigned short *)src;
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(
+            _mm256_loadu_si256((const __m256i *)(s + i))));
+    fg_f16_to_f32_f16c(s + i, dst + i, n - i);
+}
+__attribute__((target("avx512f")))
+static void fg_f32_to_f16_512(const float *src, void *dst, ptrdiff_t n) {
+    unsigned short *d = (unsigned short *)dst;
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(d + i), _mm512_cvtps_ph(
+            _mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    fg_f32_to_f16_f16c(src + i, d + i, n - i);
+}
+#define FG_F16_512() (fg_level >= 4)
+#else
+#define FG_F16_512() 0
+#define fg_f16_to_f32_512(s, d, n)
+#define fg_f32_to_f16_512(s, d, n)
+#endif
 #define FG_F16C() __builtin_cpu_supports("f16c")
 #else
 #define FG_F16C() 0
@@ -1362,6 +1389,10 @@ static void fg_f32_to_f16_f16c(const float *src, void *dst, ptrdiff_t n) {
 static void fg_f16_to_f32(const void *src, float *dst, ptrdiff_t n) {
     const _Float16 *s = (const _Float16 *)src;
     ptrdiff_t i;
+    if (FG_F16_512()) {
+        fg_f16_to_f32_512(src, dst, n);
+        return;
+    }
     if (FG_F16C()) {
         fg_f16_to_f32_f16c(src, dst, n);
         return;
@@ -1371,6 +1402,10 @@ static void fg_f16_to_f32(const void *src, float *dst, ptrdiff_t n) {
 static void fg_f32_to_f16(const float *src, void *dst, ptrdiff_t n) {
     _Float16 *d = (_Float16 *)dst;
     ptrdiff_t i;
+    if (FG_F16_512()) {
+        fg_f32_to_f16_512(src, dst, n);
+        return;
+    }
     if (FG_F16C()) {
         fg_f32_to_f16_f16c(src, dst, n);
         return;
