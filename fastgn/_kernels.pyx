@@ -765,16 +765,31 @@ cdef inline void _half_sample(const char* x, char* y, const float* w,
                               float* buf, char* work) noexcept nogil:
     """Channels-last sample n through buf; g1 is the geometry of one sample,
     work holds its chunk moments, its stats and a scratch row."""
-    cdef Py_ssize_t L = g1.T * g1.C
+    cdef Py_ssize_t L = g1.T * g1.C, C = g1.C, k, j, grp, p0, m
     cdef Moments* parts = <Moments*>work
     cdef double* stats = <double*>(parts + g1.K * g1.G)
     cdef char* scratch = <char*>(stats + 2 * g1.G)
+    cdef bint back = L * <Py_ssize_t>sizeof(float) > L2_BYTES
     scratch = scratch + (-<size_t>scratch) % 64
-    fg_f16_to_f32(x + 2 * n * L, buf, L)
-    _rows_sample(buf, buf, w, b, g1, 0, eps, act,
-                 NULL if mo == NULL else mo + n * g1.G,
-                 NULL if ro == NULL else ro + n * g1.G, parts, stats, scratch)
-    fg_f32_to_f16(buf, y + 2 * n * L, L)
+    x = x + 2 * n * L
+    y = y + 2 * n * L
+    # as _rows_sample, each chunk converted just before its moments and
+    # just after its apply, while it is in L1
+    for k in range(g1.K):
+        p0 = k * g1.U * C
+        m = min(g1.U, g1.T - k * g1.U) * C
+        fg_f16_to_f32(x + 2 * p0, buf + p0, m)
+        _rows_moments(buf, g1, k, eps, scratch, &parts[k * g1.G])
+    for grp in range(g1.G):
+        _merge_slab[float](&parts[grp], g1.K, g1.G, grp, eps, stats,
+                           NULL if mo == NULL else mo + n * g1.G,
+                           NULL if ro == NULL else ro + n * g1.G)
+    for j in range(g1.K):
+        k = g1.K - 1 - j if back else j
+        p0 = k * g1.U * C
+        m = min(g1.U, g1.T - k * g1.U) * C
+        _rows_apply(buf, buf, g1, k, stats, w, b, act, scratch)
+        fg_f32_to_f16(buf + p0, y + 2 * p0, m)
 
 
 cdef void _forward_half_rows(const char* x, char* y, const float* w,
