@@ -361,28 +361,41 @@ cdef inline void _apply_units(const floating* xs, floating* ys, Geometry* g,
 cdef inline void _slab(const floating* xs, floating* ys, Geometry* g,
                        Py_ssize_t s, double eps, const floating* w,
                        const floating* b, int act, floating* mean_out,
-                       floating* rstd_out,
-                       const floating* nxt) noexcept nogil:
+                       floating* rstd_out, const floating* nxt,
+                       const char* x16, char* y16) noexcept nogil:
     """Slab s (at xs, into ys) on the calling thread: statistics, then the
     apply, during which the lines of ``nxt`` (a later slab of the same size,
-    or NULL) are requested."""
+    or NULL) are requested. float16 (x16, y16 not NULL; xs is ys, a float32
+    buffer): each chunk converted into it just before its moments and out
+    of it just after its apply, while it is in L1. A slab larger than L2 is
+    applied from its last chunk back: what the statistics read last, still
+    in L2, is re-read first."""
     cdef Moments acc, part
-    cdef Py_ssize_t k
+    cdef Py_ssize_t k, j, u0, u1
+    cdef bint back = g.T * <Py_ssize_t>sizeof(floating) > L2_BYTES
     cdef double mean, rstd
     acc.n = acc.mean = acc.m2 = 0
     for k in range(g.K):
+        if x16 != NULL:
+            u0 = k * g.U
+            fg_f16_to_f32(x16 + 2 * u0, <float*>ys + u0,
+                          min(u0 + g.U, g.T) - u0)
         _chunk_moments(xs, g, k, eps, &part)
         _merge(&acc, &part)
     _finish(&acc, eps, &mean, &rstd)
     if mean_out != NULL:
         mean_out[s] = <floating>mean
         rstd_out[s] = <floating>rstd
-    if g.T * <Py_ssize_t>sizeof(floating) > L2_BYTES:
-        for k in range(g.K - 1, -1, -1):    # the chunks still in L2 first
-            _apply_units(xs, ys, g, s % g.G, k * g.U, min(k * g.U + g.U, g.T),
-                         mean, rstd, w, b, act, nxt)
-    else:
+    if not back and y16 == NULL:
         _apply_units(xs, ys, g, s % g.G, 0, g.T, mean, rstd, w, b, act, nxt)
+        return
+    for j in range(g.K):
+        k = g.K - 1 - j if back else j
+        u0 = k * g.U
+        u1 = min(u0 + g.U, g.T)
+        _apply_units(xs, ys, g, s % g.G, u0, u1, mean, rstd, w, b, act, nxt)
+        if y16 != NULL:
+            fg_f32_to_f16(<float*>ys + u0, y16 + 2 * u0, u1 - u0)
 
 
 cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
@@ -395,7 +408,8 @@ cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
     measured ~5% slower on 32x256x28x28)."""
     cdef Py_ssize_t off = s * g.T
     _slab(x + off, y + off, g, s, eps, w, b, act, mean_out, rstd_out,
-          x + off + 2 * g.T if g.big and s + 2 < g.N * g.G else NULL)
+          x + off + 2 * g.T if g.big and s + 2 < g.N * g.G else NULL,
+          NULL, NULL)
 
 
 cdef inline Py_ssize_t _slabs_per_item(Geometry* g) noexcept nogil:
@@ -594,22 +608,29 @@ cdef inline void _rows_sample(const floating* x, floating* y,
                               const floating* w, const floating* b,
                               Geometry* g, Py_ssize_t n, double eps, int act,
                               floating* mean_out, floating* rstd_out,
-                              Moments* parts, double* stats,
-                              char* scratch) noexcept nogil:
-    """One whole sample on the calling thread (hot in L2 when it fits)."""
-    cdef Py_ssize_t k, grp
+                              Moments* parts, double* stats, char* scratch,
+                              const char* x16, char* y16) noexcept nogil:
+    """One whole sample on the calling thread (hot in L2 when it fits);
+    float16 through the float32 buffer y (x16, y16: as _slab's)."""
+    cdef Py_ssize_t k, j, grp, p0, m
+    cdef bint back = g.T * g.C * <Py_ssize_t>sizeof(floating) > L2_BYTES
     for k in range(g.K):
+        p0 = (n * g.T + k * g.U) * g.C
+        m = min(g.U, g.T - k * g.U) * g.C
+        if x16 != NULL:
+            fg_f16_to_f32(x16 + 2 * p0, <float*>y + p0, m)
         _rows_moments(x, g, n * g.K + k, eps, scratch,
                       &parts[(n * g.K + k) * g.G])
     for grp in range(g.G):
         _merge_slab(&parts[n * g.K * g.G + grp], g.K, g.G, n * g.G + grp,
                     eps, stats, mean_out, rstd_out)
-    if g.T * g.C * <Py_ssize_t>sizeof(floating) > L2_BYTES:
-        for k in range(g.K - 1, -1, -1):    # the chunks still in L2 first
-            _rows_apply(x, y, g, n * g.K + k, stats, w, b, act, scratch)
-    else:
-        for k in range(g.K):
-            _rows_apply(x, y, g, n * g.K + k, stats, w, b, act, scratch)
+    for j in range(g.K):
+        k = g.K - 1 - j if back else j     # see _slab
+        _rows_apply(x, y, g, n * g.K + k, stats, w, b, act, scratch)
+        if y16 != NULL:
+            p0 = (n * g.T + k * g.U) * g.C
+            fg_f32_to_f16(<float*>y + p0, y16 + 2 * p0,
+                          min(g.U, g.T - k * g.U) * g.C)
 
 
 cdef void _forward_rows(const floating* x, floating* y, const floating* w,
@@ -624,7 +645,7 @@ cdef void _forward_rows(const floating* x, floating* y, const floating* w,
     if nt == 1:
         for n in range(g.N):
             _rows_sample(x, y, w, b, g, n, eps, act, mean_out, rstd_out,
-                         parts, stats, scratch)
+                         parts, stats, scratch, NULL, NULL)
         return
     with parallel(num_threads=nt):
         mine = scratch + omp_get_thread_num() * scratch_bytes
@@ -632,7 +653,7 @@ cdef void _forward_rows(const floating* x, floating* y, const floating* w,
             # A sample per thread, from first read to last write.
             for n in prange(g.N, schedule="static"):
                 _rows_sample(x, y, w, b, g, n, eps, act, mean_out, rstd_out,
-                             parts, stats, mine)
+                             parts, stats, mine, NULL, NULL)
         else:
             # Few samples for the threads: their items are shared.
             for it in prange(items, schedule="static"):
@@ -715,43 +736,14 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
 # One read and one write of the float16 arrays, the same bits as converting
 # the whole array first.
 
-cdef inline void _half_slab(const char* x, char* y, const float* w,
-                            const float* b, Geometry* g, Py_ssize_t s,
-                            double eps, int act, float* mo, float* ro,
-                            float* buf) noexcept nogil:
-    """NCHW float16 slab s through buf a chunk at a time: each chunk's
-    moments right after its conversion, and each chunk converted back right
-    after its apply, while it is in L1 (as _slab, so the same bits)."""
-    cdef Moments acc, part
-    cdef Py_ssize_t k, u0, u1
-    cdef double mean, rstd
-    x = x + 2 * s * g.T
-    y = y + 2 * s * g.T
-    acc.n = acc.mean = acc.m2 = 0
-    for k in range(g.K):
-        u0 = k * g.U
-        u1 = min(u0 + g.U, g.T)
-        fg_f16_to_f32(x + 2 * u0, buf + u0, u1 - u0)
-        _chunk_moments(buf, g, k, eps, &part)
-        _merge(&acc, &part)
-    _finish(&acc, eps, &mean, &rstd)
-    if mo != NULL:
-        mo[s] = <float>mean
-        ro[s] = <float>rstd
-    for k in range(g.K):
-        u0 = k * g.U
-        u1 = min(u0 + g.U, g.T)
-        _apply_units(buf, buf, g, s % g.G, u0, u1, mean, rstd, w, b, act)
-        fg_f32_to_f16(buf + u0, y + 2 * u0, u1 - u0)
-
-
 cdef inline void _half_unit(const char* x, char* y, const float* w,
                             const float* b, Geometry* g, Py_ssize_t it,
                             bint small, double eps, int act, float* mo,
                             float* ro, float* buf) noexcept nogil:
     cdef Py_ssize_t ng = 1, s0 = it
     if not small:
-        _half_slab(x, y, w, b, g, it, eps, act, mo, ro, buf)
+        _slab(buf, buf, g, it, eps, w, b, act, mo, ro, NULL,
+              x + 2 * it * g.T, y + 2 * it * g.T)
         return
     s0 = _small_block(g, it, &ng)
     fg_f16_to_f32(x + 2 * s0 * g.T, buf, ng * g.T)
@@ -765,31 +757,15 @@ cdef inline void _half_sample(const char* x, char* y, const float* w,
                               float* buf, char* work) noexcept nogil:
     """Channels-last sample n through buf; g1 is the geometry of one sample,
     work holds its chunk moments, its stats and a scratch row."""
-    cdef Py_ssize_t L = g1.T * g1.C, C = g1.C, k, j, grp, p0, m
+    cdef Py_ssize_t L = g1.T * g1.C
     cdef Moments* parts = <Moments*>work
     cdef double* stats = <double*>(parts + g1.K * g1.G)
     cdef char* scratch = <char*>(stats + 2 * g1.G)
-    cdef bint back = L * <Py_ssize_t>sizeof(float) > L2_BYTES
     scratch = scratch + (-<size_t>scratch) % 64
-    x = x + 2 * n * L
-    y = y + 2 * n * L
-    # as _rows_sample, each chunk converted just before its moments and
-    # just after its apply, while it is in L1
-    for k in range(g1.K):
-        p0 = k * g1.U * C
-        m = min(g1.U, g1.T - k * g1.U) * C
-        fg_f16_to_f32(x + 2 * p0, buf + p0, m)
-        _rows_moments(buf, g1, k, eps, scratch, &parts[k * g1.G])
-    for grp in range(g1.G):
-        _merge_slab[float](&parts[grp], g1.K, g1.G, grp, eps, stats,
-                           NULL if mo == NULL else mo + n * g1.G,
-                           NULL if ro == NULL else ro + n * g1.G)
-    for j in range(g1.K):
-        k = g1.K - 1 - j if back else j
-        p0 = k * g1.U * C
-        m = min(g1.U, g1.T - k * g1.U) * C
-        _rows_apply(buf, buf, g1, k, stats, w, b, act, scratch)
-        fg_f32_to_f16(buf + p0, y + 2 * p0, m)
+    _rows_sample(buf, buf, w, b, g1, 0, eps, act,
+                 NULL if mo == NULL else mo + n * g1.G,
+                 NULL if ro == NULL else ro + n * g1.G, parts, stats, scratch,
+                 x + 2 * n * L, y + 2 * n * L)
 
 
 cdef void _forward_half_rows(const char* x, char* y, const float* w,
