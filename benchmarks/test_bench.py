@@ -204,3 +204,35 @@ def test_data_patterns(benchmark, request, arrays, shape, G, contender,
         zt, wt, bt = _torch_tensors(torch, np.zeros_like(x), w, b)
         result = benchmark(torch.nn.functional.group_norm, zt, G, wt, bt)
     _check(result, x)
+
+
+# ------------------------------------------------- large outputs, short runs
+
+@pytest.mark.parametrize("threads", THREADS, ids=lambda t: f"t{t}")
+@pytest.mark.parametrize("contender", ["fastgn_out", "floor"])
+@pytest.mark.parametrize("shape,G,channels_last", [
+    pytest.param((64, 1024, 7, 7), 16, False, id="64x1024x7x7-G16"),
+    pytest.param((64, 64, 33, 33), 2, False, id="64x64x33x33-G2"),
+    pytest.param((64, 33, 33, 66), 2, True, id="64x33x33x66-G2-nhwc"),
+    pytest.param((32, 256, 28, 28), 32, False, id="32x256x28x28-G32"),
+])
+def test_large_output_runs(benchmark, arrays, shape, G, channels_last,
+                           contender, threads):
+    """Outputs past the streaming threshold whose channel runs (rows, for
+    channels-last) are not whole multiples of 16 bytes: streaming stores
+    there shared lines with plain ones and took 5-8.5x the plain stores'
+    time. They now stream only on whole runs (the last shape); the others
+    should sit near the floor."""
+    benchmark.group = (f"large output {shape_str(shape)} G={G} "
+                       f"threads={threads}")
+    x = np.array(arrays(shape, G)[0])
+    y = np.empty_like(x)
+    if contender == "floor":
+        floor, label = make_floor(x, threads, KERNELS, y)
+        benchmark.extra_info["floor"] = label
+        benchmark.pedantic(floor, rounds=_rounds(x))
+        return
+    result = benchmark.pedantic(
+        group_norm, (x, G), dict(out=y, channels_last=channels_last,
+                                 num_threads=threads), rounds=_rounds(x))
+    _check(result, x)

@@ -220,6 +220,16 @@ def back_bytes(Py_ssize_t n=-1):
     return old
 
 
+cdef inline bint _whole_runs(cnp.ndarray y, Py_ssize_t run):
+    """Streaming stores only where every run (an NCHW channel, a
+    channels-last row) of y starts and ends on 16 bytes: a plain store into
+    a line that streaming stores are filling (each run's first and last few
+    values otherwise) made 64x1024x7x7 8.5x slower, channels-last rows of
+    66 channels 4.9x."""
+    return (<size_t>cnp.PyArray_DATA(y)) % 16 == 0 and \
+        (run * cnp.PyArray_ITEMSIZE(y)) % 16 == 0
+
+
 def stream_bytes(Py_ssize_t n=-1):
     """The streaming-store threshold in bytes; set it when n >= 0 (tests)."""
     global STREAM_BYTES
@@ -402,13 +412,14 @@ cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
                            Py_ssize_t s, double eps, const floating* w,
                            const floating* b, int act, floating* mean_out,
                            floating* rstd_out) noexcept nogil:
-    """Slab s of x into y. Larger than the cache: the slab after next is
-    fetched during this one's apply, overlapping its reads with these
-    writes (the next one came in during the previous apply; one slab ahead
-    measured ~5% slower on 32x256x28x28)."""
+    """Slab s of x into y. Written with streaming stores: the slab after
+    next is fetched during this one's apply, overlapping its reads with
+    these writes (the next one came in during the previous apply; one slab
+    ahead measured ~5% slower on 32x256x28x28). With plain stores the
+    fetch cost 1.1-1.2x (64x1024x7x7, 64x64x33x33)."""
     cdef Py_ssize_t off = s * g.T
     _slab(x + off, y + off, g, s, eps, w, b, act, mean_out, rstd_out,
-          x + off + 2 * g.T if g.big and s + 2 < g.N * g.G else NULL,
+          x + off + 2 * g.T if g.stream and s + 2 < g.N * g.G else NULL,
           NULL, NULL)
 
 
@@ -682,7 +693,8 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
     cdef Py_ssize_t scratch_bytes = 0
     _geometry(&g, N, C, HW, G, rows)
     g.big = 2 * N * C * HW * x.itemsize > STREAM_BYTES
-    g.stream = g.big and HW > 1 and activation == 0
+    g.stream = g.big and HW > 1 and activation == 0 and \
+        _whole_runs(y, C if rows else HW)
     if N * C * HW < SERIAL_BELOW:
         nt = 1
     w = _filled(C, x.dtype, 1.0) if weight is None else weight
@@ -1168,7 +1180,8 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     # dx streamed when it alone exceeds the forward's threshold: the
     # backward's three arrays measured slower streamed up to 12 MiB each
     # (1.05-1.15x the time), faster from 24 MiB (0.7-0.89x)
-    g.stream = N * C * HW * x.itemsize > STREAM_BYTES and HW > 1
+    g.stream = N * C * HW * x.itemsize > STREAM_BYTES and HW > 1 and \
+        _whole_runs(dx, C if g.rows else HW)
     if N * C * HW < SERIAL_BELOW:
         nt = 1
     if g.rows:
