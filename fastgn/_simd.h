@@ -365,37 +365,30 @@ static void fg_sfence(void) { _mm_sfence(); }
  * (fg_nt_row, an NHWC row). The arithmetic is written as in the plain loops
  * (GNU vector operators on the SSE types), so each clone contracts it the
  * same way: the same bits whichever store is used. */
-#define FG_NT_LOOP(V, VL, LOAD, STREAM, M, S, H, VM, VS, VH)                  \
+/* O[i] = SCALAR for i < n: SCALAR to O's first 16-byte boundary, then
+ * VECTOR (the same expression on the SSE type) streamed, SCALAR after. */
+#define FG_NT_RUN(V, VL, STREAM, O, SCALAR, VECTOR)                           \
     ptrdiff_t i = 0;                                                          \
-    for (; i < n && ((size_t)(yp + i) & 15); i++) yp[i] = (xp[i] - M) * S + H;\
+    for (; i < n && ((size_t)(O + i) & 15); i++) O[i] = SCALAR;               \
     for (; i + VL <= n; i += VL) {                                            \
-        V v = (LOAD(xp + i) - VM) * VS + VH;                                  \
-        STREAM(yp + i, v);                                                    \
+        V v = VECTOR;                                                         \
+        STREAM(O + i, v);                                                     \
     }                                                                         \
-    for (; i < n; i++) yp[i] = (xp[i] - M) * S + H;
+    for (; i < n; i++) O[i] = SCALAR;
 #else
 #define FG_HAVE_NT 0
-#define FG_NT_LOOP(V, VL, LOAD, STREAM, M, S, H, VM, VS, VH)                  \
+#define FG_NT_RUN(V, VL, STREAM, O, SCALAR, VECTOR)                           \
     ptrdiff_t i;                                                              \
-    FG_SIMD for (i = 0; i < n; i++) yp[i] = (xp[i] - M) * S + H;
+    FG_SIMD for (i = 0; i < n; i++) O[i] = SCALAR;
 #endif
+#define FG_NT_LOOP(V, VL, LOAD, STREAM, M, S, H, VM, VS, VH)                  \
+    FG_NT_RUN(V, VL, STREAM, yp, (xp[i] - M) * S + H,                         \
+              (LOAD(xp + i) - VM) * VS + VH)
 /* The backward's dx = a*dy + B*(x - mu) + D, streamed the same way: scalars
  * (fg_nt_dx, an NCHW channel run) or per-channel vectors (fg_nt_dxrow). */
-#if FG_HAVE_NT
 #define FG_NT_DX_LOOP(V, VL, LOAD, STREAM, A, B, M, D, VA, VB, VM, VD)        \
-    ptrdiff_t i = 0;                                                          \
-    for (; i < n && ((size_t)(o + i) & 15); i++)                              \
-        o[i] = A * g[i] + B * (p[i] - M) + D;                                 \
-    for (; i + VL <= n; i += VL) {                                            \
-        V v = VA * LOAD(g + i) + VB * (LOAD(p + i) - VM) + VD;                \
-        STREAM(o + i, v);                                                     \
-    }                                                                         \
-    for (; i < n; i++) o[i] = A * g[i] + B * (p[i] - M) + D;
-#else
-#define FG_NT_DX_LOOP(V, VL, LOAD, STREAM, A, B, M, D, VA, VB, VM, VD)        \
-    ptrdiff_t i;                                                              \
-    FG_SIMD for (i = 0; i < n; i++) o[i] = A * g[i] + B * (p[i] - M) + D;
-#endif
+    FG_NT_RUN(V, VL, STREAM, o, A * g[i] + B * (p[i] - M) + D,                \
+              VA * LOAD(g + i) + VB * (LOAD(p + i) - VM) + VD)
 #define FG_NT_DEF(T, V, VL, LOAD, STREAM, SUF)                                \
 static inline FG_INLINE void fg_nt_dx_##SUF(const T *g, const T *p, T *o,     \
                                             ptrdiff_t n, T a, T b, T mu,      \
@@ -428,15 +421,23 @@ FG_NT_DEF(double, , , , , f64)
 static void fg_sfence(void) {}
 #endif
 
-/* Elements of the T-aligned yp before its next 64-byte boundary, for runs
- * of m >= 512 bytes (0 for shorter ones): the apply loops store from there
- * on whole cache lines. NumPy's arrays start 16 bytes past a line, and
- * there every 64-byte store split across two lines: the apply of
- * 1x320x64x64 took 1.1-1.25x as long, 1x32x16x16 1.3x (Xeon, AVX-512);
- * runs of 32 values took 1.25x longer peeled. Each value's arithmetic is the
- * same in the peeled loop. */
-#define FG_LONG_RUN(yp, m) ((m) * (ptrdiff_t)sizeof(*(yp)) >= 512)
+/* O[i] = STMT's value for i < m (STMT assigns O[i]), stored on whole cache
+ * lines when the run has 512 bytes or more: the values before O's first
+ * 64-byte boundary one by one, the rest as vectors. NumPy's arrays start 16
+ * bytes past a line, and there every 64-byte store split across two lines:
+ * the apply of 1x320x64x64 took 1.1-1.25x as long, 1x32x16x16 1.3x (Xeon,
+ * AVX-512). Shorter runs go as they are (32 values took 1.25x longer
+ * peeled; a loop from a variable start cost 3-5% on 7x7 maps). Each value's
+ * arithmetic is the same in the peeled loop. */
 #define FG_TO_LINE(yp) ((ptrdiff_t)((-(size_t)(yp) & 63) / sizeof(*(yp))))
+#define FG_LINE_RUN(O, m, STMT)                                               \
+    if ((m) * (ptrdiff_t)sizeof(*(O)) >= 512) {                               \
+        const ptrdiff_t q_ = FG_TO_LINE(O);                                   \
+        for (i = 0; i < q_; i++) STMT;                                        \
+        FG_SIMD for (i = q_; i < (m); i++) STMT;                              \
+    } else {                                                                  \
+        FG_SIMD for (i = 0; i < (m); i++) STMT;                               \
+    }
 
 /* Values [u0, u1) of an NCHW slab (channel c holds values c*HW .. c*HW+HW-1;
  * w, b start at the slab's first channel): the loop over channel runs is
@@ -449,14 +450,10 @@ static void fg_sfence(void) {}
         const fg_t *xp = x + u;                                               \
         fg_t *yp = y + u;                                                     \
         const ptrdiff_t m = e - u;                                            \
-        const ptrdiff_t p = FG_LONG_RUN(yp, m) ? FG_TO_LINE(yp) : 0;          \
         if (pf)                                                               \
             for (i = 0; i < m; i += 64 / sizeof(fg_t))                        \
                 __builtin_prefetch(pf + u + i, 0, 2);                         \
-        for (i = 0; i < p; i++)                                               \
-            yp[i] = ACT(SUF, (xp[i] - mhi) * s + h);                          \
-        FG_SIMD for (i = p; i < m; i++)                                       \
-            yp[i] = ACT(SUF, (xp[i] - mhi) * s + h);                          \
+        FG_LINE_RUN(yp, m, yp[i] = ACT(SUF, (xp[i] - mhi) * s + h))           \
         u = e;                                                                \
     }
 
@@ -821,17 +818,10 @@ FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,  \
     for (c = 0; c < Cg; c++) {                                                \
         const T a = w[c] * rs, *g = dy + c * HW, *p = x + c * HW;             \
         T *o = dx + c * HW;                                                   \
-        if (stream) {                                                         \
+        if (stream)                                                           \
             fg_nt_dx_##SUF(g, p, o, HW, a, B, mu, D);                         \
-        } else if (FG_LONG_RUN(o, HW)) {    /* stores from a line on */       \
-            const ptrdiff_t q = FG_TO_LINE(o);                                \
-            for (i = 0; i < q; i++) o[i] = a * g[i] + B * (p[i] - mu) + D;    \
-            FG_SIMD for (i = q; i < HW; i++)                                  \
-                o[i] = a * g[i] + B * (p[i] - mu) + D;                        \
-        } else {                                                              \
-            FG_SIMD for (i = 0; i < HW; i++)                                  \
-                o[i] = a * g[i] + B * (p[i] - mu) + D;                        \
-        }                                                                     \
+        else                                                                  \
+            FG_LINE_RUN(o, HW, o[i] = a * g[i] + B * (p[i] - mu) + D)         \
     }                                                                         \
     if (stream)                                                               \
         fg_sfence();                                                          \
@@ -1047,16 +1037,7 @@ FG_BACKWARD(double, double, f64)
             const fg_t sc = wg[c] * rs, sh = bg[c] - mlo * sc;                \
             const fg_t *xc = xg + c * HW;                                     \
             fg_t *yc = yg + c * HW;                                           \
-            if (FG_LONG_RUN(yc, HW)) {  /* to a line; short runs as they are */\
-                const ptrdiff_t p = FG_TO_LINE(yc);                           \
-                for (i = 0; i < p; i++)                                       \
-                    yc[i] = ACT(SUF, (xc[i] - mhi) * sc + sh);                \
-                FG_SIMD for (i = p; i < HW; i++)                              \
-                    yc[i] = ACT(SUF, (xc[i] - mhi) * sc + sh);                \
-            } else {                                                          \
-                FG_SIMD for (i = 0; i < HW; i++)                              \
-                    yc[i] = ACT(SUF, (xc[i] - mhi) * sc + sh);                \
-            }                                                                 \
+            FG_LINE_RUN(yc, HW, yc[i] = ACT(SUF, (xc[i] - mhi) * sc + sh))    \
         }                                                                     \
     }
 
