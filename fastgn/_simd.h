@@ -154,50 +154,184 @@ FG_WIDE_FN void fg_moments_##SUF##ISA(const T *x, ptrdiff_t len, int ahead,  \
             D2[c] += A2[c];                                                   \
         }
 
-#define FG_ROWS_MOMENTS(T, AT, SUF)                                           \
-/* Pass B: per-channel sums of d = x - kc[c] and d*d into da, dq. */          \
-static inline FG_INLINE void fg_rows_dev_##SUF(const T *x, ptrdiff_t rows,    \
-                                               ptrdiff_t C,                   \
-                                               double *restrict da,           \
-                                               double *restrict dq,           \
-                                               AT *restrict acc,              \
-                                               AT *restrict acq,              \
-                                               const T *restrict kc) {        \
+/* Per-channel sums over rows [r0, r1) of C channels, from channel c on,
+ * NV vectors of W lanes (type V, unaligned VU) at a time, added to A1, A2
+ * (set when FIRST): the sums stay in registers down the rows. STEP(VU, o,
+ * k, S1, S2) adds the values at offset o (row p, the vector's first
+ * channel) to S1, S2, with k the vector of KV at those channels. Sums kept
+ * in memory across rows cost a store and a reload per row (1.3-1.6x the
+ * time on 64 channels, Zen 5); rows of many channels are taken FG_COLROWS
+ * at a time, so that each vector's pass down them reads lines the previous
+ * one brought into L1. The scalar tail is V = VU = T, W = 1. */
+#define FG_COLS(V, VU, NV, W, KV, A1, A2, FIRST, STEP)                        \
+    for (; c + (NV) * (W) <= C; c += (NV) * (W)) {                            \
+        V k_[NV], s_[NV], q_[NV];                                             \
+        int j_;                                                               \
+        for (j_ = 0; j_ < (NV); j_++) {                                       \
+            k_[j_] = *(const VU *)((KV) + c + j_ * (W));                      \
+            s_[j_] = q_[j_] = (V){0};                                         \
+            if (!(FIRST)) {                                                   \
+                s_[j_] = *(const VU *)((A1) + c + j_ * (W));                  \
+                q_[j_] = *(const VU *)((A2) + c + j_ * (W));                  \
+            }                                                                 \
+        }                                                                     \
+        for (p = r0; p < r1; p++)                                             \
+            for (j_ = 0; j_ < (NV); j_++)                                     \
+                STEP(VU, p * C + c + j_ * (W), k_[j_], s_[j_], q_[j_])        \
+        for (j_ = 0; j_ < (NV); j_++) {                                       \
+            *(VU *)((A1) + c + j_ * (W)) = s_[j_];                            \
+            *(VU *)((A2) + c + j_ * (W)) = q_[j_];                            \
+        }                                                                     \
+    }
+#define FG_COLROWS(C, size) (16384 / ((C) * (ptrdiff_t)(size)) + 1)
+/* Rows [p0, p1), every channel: FG_COLROWS rows at a time, in each four
+ * vectors at a time, then one, then one value. Same sums for any split. */
+#define FG_COLS_ALL(T, V, VU, KV, A1, A2, STEP)                               \
+    {                                                                         \
+        enum { VL_ = sizeof(V) / sizeof(T) };                                 \
+        const ptrdiff_t n_ = FG_COLROWS(C, sizeof(T));                        \
+        ptrdiff_t r0, r1;                                                     \
+        for (r0 = p0; r0 < p1; r0 = r1) {                                     \
+            const int first_ = r0 == p0;                                      \
+            r1 = r0 + n_ < p1 ? r0 + n_ : p1;                                 \
+            c = 0;                                                            \
+            FG_COLS(V, VU, 4, VL_, KV, A1, A2, first_, STEP)                  \
+            FG_COLS(V, VU, 1, VL_, KV, A1, A2, first_, STEP)                  \
+            FG_COLS(T, T, 1, 1, KV, A1, A2, first_, STEP)                     \
+        }                                                                     \
+    }
+/* d = x - k at offset o; its sum and sum of squares */
+#define FG_ROWS_DEV_STEP(VU, o, k, S, Q)                                      \
+    {                                                                         \
+        const VU d_ = *(const VU *)(x + (o)) - (k);                           \
+        S += d_;                                                              \
+        Q += d_ * d_;                                                         \
+    }
+
+/* OUT = EXPR(VU) over rows [0, rows) of C channels (NHWC), where EXPR uses
+ * the vectors u1_..u4_[j_] of the per-channel parameters P1..P4 and the
+ * values (type VU) at offset o_: up to eight vectors of channels, the
+ * parameters are held in registers down the rows (FG_COLROWS at a time),
+ * as FG_COLS holds its sums. Loaded once per four-row step instead (FG_ROWS_BODY), they took
+ * 1.5x the time from L2 on 64 channels (Zen 5); wider rows measured
+ * 1.05-1.15x slower in columns (512 channels) and keep that loop, WIDE. */
+#define FG_COLS_MAP(V, VU, NV, W, P1, P2, P3, P4, OUT, EXPR)                  \
+    for (; c + (NV) * (W) <= C; c += (NV) * (W)) {                            \
+        V u1_[NV], u2_[NV], u3_[NV], u4_[NV];                                 \
+        int j_;                                                               \
+        for (j_ = 0; j_ < (NV); j_++) {                                       \
+            u1_[j_] = *(const VU *)((P1) + c + j_ * (W));                     \
+            u2_[j_] = *(const VU *)((P2) + c + j_ * (W));                     \
+            u3_[j_] = *(const VU *)((P3) + c + j_ * (W));                     \
+            u4_[j_] = *(const VU *)((P4) + c + j_ * (W));                     \
+        }                                                                     \
+        (void)u4_;                                                            \
+        for (p = r0; p < r1; p++)                                             \
+            for (j_ = 0; j_ < (NV); j_++) {                                   \
+                const ptrdiff_t o_ = p * C + c + j_ * (W);                    \
+                *(VU *)((OUT) + o_) = EXPR(VU);                               \
+            }                                                                 \
+    }
+#define FG_COLS_MAP_ALL(T, V, VU, P1, P2, P3, P4, OUT, EXPR, WIDE)            \
+    {                                                                         \
+        enum { VL_ = sizeof(V) / sizeof(T) };                                 \
+        const ptrdiff_t n_ = FG_COLROWS(C, sizeof(T));                        \
+        ptrdiff_t r0, r1;                                                     \
+        if (C > 8 * VL_) {                                                    \
+            WIDE                                                              \
+        } else                                                                \
+            for (r0 = 0; r0 < rows; r0 = r1) {                                \
+                r1 = r0 + n_ < rows ? r0 + n_ : rows;                         \
+                c = 0;                                                        \
+                FG_COLS_MAP(V, VU, 4, VL_, P1, P2, P3, P4, OUT, EXPR)         \
+                FG_COLS_MAP(V, VU, 1, VL_, P1, P2, P3, P4, OUT, EXPR)         \
+                FG_COLS_MAP(T, T, 1, 1, P1, P2, P3, P4, OUT, EXPR)            \
+            }                                                                 \
+    }
+/* y = (x - mhi) * sc + sh (no activation): same arithmetic, same bits as
+ * FG_ROWS_BODY. */
+#define FG_AFFINE_EXPR(VU)                                                    \
+    (*(const VU *)(x + o_) - u1_[j_]) * u2_[j_] + u3_[j_]
+#define FG_ROWS_AFFINE(T, V, VU, SUF)                                         \
+FG_WIDE_INL void fg_rows_affine_##SUF(const T *x, T *y, ptrdiff_t rows,       \
+                                     ptrdiff_t C, const T *restrict mhi,      \
+                                     const T *restrict sc,                    \
+                                     const T *restrict sh) {                  \
+    typedef T fg_t;                                                           \
+    ptrdiff_t p, c, i;                                                        \
+    FG_COLS_MAP_ALL(T, V, VU, mhi, sc, sh, sh, y, FG_AFFINE_EXPR,             \
+                    FG_ROWS_BODY(FG_NOACT, SUF))                              \
+}
+
+/* Channels-last backward: `rows` positions of all C channels (a chunk of a
+ * sample), the mean of each channel's group in muc. Per channel, sums of
+ * dy * (x - mean) and dy into ds, db: AT lanes over blocks of FG_ROWBLK
+ * positions (FG_COLS), then float64 (a channel whose sums overflowed is
+ * summed again in float64). scratch as, ab: C values each. */
+#define FG_BWD_ROWS_STEP(VU, o, k, S, B)                                      \
+    {                                                                         \
+        const VU v_ = *(const VU *)(dy + (o));                                \
+        S += v_ * (*(const VU *)(x + (o)) - (k));                             \
+        B += v_;                                                              \
+    }
+#define FG_BWD_ROWS_SUMS(T, AT, V, VU, SUF)                                   \
+FG_WIDE_FN void fg_bwd_rows_sums_##SUF(const T *dy, const T *x,               \
+                                       ptrdiff_t rows, ptrdiff_t C,           \
+                                       const T *restrict muc,                 \
+                                       double *restrict ds,                   \
+                                       double *restrict db,                   \
+                                       AT *restrict as, AT *restrict ab) {    \
     ptrdiff_t p, p0, p1, c;                                                   \
     for (p0 = 0; p0 < rows; p0 += FG_ROWBLK) {                                \
         p1 = p0 + FG_ROWBLK < rows ? p0 + FG_ROWBLK : rows;                   \
-        FG_SIMD for (c = 0; c < C; c++) {                                     \
-            AT d = x[p0 * C + c] - kc[c];                                     \
-            acc[c] = d;                                                       \
-            acq[c] = d * d;                                                   \
-        }                                                                     \
-        for (p = p0 + 1; p + 4 <= p1; p += 4) {                               \
-            const T *r0 = x + p * C, *r1 = r0 + C, *r2 = r1 + C, *r3 = r2 + C;\
-            FG_SIMD for (c = 0; c < C; c++) {                                 \
-                AT k = kc[c];                                                 \
-                AT d0 = r0[c] - k, d1 = r1[c] - k;                            \
-                AT d2 = r2[c] - k, d3 = r3[c] - k;                            \
-                acc[c] += (d0 + d1) + (d2 + d3);                              \
-                acq[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);          \
+        FG_COLS_ALL(T, V, VU, muc, as, ab, FG_BWD_ROWS_STEP)                  \
+        FG_FLUSH2(p0 == 0, ds, db, as, ab)                                    \
+    }                                                                         \
+    for (c = 0; c < C; c++)                                                   \
+        if (FG_OVERFLOWED(AT, ds[c], db[c])) {                                \
+            double s = 0, b = 0;                                              \
+            for (p = 0; p < rows; p++) {                                      \
+                s += (double)dy[p * C + c] *                                  \
+                     ((double)x[p * C + c] - muc[c]);                         \
+                b += dy[p * C + c];                                           \
             }                                                                 \
+            ds[c] = s;                                                        \
+            db[c] = b;                                                        \
         }                                                                     \
-        for (; p < p1; p++) {                                                 \
-            const T *r0 = x + p * C;                                          \
-            FG_SIMD for (c = 0; c < C; c++) {                                 \
-                AT d = r0[c] - kc[c];                                         \
-                acc[c] += d;                                                  \
-                acq[c] += d * d;                                              \
-            }                                                                 \
-        }                                                                     \
+}
+/* dx = a*dy + B*(x - mean) + D over `rows` positions (FG_COLS_MAP). */
+#define FG_DX_EXPR(VU)                                                        \
+    u1_[j_] * *(const VU *)(dy + o_)                                          \
+    + u2_[j_] * (*(const VU *)(x + o_) - u3_[j_]) + u4_[j_]
+#define FG_ROWS_DX(T, V, VU, SUF)                                             \
+FG_WIDE_INL void fg_rows_dx_##SUF(const T *dy, const T *x, T *dx,             \
+                                 ptrdiff_t rows, ptrdiff_t C,                 \
+                                 const T *restrict a, const T *restrict bc,   \
+                                 const T *restrict muc,                       \
+                                 const T *restrict dc) {                      \
+    ptrdiff_t p, c, r;                                                        \
+    FG_COLS_MAP_ALL(T, V, VU, a, bc, muc, dc, dx, FG_DX_EXPR,                 \
+                    FG_BWD_ROWS_DX(T))                                        \
+}
+
+#define FG_ROWS_MOMENTS(T, AT, V, VU, SUF)                                    \
+/* Pass B: per-channel sums of d = x - kc[c] and d*d into da, dq. */          \
+FG_WIDE_INL void fg_rows_dev_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C,   \
+                                   double *restrict da, double *restrict dq,  \
+                                   AT *restrict acc, AT *restrict acq,        \
+                                   const T *restrict kc) {                    \
+    ptrdiff_t p, p0, p1, c;                                                   \
+    for (p0 = 0; p0 < rows; p0 += FG_ROWBLK) {                                \
+        p1 = p0 + FG_ROWBLK < rows ? p0 + FG_ROWBLK : rows;                   \
+        FG_COLS_ALL(T, V, VU, kc, acc, acq, FG_ROWS_DEV_STEP)                 \
         FG_FLUSH2(p0 == 0, da, dq, acc, acq)                                  \
     }                                                                         \
 }                                                                             \
 /* The float64 re-summation: per channel, shifted by kd (float64 lanes). */ \
-static inline FG_INLINE void fg_rows_dev64_##SUF(const T *x, ptrdiff_t rows,  \
-                                                 ptrdiff_t C,                 \
-                                                 double *restrict da,         \
-                                                 double *restrict dq,         \
-                                                 const double *restrict kd) { \
+FG_WIDE_INL void fg_rows_dev64_##SUF(const T *x, ptrdiff_t rows,             \
+                                     ptrdiff_t C, double *restrict da,        \
+                                     double *restrict dq,                     \
+                                     const double *restrict kd) {             \
     ptrdiff_t p, c;                                                           \
     FG_SIMD for (c = 0; c < C; c++) da[c] = dq[c] = 0;                        \
     for (p = 0; p < rows; p++) {                                              \
@@ -209,11 +343,11 @@ static inline FG_INLINE void fg_rows_dev64_##SUF(const T *x, ptrdiff_t rows,  \
         }                                                                     \
     }                                                                         \
 }                                                                             \
-FG_CLONES void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, \
-                                     ptrdiff_t G, double eps,                 \
-                                     double *restrict dscr,                   \
-                                     AT *restrict acc, AT *restrict acq,      \
-                                     T *restrict kc, double *out) {           \
+FG_WIDE_FN void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows,            \
+                                      ptrdiff_t C, ptrdiff_t G, double eps,   \
+                                      double *restrict dscr,                  \
+                                      AT *restrict acc, AT *restrict acq,     \
+                                      T *restrict kc, double *out) {          \
     const ptrdiff_t Cg = C / G, r0 = rows < FG_ROWBLK ? rows : FG_ROWBLK;     \
     const double n = (double)rows * (double)Cg, n0 = (double)r0 * (double)Cg; \
     double *restrict da = dscr, *restrict dq = dscr + C;                      \
@@ -533,24 +667,30 @@ FG_SCALE_COPY(double, f64)
  * after. Every value's arithmetic is the same, so are the bits. NumPy's
  * arrays start 16 bytes past a line: every 64-byte store split in two,
  * 1.2-1.35x the time (Xeon, AVX-512). */
-#define FG_ROWS_ROTATED(ACT, SUF)                                             \
+#define FG_ROWS_ROTATED(ACT, SUF, BODY)                                       \
     for (i = 0; i < q; i++)                                                   \
         y[i] = ACT(SUF, (x[i] - mhi[C - q + i]) * sc[C - q + i]               \
                         + sh[C - q + i]);                                     \
     x += q;                                                                   \
     y += q;                                                                   \
     rows -= 1;                                                                \
-    FG_ROWS_BODY(ACT, SUF)                                                    \
+    BODY(ACT, SUF)                                                            \
     FG_SIMD for (i = 0; i < C - q; i++)                                       \
         y[rows * C + i] = ACT(SUF, (x[rows * C + i] - mhi[i]) * sc[i]         \
                                    + sh[i]);
+#define FG_ROWS_ROTATED_LOOP(ACT, SUF) FG_ROWS_ROTATED(ACT, SUF, FG_ROWS_BODY)
+/* No activation: the parameters held in registers (fg_rows_affine). */
+#define FG_ROWS_WIDE(ACT, SUF) fg_rows_affine_##SUF(x, y, rows, C, mhi, sc, sh);
 
-#define FG_APPLY_ROWS(T, SUF)                                                 \
-FG_CLONES void fg_apply_rows_##SUF(const T *x, T *y, ptrdiff_t rows,          \
-                                   ptrdiff_t C, const T *restrict mhi,        \
-                                   const T *restrict sc,                      \
-                                   const T *restrict sh, ptrdiff_t q,         \
-                                   int act, int stream) {                     \
+/* One ISA's copy (the rows kernel it calls is of the same ISA: a copy of
+ * another level would round the rows' ends differently, FMA or not, from
+ * their middles, so that the bits would depend on where chunks start). */
+#define FG_APPLY_ROWS(T, SUF, ISA)                                            \
+FG_WIDE_FN void fg_apply_rows_##SUF##ISA(const T *x, T *y, ptrdiff_t rows,    \
+                                        ptrdiff_t C, const T *restrict mhi,   \
+                                        const T *restrict sc,                 \
+                                        const T *restrict sh, ptrdiff_t q,    \
+                                        int act, int stream) {                \
     typedef T fg_t;                                                           \
     ptrdiff_t p, i;                                                           \
     if (stream) {                                                             \
@@ -559,11 +699,53 @@ FG_CLONES void fg_apply_rows_##SUF(const T *x, T *y, ptrdiff_t rows,          \
         fg_sfence();                                                          \
         return;                                                               \
     }                                                                         \
-    if (q)                                                                    \
-        FG_ACT_SWITCH(FG_ROWS_ROTATED, SUF)                                   \
-    else                                                                      \
+    if (act == 0 && q) {                                                      \
+        FG_ROWS_ROTATED(FG_NOACT, SUF##ISA, FG_ROWS_WIDE)                     \
+    } else if (act == 0) {                                                    \
+        FG_ROWS_WIDE(FG_NOACT, SUF##ISA)                                      \
+    } else if (q) {                                                           \
+        FG_ACT_SWITCH(FG_ROWS_ROTATED_LOOP, SUF)                              \
+    } else {                                                                  \
         FG_ACT_SWITCH(FG_ROWS_BODY, SUF)                                      \
+    }                                                                         \
 }
+
+#define FG_BWD_ROWS_DX_FN(T, SUF, ISA)                                        \
+/* dx = a*dy + B*(x - mean) + D per channel (vectors a, bc, muc, dc of C): \
+ * streamed, or the rows from the first cache line of dx on (fg_rows_dx). */ \
+FG_WIDE_FN void fg_bwd_rows_dx_##SUF##ISA(const T *dy, const T *x, T *dx,     \
+                                         ptrdiff_t rows, ptrdiff_t C,         \
+                                         const T *restrict a,                 \
+                                         const T *restrict bc,                \
+                                         const T *restrict muc,               \
+                                         const T *restrict dc, ptrdiff_t q,   \
+                                         int stream) {                        \
+    ptrdiff_t p, c;                                                           \
+    if (stream) {                                                             \
+        for (p = 0; p < rows; p++)                                            \
+            fg_nt_dxrow_##SUF(dy + p * C, x + p * C, dx + p * C, C, a, bc,    \
+                              muc, dc);                                       \
+        fg_sfence();                                                          \
+        return;                                                               \
+    }                                                                         \
+    if (q) {        /* rotated vectors: as fg_apply_rows (FG_ROWS_ROTATED) */ \
+        for (c = 0; c < q; c++) {                                             \
+            const ptrdiff_t t = C - q + c;                                    \
+            dx[c] = a[t] * dy[c] + bc[t] * (x[c] - muc[t]) + dc[t];           \
+        }                                                                     \
+        dy += q;                                                              \
+        x += q;                                                               \
+        dx += q;                                                              \
+        rows -= 1;                                                            \
+    }                                                                         \
+    fg_rows_dx_##SUF##ISA(dy, x, dx, rows, C, a, bc, muc, dc);                \
+    if (q)                                                                    \
+        FG_SIMD for (c = 0; c < C - q; c++) {                                 \
+            const ptrdiff_t i = rows * C + c;                                 \
+            dx[i] = a[c] * dy[i] + bc[c] * (x[i] - muc[c]) + dc[c];           \
+        }                                                                     \
+}
+
 
 /* Short runs (a small slab, a 7x7 channel: at most a few thousand values)
  * are summed with GNU C vector types in two or four independent
@@ -825,91 +1007,6 @@ FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,  \
     }                                                                         \
     if (stream)                                                               \
         fg_sfence();                                                          \
-}                                                                             \
-/* Channels-last: `rows` positions of all C channels (a chunk of a sample), \
- * the mean of each channel's group in muc. Per channel, sums of             \
- * dy * (x - mean) and dy into ds, db: AT lanes over blocks of FG_ROWBLK     \
- * positions, four rows a step, then float64 (a channel whose sums           \
- * overflowed is summed again in float64). scratch as, ab: C values each. */ \
-FG_CLONES void fg_bwd_rows_sums_##SUF(const T *dy, const T *x,                \
-                                      ptrdiff_t rows, ptrdiff_t C,            \
-                                      const T *restrict muc,                  \
-                                      double *restrict ds,                    \
-                                      double *restrict db,                    \
-                                      AT *restrict as, AT *restrict ab) {     \
-    ptrdiff_t p, p0, p1, c;                                                   \
-    for (p0 = 0; p0 < rows; p0 += FG_ROWBLK) {                                \
-        p1 = p0 + FG_ROWBLK < rows ? p0 + FG_ROWBLK : rows;                   \
-        FG_SIMD for (c = 0; c < C; c++) {                                     \
-            const AT v = dy[p0 * C + c];                                      \
-            as[c] = v * (x[p0 * C + c] - muc[c]);                             \
-            ab[c] = v;                                                        \
-        }                                                                     \
-        for (p = p0 + 1; p + 4 <= p1; p += 4) {                               \
-            const T *g0 = dy + p * C, *g1 = g0 + C, *g2 = g1 + C,             \
-                    *g3 = g2 + C;                                             \
-            const T *x0 = x + p * C, *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C;\
-            FG_SIMD for (c = 0; c < C; c++) {                                 \
-                const AT m = muc[c];                                          \
-                as[c] += (g0[c] * (x0[c] - m) + g1[c] * (x1[c] - m)) +        \
-                         (g2[c] * (x2[c] - m) + g3[c] * (x3[c] - m));         \
-                ab[c] += ((AT)g0[c] + g1[c]) + ((AT)g2[c] + g3[c]);           \
-            }                                                                 \
-        }                                                                     \
-        for (; p < p1; p++) {                                                 \
-            const T *g0 = dy + p * C, *x0 = x + p * C;                        \
-            FG_SIMD for (c = 0; c < C; c++) {                                 \
-                as[c] += g0[c] * (x0[c] - muc[c]);                            \
-                ab[c] += g0[c];                                               \
-            }                                                                 \
-        }                                                                     \
-        FG_FLUSH2(p0 == 0, ds, db, as, ab)                                    \
-    }                                                                         \
-    for (c = 0; c < C; c++)                                                   \
-        if (FG_OVERFLOWED(AT, ds[c], db[c])) {                                \
-            double s = 0, b = 0;                                              \
-            for (p = 0; p < rows; p++) {                                      \
-                s += (double)dy[p * C + c] *                                  \
-                     ((double)x[p * C + c] - muc[c]);                         \
-                b += dy[p * C + c];                                           \
-            }                                                                 \
-            ds[c] = s;                                                        \
-            db[c] = b;                                                        \
-        }                                                                     \
-}                                                                             \
-/* dx = a*dy + B*(x - mean) + D per channel (vectors a, bc, muc, dc of C), \
- * four rows a step so each parameter vector is loaded once for four. */     \
-FG_CLONES void fg_bwd_rows_dx_##SUF(const T *dy, const T *x, T *dx,           \
-                                    ptrdiff_t rows, ptrdiff_t C,              \
-                                    const T *restrict a,                      \
-                                    const T *restrict bc,                     \
-                                    const T *restrict muc,                    \
-                                    const T *restrict dc, ptrdiff_t q,        \
-                                    int stream) {                             \
-    ptrdiff_t p, c, r;                                                        \
-    if (stream) {                                                             \
-        for (p = 0; p < rows; p++)                                            \
-            fg_nt_dxrow_##SUF(dy + p * C, x + p * C, dx + p * C, C, a, bc,    \
-                              muc, dc);                                       \
-        fg_sfence();                                                          \
-        return;                                                               \
-    }                                                                         \
-    if (q) {        /* rotated vectors: as fg_apply_rows (FG_ROWS_ROTATED) */ \
-        for (c = 0; c < q; c++) {                                             \
-            const ptrdiff_t t = C - q + c;                                    \
-            dx[c] = a[t] * dy[c] + bc[t] * (x[c] - muc[t]) + dc[t];           \
-        }                                                                     \
-        dy += q;                                                              \
-        x += q;                                                               \
-        dx += q;                                                              \
-        rows -= 1;                                                            \
-    }                                                                         \
-    FG_BWD_ROWS_DX(T)                                                         \
-    if (q)                                                                    \
-        FG_SIMD for (c = 0; c < C - q; c++) {                                 \
-            const ptrdiff_t i = rows * C + c;                                 \
-            dx[i] = a[c] * dy[i] + bc[c] * (x[i] - muc[c]) + dc[c];           \
-        }                                                                     \
 }
 
 /* Backward for groups of few values with one value per channel (HW == 1,
@@ -1018,8 +1115,6 @@ FG_CLONES void fg_param_grads_##SUF(const T *rstd, ptrdiff_t N, ptrdiff_t C,  \
 FG_PARAM_GRADS(float, f32)
 FG_PARAM_GRADS(double, f64)
 
-FG_BACKWARD(float, float, f32)
-FG_BACKWARD(double, double, f64)
 
 /* Small slabs (NCHW, Cg*HW values each, a few thousand at most): `ng`
  * consecutive slabs, statistics and apply in one call, so nothing is paid
@@ -1217,7 +1312,19 @@ FG_WIDE_INL void fg_vrun_bwd64_f64##ISA(const double *g,                      \
     FG_BWD_SMALL(float, f32, ISA)                                             \
     FG_BWD_SMALL(double, f64, ISA)                                            \
     FG_SMALL_SLABS(float, float, f32, ISA)                                    \
-    FG_SMALL_SLABS(double, double, f64, ISA)
+    FG_SMALL_SLABS(double, double, f64, ISA)                                  \
+    FG_ROWS_MOMENTS(float, float, fg_vf32##ISA, fg_vf32u##ISA, f32##ISA)      \
+    FG_ROWS_MOMENTS(double, double, fg_vf64##ISA, fg_vf64u##ISA, f64##ISA)    \
+    FG_ROWS_AFFINE(float, fg_vf32##ISA, fg_vf32u##ISA, f32##ISA)              \
+    FG_ROWS_AFFINE(double, fg_vf64##ISA, fg_vf64u##ISA, f64##ISA)             \
+    FG_BWD_ROWS_SUMS(float, float, fg_vf32##ISA, fg_vf32u##ISA, f32##ISA)     \
+    FG_BWD_ROWS_SUMS(double, double, fg_vf64##ISA, fg_vf64u##ISA, f64##ISA)   \
+    FG_ROWS_DX(float, fg_vf32##ISA, fg_vf32u##ISA, f32##ISA)                  \
+    FG_ROWS_DX(double, fg_vf64##ISA, fg_vf64u##ISA, f64##ISA)                 \
+    FG_APPLY_ROWS(float, f32, ISA)                                            \
+    FG_APPLY_ROWS(double, f64, ISA)                                           \
+    FG_BWD_ROWS_DX_FN(float, f32, ISA)                                        \
+    FG_BWD_ROWS_DX_FN(double, f64, ISA)
 
 #if FG_DISPATCH
 /* x86-64 Linux, GCC: one copy per ISA level, as target_clones makes of the
@@ -1275,6 +1382,30 @@ void fg_small_slabs_##SUF(const T *x, T *y, ptrdiff_t ng, ptrdiff_t Cg,       \
                           int act, int ahead, T *mean_out, T *rstd_out) {     \
     FG_PICK(fg_small_slabs_##SUF, (x, y, ng, Cg, HW, w, b, eps, act, ahead,   \
                                    mean_out, rstd_out))                       \
+}                                                                             \
+void fg_bwd_rows_sums_##SUF(const T *dy, const T *x, ptrdiff_t rows,          \
+                            ptrdiff_t C, const T *muc, double *ds,            \
+                            double *db, T *as, T *ab) {                       \
+    FG_PICK(fg_bwd_rows_sums_##SUF, (dy, x, rows, C, muc, ds, db, as, ab))    \
+}                                                                             \
+void fg_bwd_rows_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t rows,     \
+                          ptrdiff_t C, const T *a, const T *bc,               \
+                          const T *muc, const T *dc, ptrdiff_t q,             \
+                          int stream) {                                       \
+    FG_PICK(fg_bwd_rows_dx_##SUF, (dy, x, dx, rows, C, a, bc, muc, dc, q,     \
+                                   stream))                                   \
+}                                                                             \
+void fg_apply_rows_##SUF(const T *x, T *y, ptrdiff_t rows, ptrdiff_t C,       \
+                         const T *mhi, const T *sc, const T *sh, ptrdiff_t q, \
+                         int act, int stream) {                               \
+    FG_PICK(fg_apply_rows_##SUF, (x, y, rows, C, mhi, sc, sh, q, act,         \
+                                  stream))                                    \
+}                                                                             \
+void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C,           \
+                           ptrdiff_t G, double eps, double *dscr, T *acc,     \
+                           T *acq, T *kc, double *out) {                      \
+    FG_PICK(fg_rows_moments_##SUF, (x, rows, C, G, eps, dscr, acc, acq, kc,   \
+                                    out))                                     \
 }
 FG_PICK_TYPED(float, f32)
 FG_PICK_TYPED(double, f64)
@@ -1305,10 +1436,8 @@ static void fg_set_level(int cap) {}
 #endif
 FG_APPLY_SPAN(float, f32)
 FG_APPLY_SPAN(double, f64)
-FG_APPLY_ROWS(float, f32)
-FG_APPLY_ROWS(double, f64)
-FG_ROWS_MOMENTS(float, float, f32)
-FG_ROWS_MOMENTS(double, double, f64)
+FG_BACKWARD(float, float, f32)
+FG_BACKWARD(double, double, f64)
 
 /* float16 <-> float32 for float16 input (computed in float32): vectorized
  * F16C / AVX-512 conversions in the clones. Without _Float16 support in the
