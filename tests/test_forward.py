@@ -265,6 +265,22 @@ def test_in_place(rng, oracle, dtype, channels_last):
     np.testing.assert_array_equal(x, expected)
 
 
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("hw", [(2, 2), (2, 4), (4, 4), (3, 7), (7, 7),
+                                (5, 13), (8, 8), (9, 14)])
+def test_in_place_channel_runs_same_bits(rng, oracle, dtype, hw):
+    """Small slabs whose channel runs are not a whole number of vectors
+    (each run's last vector overlaps the one before it): in place gives the
+    bits of a separate output, and both match the oracle."""
+    x = data(rng, (5, 12) + hw, dtype, offset=50.0)
+    w, b = params(rng, 12, "both", dtype)
+    expected = gn(x, 3, w, b)
+    y = x.copy()
+    assert gn(y, 3, w, b, out=y) is y
+    np.testing.assert_array_equal(y, expected)
+    assert_close(y, oracle(x, 3, w, b)[0], dtype)
+
+
 class _KernelSpy:
     """Wraps the active kernel module and records forward()'s x and y."""
 
