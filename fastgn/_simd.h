@@ -210,11 +210,12 @@ FG_WIDE_FN void fg_moments_##SUF##ISA(const T *x, ptrdiff_t len, int ahead,  \
 
 /* OUT = EXPR(VU) over rows [0, rows) of C channels (NHWC), where EXPR uses
  * the vectors u1_..u4_[j_] of the per-channel parameters P1..P4 and the
- * values (type VU) at offset o_: up to eight vectors of channels, the
+ * values (type VU) at offset o_. Up to eight vectors of channels, the
  * parameters are held in registers down the rows (FG_COLROWS at a time),
- * as FG_COLS holds its sums. Loaded once per four-row step instead (FG_ROWS_BODY), they took
- * 1.5x the time from L2 on 64 channels (Zen 5); wider rows measured
- * 1.05-1.15x slower in columns (512 channels) and keep that loop, WIDE. */
+ * as FG_COLS holds its sums: loaded once per four-row step instead
+ * (FG_ROWS_BODY), they took 1.5x the time from L2 on 64 channels (Zen 5).
+ * Wider rows measured 1.05-1.15x slower in columns (512 channels) and run
+ * WIDE, the loop of four rows a step. */
 #define FG_COLS_MAP(V, VU, NV, W, P1, P2, P3, P4, OUT, EXPR)                  \
     for (; c + (NV) * (W) <= C; c += (NV) * (W)) {                            \
         V u1_[NV], u2_[NV], u3_[NV], u4_[NV];                                 \
@@ -1152,9 +1153,9 @@ FG_PARAM_GRADS(double, f64)
  * place too, where it overlaps them, it stores the same values over them).
  * No scalar epilogue: runs of 49 values (7x7) went as three vectors, a
  * shorter one and a scalar each (the forward: 64x512x7x7 0.89-0.95x the
- * time, 64x256x5x5 0.87-0.92x, Zen 5). Runs of 512 bytes or more keep FG_LINE_RUN's stores on
- * whole lines. Each value's arithmetic is that of FG_SMALL_BODY, so are the
- * bits. */
+ * time, 64x256x5x5 0.87-0.92x, Zen 5). Runs of 512 bytes or more keep
+ * FG_LINE_RUN's stores on whole lines. Each value's arithmetic is that of
+ * FG_SMALL_BODY, so are the bits. */
 #define FG_RUNS_AFFINE(T, V, VU, SUF)                                         \
 FG_WIDE_FN void fg_runs_affine_##SUF(const T *x, T *y, ptrdiff_t Cg,          \
                                       ptrdiff_t HW, const T *w, const T *b,   \
