@@ -1159,7 +1159,7 @@ FG_PARAM_GRADS(double, f64)
  * vector ending at its end, loaded before the others are stored (so in
  * place too, where it overlaps them, it stores the same values over them).
  * No scalar epilogue: runs of 49 values (7x7) went as three vectors, a
- * shorter one and a scalar each (the forward: 64x512x7x7 0.89-0.95x the
+ * shorter one and a scalar each (the forward: 64x512x7x7 0.89-0.99x the
  * time, 64x256x5x5 0.87-0.92x, Zen 5). Runs of 512 bytes or more keep
  * FG_LINE_RUN's stores on whole lines. Each value's arithmetic is that of
  * FG_SMALL_BODY, so are the bits. */
