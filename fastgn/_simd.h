@@ -183,23 +183,30 @@ FG_WIDE_FN void fg_moments_##SUF##ISA(const T *x, ptrdiff_t len, int ahead,  \
             *(VU *)((A2) + c + j_ * (W)) = q_[j_];                            \
         }                                                                     \
     }
+/* BODY over rows [R0, R1) of C channels of T, FG_COLROWS rows [r0, r1) at a
+ * time (first_ on the first), each from channel c = 0 on; VL_ is the lanes
+ * of V. */
 #define FG_COLROWS(C, size) (16384 / ((C) * (ptrdiff_t)(size)) + 1)
-/* Rows [p0, p1), every channel: FG_COLROWS rows at a time, in each four
- * vectors at a time, then one, then one value. Same sums for any split. */
-#define FG_COLS_ALL(T, V, VU, KV, A1, A2, STEP)                               \
+#define FG_ROW_BLOCKS(T, V, R0, R1, BODY)                                     \
     {                                                                         \
         enum { VL_ = sizeof(V) / sizeof(T) };                                 \
         const ptrdiff_t n_ = FG_COLROWS(C, sizeof(T));                        \
         ptrdiff_t r0, r1;                                                     \
-        for (r0 = p0; r0 < p1; r0 = r1) {                                     \
-            const int first_ = r0 == p0;                                      \
-            r1 = r0 + n_ < p1 ? r0 + n_ : p1;                                 \
+        for (r0 = (R0); r0 < (R1); r0 = r1) {                                 \
+            const int first_ = r0 == (R0);                                    \
+            r1 = r0 + n_ < (R1) ? r0 + n_ : (R1);                             \
             c = 0;                                                            \
-            FG_COLS(V, VU, 4, VL_, KV, A1, A2, first_, STEP)                  \
-            FG_COLS(V, VU, 1, VL_, KV, A1, A2, first_, STEP)                  \
-            FG_COLS(T, T, 1, 1, KV, A1, A2, first_, STEP)                     \
+            (void)first_;                                                     \
+            BODY                                                              \
         }                                                                     \
     }
+/* Rows [p0, p1), every channel: four vectors at a time, then one, then one
+ * value. Same sums for any split. */
+#define FG_COLS_ALL(T, V, VU, KV, A1, A2, STEP)                               \
+    FG_ROW_BLOCKS(T, V, p0, p1,                                               \
+                  FG_COLS(V, VU, 4, VL_, KV, A1, A2, first_, STEP)            \
+                  FG_COLS(V, VU, 1, VL_, KV, A1, A2, first_, STEP)            \
+                  FG_COLS(T, T, 1, 1, KV, A1, A2, first_, STEP))
 /* d = x - k at offset o; its sum and sum of squares */
 #define FG_ROWS_DEV_STEP(VU, o, k, S, Q)                                      \
     {                                                                         \
@@ -234,21 +241,13 @@ FG_WIDE_FN void fg_moments_##SUF##ISA(const T *x, ptrdiff_t len, int ahead,  \
             }                                                                 \
     }
 #define FG_COLS_MAP_ALL(T, V, VU, P1, P2, P3, P4, OUT, EXPR, WIDE)            \
-    {                                                                         \
-        enum { VL_ = sizeof(V) / sizeof(T) };                                 \
-        const ptrdiff_t n_ = FG_COLROWS(C, sizeof(T));                        \
-        ptrdiff_t r0, r1;                                                     \
-        if (C > 8 * VL_) {                                                    \
-            WIDE                                                              \
-        } else                                                                \
-            for (r0 = 0; r0 < rows; r0 = r1) {                                \
-                r1 = r0 + n_ < rows ? r0 + n_ : rows;                         \
-                c = 0;                                                        \
-                FG_COLS_MAP(V, VU, 4, VL_, P1, P2, P3, P4, OUT, EXPR)         \
-                FG_COLS_MAP(V, VU, 1, VL_, P1, P2, P3, P4, OUT, EXPR)         \
-                FG_COLS_MAP(T, T, 1, 1, P1, P2, P3, P4, OUT, EXPR)            \
-            }                                                                 \
-    }
+    if (C > 8 * (ptrdiff_t)(sizeof(V) / sizeof(T))) {                         \
+        WIDE                                                                  \
+    } else                                                                    \
+        FG_ROW_BLOCKS(T, V, 0, rows,                                          \
+                      FG_COLS_MAP(V, VU, 4, VL_, P1, P2, P3, P4, OUT, EXPR)   \
+                      FG_COLS_MAP(V, VU, 1, VL_, P1, P2, P3, P4, OUT, EXPR)   \
+                      FG_COLS_MAP(T, T, 1, 1, P1, P2, P3, P4, OUT, EXPR))
 /* y = (x - mhi) * sc + sh (no activation): same arithmetic, same bits as
  * FG_ROWS_BODY. */
 #define FG_AFFINE_EXPR(VU)                                                    \
@@ -753,7 +752,6 @@ FG_WIDE_FN void fg_bwd_rows_dx_##SUF##ISA(const T *dy, const T *x, T *dx,     \
             dx[i] = a[c] * dy[i] + bc[c] * (x[i] - muc[c]) + dc[c];           \
         }                                                                     \
 }
-
 
 /* Short runs (a small slab, a 7x7 channel: at most a few thousand values)
  * are summed with GNU C vector types in two or four independent
