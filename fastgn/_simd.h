@@ -816,8 +816,9 @@ FG_WIDE_INL double fg_vsum_f32##ISA(fg_vf32##ISA v) {                         \
 FG_WIDE_INL fg_vf64##ISA fg_widen##ISA(const float *p) {                      \
     return (fg_vf64##ISA)_mm512_cvtps_pd(_mm256_loadu_ps(p));                 \
 }                                                                             \
-/* Lane g: the sum of a[g]'s lanes (pairs of lanes, then of 128-bit and     \
- * 256-bit blocks, for 8 vectors at once). */                                \
+/* fg_vsums_t: lane g of the result is the sum of a[g]'s lanes, for 8      \
+ * vectors at once (pairs of lanes added, then of 128-bit blocks, then of   \
+ * 256-bit blocks). */                                                      \
 FG_WIDE_INL __m512d fg_pairsum##ISA(__m512d x, __m512d y, int lanes) {       \
     return lanes ? _mm512_add_pd(_mm512_unpacklo_pd(x, y),                    \
                                  _mm512_unpackhi_pd(x, y))                    \
@@ -867,8 +868,9 @@ FG_WIDE_INL fg_vf64##ISA fg_vsums_t##ISA(const fg_vf64##ISA *a) {             \
  * the run's last vector with the lanes before j masked off, when it holds
  * half a vector or more; shorter tails go value by value. (The backward
  * sums of 5x5 maps, nine values a channel one by one, took 1.4x as long;
- * tails of 1-4 values measured 1.2x slower as a vector. The forward's
- * statistics, one run per slab, measured 0.94-1.07x.) ON, a vector VI
+ * tails of 1-4 values measured 1.2x slower as a vector. In the forward's
+ * statistics, one run per slab, 0.95x on 5x5 maps and 1.02-1.05x on the
+ * bench's shapes.) ON, a vector VI
  * of integers as wide as T: its last r lanes all ones, the others zero (a
  * window on a table; SSE2 has no 64-bit compare to make it from lane
  * numbers). */
