@@ -236,3 +236,26 @@ def test_large_output_runs(benchmark, arrays, shape, G, channels_last,
         group_norm, (x, G), dict(out=y, channels_last=channels_last,
                                  num_threads=threads), rounds=_rounds(x))
     _check(result, x)
+
+
+# ------------------------------------------------- the A/B script
+
+def test_ab_script_same_build(capsys):
+    """benchmarks/ab.py, one build against itself: it runs both kernels on
+    a forward and a backward case and finds the same bits."""
+    if KERNELS is None:
+        pytest.skip("extension not built")
+    import importlib.util
+    import os
+    spec = importlib.util.spec_from_file_location(
+        "fastgn_ab", os.path.join(os.path.dirname(__file__), "ab.py"))
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    so = KERNELS.__file__
+    cases = ["fwd:2x32x9x9:8:t=2", "bwd:4x16x5x5:4:cl", "fwd:8x64:8:silu"]
+    assert ab.main([so, so, *cases, "--repeats", "1",
+                    "--budget", "0.01"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == cases
+    assert all("new/old" in line and "BITS DIFFER" not in line
+               for line in lines), lines

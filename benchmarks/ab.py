@@ -1,0 +1,132 @@
+"""Time two builds of fastgn's kernels against each other on the same arrays.
+
+    python benchmarks/ab.py OLD NEW [CASE ...] [--repeats N] [--budget S]
+
+OLD and NEW are source trees with a built extension (``python setup.py
+build_ext --inplace`` in each; ``git archive REV | tar -x -C DIR`` makes
+one of any revision) or paths to ``_kernels`` shared objects. A CASE is
+``fwd|bwd:SHAPE:G`` followed by any of ``:t=THREADS``, ``:cl``
+(channels-last), ``:float64``, ``:relu``/``:silu``/``:gelu`` (forward),
+for example ``fwd:64x512x7x7:32:t=2``. Each line gives the median time of
+NEW over OLD, once per repeat, and ``BITS DIFFER`` when their outputs do.
+
+Both builds work on one set of input and output arrays, called in
+turns (``fastgn._bench.time_interleaved``). With a copy of the data per
+build, two copies of a large case can exceed the last-level cache
+together, and then the copy the other one evicted sets the ratio: two
+copies of one build measured 0.86-1.17 that way, 0.98-1.02 on shared
+arrays (2-vCPU Zen 5 guest, 32 MiB L3).
+
+The kernels are private: both builds must take the same arguments.
+"""
+
+import argparse
+import glob
+import importlib.util
+import os
+import sys
+
+import numpy as np
+
+from fastgn._bench import Contender, make_inputs, time_interleaved
+
+_ACTS = {"relu": 1, "silu": 2, "gelu": 3}
+DEFAULT_CASES = [f"{kind}:{shape}:{G}:t={t}"
+                 for kind in ("fwd", "bwd")
+                 for shape, G in (("64x512x7x7", 32), ("8x64x56x56", 32),
+                                  ("1x320x64x64", 32), ("256x1024", 32),
+                                  ("1x32x16x16", 8))
+                 for t in (1, 2)]
+
+
+def load_kernels(path):
+    """The ``_kernels`` module of a source tree (or a shared object)."""
+    if os.path.isdir(path):
+        found = glob.glob(os.path.join(path, "fastgn", "_kernels*.so"))
+        if not found:
+            raise SystemExit(f"{path}: no built fastgn/_kernels*.so (run "
+                             f"python setup.py build_ext --inplace there)")
+        path = found[0]
+    spec = importlib.util.spec_from_file_location("fastgn._kernels", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)     # not entered in sys.modules
+    return module
+
+
+def parse_case(text):
+    """``fwd:64x512x7x7:32:t=2:cl`` -> dict of the case's settings."""
+    kind, shape, G, *opts = text.split(":")
+    if kind not in ("fwd", "bwd"):
+        raise SystemExit(f"case {text!r}: kind must be fwd or bwd")
+    case = dict(kind=kind, shape=tuple(int(s) for s in shape.split("x")),
+                G=int(G), threads=1, cl=False, dtype="float32", act=0)
+    for opt in opts:
+        if opt.startswith("t="):
+            case["threads"] = int(opt[2:])
+        elif opt == "cl":
+            case["cl"] = True
+        elif opt in ("float32", "float64"):
+            case["dtype"] = opt
+        elif opt in _ACTS and kind == "fwd":
+            case["act"] = _ACTS[opt]
+        else:
+            raise SystemExit(f"case {text!r}: unknown option {opt!r}")
+    return case
+
+
+def calls(case, old, new):
+    """(call of old, call of new, outputs): both on the same arrays."""
+    x, w, b, dy = make_inputs(case["shape"], case["G"], case["dtype"])
+    N, C, G, t = case["shape"][0], case["shape"][1], case["G"], case["threads"]
+    HW = int(np.prod(case["shape"][2:], dtype=np.int64))
+    if case["cl"]:
+        x, dy = (np.ascontiguousarray(np.moveaxis(a, 1, -1)) for a in (x, dy))
+    y = np.empty_like(x)
+    mean, rstd = np.empty((N, G), x.dtype), np.empty((N, G), x.dtype)
+    old.forward(x, y, w, b, N, C, HW, G, 1e-5, case["cl"], 0, mean, rstd, t)
+    if case["kind"] == "fwd":
+        def call(k):
+            return lambda: k.forward(x, y, w, b, N, C, HW, G, 1e-5,
+                                     case["cl"], case["act"], None, None, t)
+        return call(old), call(new), (y,)
+    dx, dw, db = np.empty_like(x), np.empty(C, x.dtype), np.empty(C, x.dtype)
+
+    def call(k):
+        return lambda: k.backward(dy, x, mean, rstd, w, N, C, HW, G,
+                                  case["cl"], dx, dw, db, t)
+    return call(old), call(new), (dx, dw, db)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("old")
+    parser.add_argument("new")
+    parser.add_argument("cases", nargs="*", default=DEFAULT_CASES)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--budget", type=float, default=0.6,
+                        help="seconds of timing per repeat and case")
+    args = parser.parse_args(argv)
+    old, new = load_kernels(args.old), load_kernels(args.new)
+    for text in args.cases:
+        case = parse_case(text)
+        run_old, run_new, outputs = calls(case, old, new)
+        run_old()
+        before = [a.copy() for a in outputs]
+        run_new()
+        same = all(np.array_equal(a, c) for a, c in zip(before, outputs))
+        ratios = []
+        for _ in range(args.repeats):
+            tm = time_interleaved([Contender(("old",), run_old),
+                                   Contender(("new",), run_new)],
+                                  budget_s=args.budget)
+            ratios.append(tm[("new",)].median_ns / tm[("old",)].median_ns)
+        print(f"{text:<32} old {tm[('old',)].median_ns / 1e3:9.1f} us  "
+              f"new/old " + " ".join(f"{r:.3f}" for r in ratios)
+              + ("" if same else "  BITS DIFFER"), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
