@@ -133,21 +133,13 @@ FG_WIDE_FN void fg_moments_##SUF##ISA(const T *x, ptrdiff_t len, int ahead,  \
  * channels) in AT over blocks of FG_ROWBLK positions, then in float64;
  * each group's sums are the sums of its channels. out[3*g..] = {n, mean, m2}
  * per group, the two-pass scheme of fg_moments except where the shift comes
- * from: a chunk here is a few hundred KB, past L1, so pass A reads only
- * FG_SHIFT_ROWS positions, spread evenly over the first FG_ROWBLK (their
- * group means are the shifts), and pass B reads every row. A group whose
- * shift turns out farther than one standard deviation from its mean (data
- * that drifts across positions) is summed again, shifted by the mean just
- * found: as well conditioned as shifting by a full pass A's mean. (Pass A
- * over all of the first 64 positions read a 7x7 sample once more: with 16
- * of them, 64x512x7x7 forward 0.91-0.94x the time, 1x320x64x64 0.96-0.97x;
- * the first 16 positions alone made a ramp across a 7x7 sample 1.11x, and
- * 16 spread over the whole chunk made 32x256x28x28 from memory 1.03-1.1x.)
+ * from: a chunk here is a few hundred KB, past L1, so pass A reads only the
+ * first block (its group means are the shifts) and pass B reads every row.
+ * A group whose shift turns out farther than one standard deviation from its
+ * mean (data that drifts across positions) is summed again, shifted by the
+ * mean just found: as well conditioned as shifting by a full pass A's mean.
  * scratch: 2*C doubles, 2*C values of AT and C values of T. */
 #define FG_ROWBLK 64
-#define FG_SHIFT_ROWS 16
-#define FG_SHIFT_ROW(i, rows, r0)                                             \
-    ((i) * ((rows) < FG_ROWBLK ? (rows) : FG_ROWBLK) / (r0))
 /* A block's per-channel lane sums A1, A2 (C each) into the float64 sums D1,
  * D2: stored on the first block, added after. */
 #define FG_FLUSH2(FIRST, D1, D2, A1, A2)                                      \
@@ -356,23 +348,19 @@ FG_WIDE_FN void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows,            \
                                       double *restrict dscr,                  \
                                       AT *restrict acc, AT *restrict acq,     \
                                       T *restrict kc, double *out) {          \
-    const ptrdiff_t Cg = C / G;                                               \
-    const ptrdiff_t r0 = rows < FG_SHIFT_ROWS ? rows : FG_SHIFT_ROWS;         \
+    const ptrdiff_t Cg = C / G, r0 = rows < FG_ROWBLK ? rows : FG_ROWBLK;     \
     const double n = (double)rows * (double)Cg, n0 = (double)r0 * (double)Cg; \
     double *restrict da = dscr, *restrict dq = dscr + C;                      \
     ptrdiff_t p, c, g;                                                        \
     int pass, again = 0;                                                      \
     FG_SIMD for (c = 0; c < C; c++) acc[c] = x[c];                            \
     for (p = 1; p + 4 <= r0; p += 4) {                                        \
-        const T *x0 = x + FG_SHIFT_ROW(p, rows, r0) * C;                      \
-        const T *x1 = x + FG_SHIFT_ROW(p + 1, rows, r0) * C;                  \
-        const T *x2 = x + FG_SHIFT_ROW(p + 2, rows, r0) * C;                  \
-        const T *x3 = x + FG_SHIFT_ROW(p + 3, rows, r0) * C;                  \
+        const T *x0 = x + p * C, *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C;    \
         FG_SIMD for (c = 0; c < C; c++)                                       \
             acc[c] += ((AT)x0[c] + x1[c]) + ((AT)x2[c] + x3[c]);              \
     }                                                                         \
     for (; p < r0; p++) {                                                     \
-        const T *x0 = x + FG_SHIFT_ROW(p, rows, r0) * C;                      \
+        const T *x0 = x + p * C;                                              \
         FG_SIMD for (c = 0; c < C; c++) acc[c] += x0[c];                      \
     }                                                                         \
     for (g = 0; g < G; g++) {                                                 \
