@@ -242,7 +242,7 @@ def test_large_output_runs(benchmark, arrays, shape, G, channels_last,
 
 def test_ab_script_same_build(capsys):
     """benchmarks/ab.py, one build against itself: it runs both kernels on
-    a forward and a backward case and finds the same bits."""
+    forward and backward cases, warm and --cold, and finds the same bits."""
     if KERNELS is None:
         pytest.skip("extension not built")
     import importlib.util
@@ -256,6 +256,9 @@ def test_ab_script_same_build(capsys):
     assert ab.main([so, so, *cases, "--repeats", "1",
                     "--budget", "0.01"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == cases
+    assert ab.main([so, so, "--cold", cases[1], "--repeats", "1",
+                    "--budget", "0.01"]) == 0
+    lines += capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == cases + cases[1:2]
     assert all("new/old" in line and "BITS DIFFER" not in line
                for line in lines), lines
