@@ -35,7 +35,8 @@ import sys
 
 import numpy as np
 
-from fastgn._bench import Contender, make_inputs, time_interleaved
+from fastgn._bench import (Contender, make_inputs, time_interleaved,
+                           to_channels_last)
 
 _ACTS = {"relu": 1, "silu": 2, "gelu": 3}
 DEFAULT_CASES = [f"{kind}:{shape}:{G}:t={t}"
@@ -88,7 +89,7 @@ def calls(case, old, new, cold=False):
     N, C, G, t = case["shape"][0], case["shape"][1], case["G"], case["threads"]
     HW = int(np.prod(case["shape"][2:], dtype=np.int64))
     if case["cl"]:
-        x, dy = (np.ascontiguousarray(np.moveaxis(a, 1, -1)) for a in (x, dy))
+        x, dy = to_channels_last(x), to_channels_last(dy)
     mean, rstd = np.empty((N, G), x.dtype), np.empty((N, G), x.dtype)
     old.forward(x, np.empty_like(x), w, b, N, C, HW, G, 1e-5, case["cl"], 0,
                 mean, rstd, t)

@@ -1367,8 +1367,8 @@ FG_WIDE_INL void fg_vrun_dev64_f32##ISA(const float *p,                       \
 /* The same for nb consecutive runs of len values, each shifted by its     \
  * first value (k[g], set here): the lane sums of VL runs at a time in one  \
  * transposing tree (fg_vsums_t) instead of a tree per run, which was about \
- * a third of the statistics of 32-value groups (forward 512x2048 G=64      \
- * 0.89-0.91x the time, 256x640 0.92x, 256x1024 0.95-0.98x). */            \
+ * a third of the statistics of 32-value groups (forward 256x640 G=32      \
+ * 0.90-0.91x the time, 256x1024 0.92-0.97x, 512x2048 G=64 0.95x). */      \
 FG_WIDE_INL void fg_runs_dev64_f32##ISA(const float *p, ptrdiff_t nb,         \
                                         ptrdiff_t len, float *k, double *s,   \
                                         double *q) {                          \
