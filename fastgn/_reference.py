@@ -24,6 +24,13 @@ def max_threads():
     return 1
 
 
+def overlaps(out, x, weight, bias):
+    """Bits 1, 2, 4: x, weight, bias (None: no bit) may share memory with
+    ``out``."""
+    return sum(bit for bit, a in ((1, x), (2, weight), (4, bias))
+               if a is not None and np.may_share_memory(out, a))
+
+
 def convert(src, dst, num_threads):
     """dst[...] = src between float16 and float32 (NumPy's rounding)."""
     np.copyto(dst, src, casting="unsafe")

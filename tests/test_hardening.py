@@ -607,6 +607,50 @@ def test_out_aliasing_param_given_as_non_ndarray(dtype, name, wrap):
             guard=(x, out))
 
 
+@pytest.mark.compiled_only
+def test_overlap_bits_match_numpy_bounds():
+    """The compiled ``overlaps`` (one call for out against x, weight and
+    bias) answers as ``np.may_share_memory`` on views of one buffer:
+    reversed, strided, transposed, empty, adjacent, other itemsizes."""
+    from fastgn import _kernels
+    rng = np.random.default_rng(11)
+    buf = np.arange(4 * 6 * 10, dtype=np.float32)
+    cube = buf.reshape(4, 6, 10)
+
+    def view():
+        if rng.random() < 0.15:
+            return buf.view(np.float64)[rng.integers(0, 60):][:rng.integers(
+                0, 8)]
+        idx = []
+        for n in cube.shape:
+            lo, hi = sorted(rng.integers(0, n + 1, 2))
+            step = int(rng.choice([1, 2, 3]))
+            idx.append(slice(lo, hi, step) if rng.random() < 0.7 else
+                       slice(hi - 1 if hi else None, lo - 1 if lo else None,
+                             -step))
+        v = cube[tuple(idx)]
+        return v.transpose(rng.permutation(3)) if rng.random() < 0.3 else v
+
+    seen = set()
+    for _ in range(3000):
+        out, x = view(), view()
+        w = view().reshape(-1) if rng.random() < 0.8 else None
+        b = view()[..., :1] if rng.random() < 0.8 else None
+        want = sum(bit for bit, a in ((1, x), (2, w), (4, b))
+                   if a is not None and out.size and a.size
+                   and np.may_share_memory(out, a))
+        assert _kernels.overlaps(out, x, w, b) == want, (out.strides,
+                                                          x.strides)
+        seen.add(want)
+    assert seen == set(range(8))        # every combination came up
+    # ranges that touch without sharing a byte, and one byte shared
+    assert _kernels.overlaps(buf[:10], buf[10:20], None, None) == 0
+    assert _kernels.overlaps(buf[10:20], buf[:10], buf[20:], None) == 0
+    assert _kernels.overlaps(buf[:10], buf[9:20], None, buf[::-1]) == 5
+    assert _kernels.overlaps(buf.view(np.uint8)[:41], buf[10:], None,
+                             None) == 1
+
+
 # ------------------------------------------------------- out views the input
 
 def _alias(x, how):
