@@ -897,6 +897,41 @@ def test_activation_extreme_values(oracle, activation):
     np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+def test_silu_within_ulps_over_the_exp_range(dtype):
+    """Every output is exactly its bias (x-hat is -1, 1 and the weight 0),
+    so the activation alone is measured: SiLU within 4 units in the last
+    place of v / (1 + exp(-v)) computed in float64 with NumPy's exp (and
+    rounded, for float32). float64: over the exp's whole range, where it
+    overflows to inf and where its results go subnormal or to 0. float32:
+    from -87 up, the float32 exp's lower bound (below, its result stays
+    exp(88), so SiLU gives about |v| * 6e-39 for a true v * exp(v), both
+    under 1e-35)."""
+    if dtype == F64:
+        v = np.concatenate([np.linspace(-800, 800, 4001),
+                            [-745.2, -745.1, -709.8, -709.78, -708.4,
+                             709.7, 709.8, 1e-300, -1e-300]])
+    else:
+        v = np.concatenate([np.linspace(-87, 100, 4001),
+                            [-86.9, 88.7, 1e-30, -1e-30]])
+    v = np.concatenate([v, [-0.0, 0.0, -1.0, 1.0]])
+    v = v.astype(dtype)
+    C = v.size
+    x = np.tile(np.array([-1.0, 1.0], dtype), (1, C, 1))      # (1, C, 2)
+    w = np.zeros(C, dtype)
+    plain = gn(x, C, w, v, eps=0.0)
+    assert np.array_equal(plain[0, :, 0], v)    # the activation's input
+    y = gn(x, C, w, v, eps=0.0, activation="silu")[0, :, 0]
+    v64 = v.astype(np.float64)
+    with np.errstate(over="ignore"):
+        want = (v64 / (1.0 + np.exp(-v64))).astype(dtype)
+    ulps = np.abs(y.astype(np.float64) - want) / np.spacing(
+        np.abs(want).astype(dtype)).astype(np.float64)
+    assert ulps.max() <= 4, (v[ulps.argmax()], y[ulps.argmax()],
+                             want[ulps.argmax()])
+    assert np.array_equal(np.signbit(y), np.signbit(want))
+
+
 # ------------------------------------------------------------ show_config
 
 @pytest.mark.compiled_only
