@@ -1350,8 +1350,9 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
                 }                                                             \
         }                                                                     \
         FG_SIMD for (g = 0; g < nb; g++) {                                    \
-            double v = (q[g] - s[g] * (s[g] / n)) / n;                        \
-            mean[g] = (double)k[g] + s[g] / n;                                \
+            const double sm = s[g] * rn;                                      \
+            double v = (q[g] - s[g] * sm) * rn;                               \
+            mean[g] = (double)k[g] + sm;                                      \
             rstd[g] = 1.0 / sqrt((v < 0 ? 0 : v) + eps);                      \
         }                                                                     \
         for (g = 0; g < nb && m < L; g++)   /* tiny: float64 sums already */  \
