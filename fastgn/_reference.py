@@ -17,7 +17,7 @@ SIMD = "none"
 
 ACTIVATIONS = {None: 0, "relu": 1, "silu": 2, "gelu": 3}
 
-_erf = np.frompyfunc(math.erf, 1, 1)
+_erfc = np.frompyfunc(math.erfc, 1, 1)
 
 
 def max_threads():
@@ -61,8 +61,8 @@ def activate(v, activation):
     if activation == 2:
         with np.errstate(over="ignore"):
             return v / (1.0 + np.exp(-v))
-    if activation == 3:
-        return 0.5 * v * (1.0 + _erf(v / math.sqrt(2.0)).astype(np.float64))
+    if activation == 3:     # erfc, not 1 + erf: keeps the digits of v < 0
+        return 0.5 * v * _erfc(v / -math.sqrt(2.0)).astype(np.float64)
     return v
 
 

@@ -932,6 +932,31 @@ def test_silu_within_ulps_over_the_exp_range(dtype):
     assert np.array_equal(np.signbit(y), np.signbit(want))
 
 
+@pytest.mark.compiled_only
+def test_gelu_float64_within_ulps_of_40_digits(backend):
+    """float64 GELU (its own erfc, not 1 + erf) within 8 units in the last
+    place of 0.5 v erfc(-v / sqrt(2)) at 40 digits, outputs the activation
+    alone as in the SiLU test; v from -36 (smaller outputs go subnormal)
+    to 40, with the ends of the erfc's range and the signs of zero."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 40
+    v = np.concatenate([np.linspace(-36, 40, 1501), np.linspace(-1, 1, 201),
+                        [1e-300, -1e-300, 1e-10, -1e-10, 59.9, 60.1]])
+    C = v.size
+    x = np.tile(np.array([-1.0, 1.0]), (1, C, 1))
+    y = gn(x, C, np.zeros(C), v, eps=0.0, activation="gelu")[0, :, 0]
+    want = np.array([float(mp.mpf(a) / 2 * mp.erfc(-mp.mpf(a) / mp.sqrt(2)))
+                     for a in v])
+    ulps = np.abs(y - want) / np.spacing(np.abs(want))
+    assert ulps.max() <= 8, (v[ulps.argmax()], y[ulps.argmax()],
+                             want[ulps.argmax()])
+    ends = np.array([0.0, -0.0, -40.0, -1e300, np.inf, np.nan])
+    y = gn(np.tile(np.array([-1.0, 1.0]), (1, 6, 1)), 6, np.zeros(6), ends,
+           eps=0.0, activation="gelu")[0, :, 0]
+    np.testing.assert_array_equal(y, [0.0, -0.0, -0.0, -0.0, np.inf, np.nan])
+    assert list(np.signbit(y[:4])) == [False, True, True, True]
+
+
 # ------------------------------------------------------------ show_config
 
 @pytest.mark.compiled_only
