@@ -549,7 +549,8 @@ static inline FG_INLINE float fg_gelu_f32(float v) {
  * arithmetic (a select kept AVX2 and SSE2 from vectorizing). Error at
  * most 6 units in the last place against 40-digit GELU on [-38, 40],
  * mean 0.3-1.1 (libm's 1 + erf(z) loses all digits below v = -8). */
-__attribute__((visibility("hidden"))) double fg_gelu_bounds[2] = {-60.0, 60.0};
+__attribute__((visibility("hidden"))) double fg_gelu_bounds[2] = {-60.0,
+                                                                   60.0};
 
 static inline FG_INLINE double fg_gelu_f64(double v) {
     const double w0 = v > fg_gelu_bounds[0] ? v : fg_gelu_bounds[0];
