@@ -140,6 +140,36 @@ def test_silu(benchmark, request, arrays, shape, G, contender, threads):
     _check(result, x)
 
 
+# -------------------------------------------------------------- activations
+
+ACT_SHAPES = [p for p in SHAPE_PARAMS
+              if shape_str(p.values[0]) in ("64x512x7x7", "8x64x56x56")]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("contender", ["none", "relu", "silu", "gelu",
+                                       "torch_silu", "torch_gelu"])
+@pytest.mark.parametrize("shape,G", ACT_SHAPES)
+def test_activations(benchmark, request, arrays, shape, G, contender, dtype):
+    """Each fused activation against plain GN (one thread), float32 and
+    float64: a 7x7 map takes the small slabs' activation loop, float64's
+    SiLU and GELU their own vectorized exp and erfc."""
+    benchmark.group = f"activation {shape_str(shape)} G={G} {dtype}"
+    x, w, b, _ = arrays(shape, G, dtype)
+    if contender.startswith("torch"):
+        torch = request.getfixturevalue("torch_module")
+        torch.set_num_threads(1)
+        F = torch.nn.functional
+        act = F.silu if contender == "torch_silu" else F.gelu
+        xt, wt, bt = _torch_tensors(torch, x, w, b)
+        result = benchmark(lambda: act(F.group_norm(xt, G, wt, bt)))
+    else:
+        act = None if contender == "none" else contender
+        result = benchmark(group_norm, x, G, w, b, activation=act,
+                           num_threads=1)
+    _check(result, x)
+
+
 # ----------------------------------------------------------------- backward
 
 @pytest.mark.parametrize("threads", THREADS, ids=lambda t: f"t{t}")
