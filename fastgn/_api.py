@@ -184,7 +184,7 @@ def _check_param(p, name, C, cdt):
     """weight/bias: None or shape (C,), cast to the compute dtype."""
     if p is None:
         return None
-    arr = p if type(p) is np.ndarray else np.asarray(p)
+    arr = _as_array(p)
     if arr.dtype is cdt and arr.shape == (C,) and arr.flags.c_contiguous \
             and arr.flags.aligned:
         return arr
