@@ -79,6 +79,9 @@ cdef extern from "_simd.h" nogil:
     void fg_bwd_small_f32(const float*, const float*, float*, Py_ssize_t,
                           Py_ssize_t, const float*, const float*,
                           const float*, double*, double*, int)
+    int fg_bwd_flat_f32(const float*, const float*, float*, Py_ssize_t,
+                        Py_ssize_t, const float*, const float*,
+                        const float*, double*, double*, int)
     void fg_bwd_small_f64(const double*, const double*, double*, Py_ssize_t,
                           Py_ssize_t, const double*, const double*,
                           const double*, double*, double*, int)
@@ -1089,6 +1092,11 @@ cdef inline void _backward_rows(const floating* dy, const floating* x,
     for n in range(n0, n1):
         o = n * g.C
         if floating is float:
+            # rank-2 groups of one vector to FG_BWD_FLAT_MAX values
+            if fg_bwd_flat_f32(dy + o, x + o, dx + o, g.G, g.Cg,
+                               mean + n * g.G, rstd + n * g.G, w, ps, pb,
+                               n > n0):
+                continue
             fg_bwd_small_f32(dy + o, x + o, dx + o, g.G, g.Cg,
                              mean + n * g.G, rstd + n * g.G, w, ps, pb,
                              n > n0)

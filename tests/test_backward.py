@@ -133,6 +133,26 @@ def test_matches_formula(rank, channels_last, dtype, tol, with_weight):
     check_close(db, rdb, tol, mag=mags["db"])
 
 
+@pytest.mark.parametrize("Cg", [16, 17, 20, 24, 31, 32, 33, 48, 63, 64])
+@pytest.mark.parametrize("G", [1, 5, 9, 32])
+@pytest.mark.parametrize("N", [1, 40])
+def test_rank2_groups_of_one_to_four_vectors(Cg, G, N):
+    """Rank-2 float32 groups of 16-64 values (the compiled backend's own
+    backward for them: float32 lanes, a tail as the group's last vector,
+    groups in blocks of a vector's float64 lanes; N=40: parameter-gradient
+    rows accumulated over blocks of samples) against the formula."""
+    rng = np.random.default_rng(Cg * 100 + G + N)
+    x, dy, w = make_data((N, Cg * G), np.float32, rng, True)
+    _, mean, rstd = fastgn.group_norm(x, G, w, return_stats=True)
+    dx, dw, db = fastgn.group_norm_backward(dy, x, mean, rstd, G, w)
+    rdx, rdw, rdb, mags = ref_backward(dy, x, G, w, 1e-5)
+    # (dw of a value next to its group's mean carries the mean's float32
+    # rounding: measured against the largest term, not its own)
+    check_close(dx, rdx, 1e-5, mag=mags["dx"])
+    check_close(dw, rdw, 1e-5, mag=mags["dw"].max())
+    check_close(db, rdb, 1e-6, mag=mags["db"])
+
+
 def test_weight_none_equals_ones():
     rng = np.random.default_rng(1)
     x, dy, _ = make_data((2, 6, 4, 4), np.float64, rng, False)
