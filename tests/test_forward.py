@@ -281,24 +281,27 @@ def test_in_place_channel_runs_same_bits(rng, oracle, dtype, hw):
     assert_close(y, oracle(x, 3, w, b)[0], dtype)
 
 
-@pytest.mark.parametrize("Cg", [16, 17, 20, 24, 31, 32, 33, 48, 63, 64])
+@pytest.mark.parametrize("Cg", [4, 8, 16, 17, 20, 24, 31, 32, 33, 48, 63, 64])
 @pytest.mark.parametrize("G", [1, 5, 9, 32])
 @pytest.mark.parametrize("activation", [None, "relu", "silu"])
-def test_rank2_groups_of_one_to_four_vectors(rng, oracle, Cg, G, activation):
-    """Rank-2 float32 groups of 16-64 values (the compiled backend's own
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+def test_rank2_groups_of_one_to_four_vectors(rng, oracle, Cg, G, activation,
+                                             dtype):
+    """Rank-2 groups of one vector to 64 values (the compiled backend's own
     path for them: group lengths compiled as constants, a short tail as the
     group's last vector, groups in blocks of a vector's float64 lanes):
     output and stats against the oracle, in place the bits of a separate
     output, and a constant group exactly its bias."""
     C = Cg * G
-    x = data(rng, (7, C), F32, offset=1e3, scale=3.0)
-    x[2, :Cg] = np.float32(-41.25)
-    w, b = params(rng, C, "both", F32)
+    x = data(rng, (7, C), dtype, offset=1e3, scale=3.0)
+    x[2, :Cg] = -41.25
+    w, b = params(rng, C, "both", dtype)
     y, mean, rstd = gn(x, G, w, b, activation=activation, return_stats=True)
     ref, rmean, rrstd = oracle(x, G, w, b, activation=activation)
-    assert_close(y, ref, F32)
-    np.testing.assert_allclose(mean, rmean, rtol=1e-6, atol=0)
-    np.testing.assert_allclose(rstd, rrstd, rtol=1e-6, atol=0)
+    assert_close(y, ref, dtype)
+    rtol = 1e-6 if dtype == F32 else 1e-13
+    np.testing.assert_allclose(mean, rmean, rtol=rtol, atol=0)
+    np.testing.assert_allclose(rstd, rrstd, rtol=rtol, atol=0)
     if activation is None:
         np.testing.assert_array_equal(y[2, :Cg], w[:Cg] * 0 + b[:Cg])
     z = x.copy()
