@@ -133,14 +133,15 @@ def test_matches_formula(rank, channels_last, dtype, tol, with_weight):
     check_close(db, rdb, tol, mag=mags["db"])
 
 
-@pytest.mark.parametrize("Cg", [16, 17, 20, 24, 31, 32, 33, 48, 63, 64])
+@pytest.mark.parametrize("Cg", [8, 12, 16, 17, 20, 24, 31, 32, 33, 48, 63, 64, 100, 128])
 @pytest.mark.parametrize("G", [1, 5, 9, 32])
 @pytest.mark.parametrize("N", [1, 40])
 def test_rank2_groups_of_one_to_four_vectors(Cg, G, N):
-    """Rank-2 float32 groups of 16-64 values (the compiled backend's own
+    """Rank-2 float32 groups of 8-128 values (the compiled backend's own
     backward for them: float32 lanes, a tail as the group's last vector,
-    groups in blocks of a vector's float64 lanes; N=40: parameter-gradient
-    rows accumulated over blocks of samples) against the formula."""
+    groups in blocks of a vector's float64 lanes, groups shorter than an
+    AVX-512 vector by the AVX2 copy; N=40: parameter-gradient rows
+    accumulated over blocks of samples) against the formula."""
     rng = np.random.default_rng(Cg * 100 + G + N)
     x, dy, w = make_data((N, Cg * G), np.float32, rng, True)
     _, mean, rstd = fastgn.group_norm(x, G, w, return_stats=True)

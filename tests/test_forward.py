@@ -281,7 +281,7 @@ def test_in_place_channel_runs_same_bits(rng, oracle, dtype, hw):
     assert_close(y, oracle(x, 3, w, b)[0], dtype)
 
 
-@pytest.mark.parametrize("Cg", [4, 8, 16, 17, 20, 24, 31, 32, 33, 48, 63, 64])
+@pytest.mark.parametrize("Cg", [4, 8, 12, 16, 17, 20, 24, 31, 32, 33, 48, 63, 64])
 @pytest.mark.parametrize("G", [1, 5, 9, 32])
 @pytest.mark.parametrize("activation", [None, "relu", "silu"])
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
