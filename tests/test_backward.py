@@ -154,6 +154,27 @@ def test_rank2_groups_of_one_to_four_vectors(Cg, G, N):
     check_close(db, rdb, 1e-6, mag=mags["db"])
 
 
+@pytest.mark.parametrize("Cg", [12, 20, 33])
+def test_rank2_infinite_input_counted_once(Cg):
+    """An infinite x at any position of a rank-2 group (with finite stats
+    passed in) gives the infinities and NaNs of the float64 gradients: a
+    group's tail, the last vector overlapping values already summed, adds
+    nothing for those values."""
+    rng = np.random.default_rng(Cg)
+    G = 3
+    x, dy, w = make_data((2, Cg * G), np.float32, rng, True)
+    _, mean, rstd = fastgn.group_norm(x, G, w, return_stats=True)
+    for c in range(Cg):
+        xi = x.copy()
+        xi[1, c] = np.inf
+        got = fastgn.group_norm_backward(dy, xi, mean, rstd, G, w)
+        ref = fastgn.group_norm_backward(*(a.astype(np.float64) for a in (
+            dy, xi, mean, rstd)), G, w.astype(np.float64))
+        for a, b in zip(got, ref):
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+            np.testing.assert_array_equal(np.isinf(a), np.isinf(b))
+
+
 def test_weight_none_equals_ones():
     rng = np.random.default_rng(1)
     x, dy, _ = make_data((2, 6, 4, 4), np.float64, rng, False)
