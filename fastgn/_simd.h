@@ -1412,31 +1412,33 @@ FG_WIDE_INL void fg_flat_affine_##SUF(const T *x0, T *y0, ptrdiff_t nb,      \
 /* Rank-2 float32 input in groups of one vector to FG_SHIFT_ALL values
  * (HW == 1: a group is Cg consecutive channels, each its own weight): the
  * small-slab scheme in one function of its own, every step a vector step.
- * Per group: the one-pass float64 sums of FG_VRUN_F64 (shifted by its first
- * value, a short tail as the run's last vector with the lanes already
- * summed masked off); per VLD groups: one transposing tree for each sum,
- * then mean, rstd and their float32 parts as vectors; per block: the apply
- * (fg_flat_affine), then silu or gelu over the block. fg_small_slabs' own
+ * Per group: one pass of float64 lane sums shifted by its first value
+ * (FG_FLAT_RUN, as FG_VRUN_F64); per VLD groups: one transposing tree for
+ * each sum, then mean, rstd and their float32 parts as vectors
+ * (FG_FLAT_STATS32); per block: the apply (fg_flat_affine), then silu or
+ * gelu over the block (FG_FLAT_BLOCKS). fg_small_slabs' own
  * loops for these groups spent most of their time on per-group scalar work
  * (conversions, branches, spilled pointers): 256x1024 G=32 takes 0.71x the
  * time (0.70x at two threads, silu 0.80x), 256x768 0.61x (Zen 5). */
-#define FG_FLAT_SLABS(ISA)                                                    \
-FG_WIDE_INL void fg_flat_dev64##ISA(const float *p, ptrdiff_t L,              \
-                                    fg_vf64##ISA *sv, fg_vf64##ISA *qv) {     \
+/* A group's float64 lane sums s (returned) and q (*qv) of p[j] - k, for L
+ * values of type TIN loaded by LOAD(p) a float64 vector at a time; a tail
+ * as the run's last vector with the lanes already summed masked off. */
+#define FG_FLAT_RUN(ISA, SUF, TIN, LOAD)                                      \
+FG_WIDE_INL fg_vf64##ISA fg_flat_run_##SUF##ISA(const TIN *p, ptrdiff_t L,    \
+                                                double k, fg_vf64##ISA *qv) { \
     enum { VL = sizeof(fg_vf64##ISA) / sizeof(double) };                      \
-    const double k = p[0];                                                    \
     fg_vf64##ISA s0 = {0}, s1 = {0}, q0 = {0}, q1 = {0}, d;                   \
     ptrdiff_t j = 0;                                                          \
     for (; j + 2 * VL <= L; j += 2 * VL) {                                    \
-        d = FG_WIDEN(ISA, p + j) - k;                                         \
+        d = LOAD(p + j) - k;                                                  \
         s0 += d;                                                              \
         q0 += d * d;                                                          \
-        d = FG_WIDEN(ISA, p + j + VL) - k;                                    \
+        d = LOAD(p + j + VL) - k;                                             \
         s1 += d;                                                              \
         q1 += d * d;                                                          \
     }                                                                         \
     if (j + VL <= L) {                                                        \
-        d = FG_WIDEN(ISA, p + j) - k;                                         \
+        d = LOAD(p + j) - k;                                                  \
         s0 += d;                                                              \
         q0 += d * d;                                                          \
         j += VL;                                                              \
@@ -1444,156 +1446,110 @@ FG_WIDE_INL void fg_flat_dev64##ISA(const float *p, ptrdiff_t L,              \
     if (j < L) {                                                              \
         fg_vi64##ISA on;                                                      \
         FG_LAST_LANES(on, double, VL, L - j)                                  \
-        d = FG_MASKED(fg_vf64##ISA, fg_vi64##ISA,                             \
-                      FG_WIDEN(ISA, p + L - VL) - k, on);                     \
-        s1 += d;                                                              \
-        q1 += d * d;                                                          \
-    }                                                                         \
-    *sv = s0 + s1;                                                            \
-    *qv = q0 + q1;                                                            \
-}                                                                             \
-FG_WIDE_INL void fg_flat_body##ISA(const float *x, float *y, ptrdiff_t ng,    \
-                                   ptrdiff_t L, const float *w,               \
-                                   const float *b, double eps, int act,       \
-                                   int ahead, float *mean_out,                \
-                                   float *rstd_out) {                         \
-    enum { VLD = sizeof(fg_vf64##ISA) / sizeof(double) };                     \
-    typedef float fg_h __attribute__((vector_size(sizeof(fg_vf64##ISA) / 2),  \
-                                      aligned(4), may_alias));                \
-    const double rn = 1.0 / (double)L;                                        \
-    const int fused = act >= 2 ? 0 : act;                                     \
-    ptrdiff_t bs = 1024 / L, g0, g1, g, i;                                    \
-    float mh[FG_SMALL_BLK], ml[FG_SMALL_BLK], rf[FG_SMALL_BLK];               \
-    bs = bs < VLD ? VLD : bs > FG_SMALL_BLK ? FG_SMALL_BLK : bs;              \
-    bs -= bs % VLD;                                                           \
-    for (g0 = 0; g0 < ng; g0 += bs) {                                         \
-        const ptrdiff_t nb = ng - g0 < bs ? ng - g0 : bs;                     \
-        const float *xb = x + g0 * L;                                         \
-        float *yb = y + g0 * L;                                               \
-        FG_AHEAD(ahead, xb, nb * L)                                           \
-        for (g1 = 0; g1 < nb; g1 += VLD) {                                    \
-            fg_vf64##ISA sv[VLD], qv[VLD], k, s, q, sm, v, mean, rstd;        \
-            for (g = 0; g < VLD; g++) {                                       \
-                const float *pg = xb + (g1 + g < nb ? g1 + g : nb - 1) * L;   \
-                k[g] = pg[0];                                                 \
-                fg_flat_dev64##ISA(pg, L, sv + g, qv + g);                    \
-            }                                                                 \
-            s = fg_vsums_t##ISA(sv);                                          \
-            q = fg_vsums_t##ISA(qv);                                          \
-            sm = s * rn;                                                      \
-            v = (q - s * sm) * rn;                                            \
-            v = FG_MASKED(fg_vf64##ISA, fg_vi64##ISA, v,                      \
-                          ~(fg_vi64##ISA)(v < 0));                            \
-            mean = k + sm;                                                    \
-            rstd = 1.0 / fg_vsqrt##ISA(v + eps);                              \
-            *(fg_h *)(mh + g1) = __builtin_convertvector(mean, fg_h);         \
-            *(fg_h *)(ml + g1) = __builtin_convertvector(                     \
-                mean - __builtin_convertvector(*(fg_h *)(mh + g1),            \
-                                               fg_vf64##ISA), fg_h);          \
-            *(fg_h *)(rf + g1) = __builtin_convertvector(rstd, fg_h);         \
-        }                                                                     \
-        if (mean_out)                                                         \
-            for (g = 0; g < nb; g++) {                                        \
-                mean_out[g0 + g] = mh[g];                                     \
-                rstd_out[g0 + g] = rf[g];                                     \
-            }                                                                 \
-        fg_flat_affine_f32##ISA(xb, yb, nb, L, w + g0 * L, b + g0 * L, mh,    \
-                                ml, rf, fused);                               \
-        if (fused != act) {                                                   \
-            const ptrdiff_t nv = nb * L;                                      \
-            FG_ACT_SWITCH(FG_ACT_RUN, f32)                                    \
-        }                                                                     \
-    }                                                                         \
-}                                                                             \
-/* The same for float64 groups of one vector to FG_SHIFT_ALL values, with   \
- * fg_small_slabs' two passes: the sums, a shift k = their mean rounded,    \
- * the shifted sums; each a transposing tree per VLD groups (256x1024 G=32  \
- * float64: 0.63-0.74x the time, 256x512 0.54-0.63x). No FG_FAR pass: k is \
- * off the mean by the sum's rounding alone, a few ulps of the values, so   \
- * it lies beyond a standard deviation only for data within a few ulps of  \
- * one value, whose deviations from k are exact (rstd exact, eps 0, on 3200 \
- * groups of 64 values within 3 ulps of each other). */                     \
-FG_WIDE_INL fg_vf64##ISA fg_flat_run64##ISA(const double *p, ptrdiff_t L,     \
-                                            double k, fg_vf64##ISA *qv) {     \
-    enum { VL = sizeof(fg_vf64##ISA) / sizeof(double) };                      \
-    fg_vf64##ISA s0 = {0}, s1 = {0}, q0 = {0}, q1 = {0}, d;                   \
-    ptrdiff_t j = 0;                                                          \
-    for (; j + 2 * VL <= L; j += 2 * VL) {                                    \
-        d = *(const fg_vf64u##ISA *)(p + j) - k;                              \
-        s0 += d;                                                              \
-        q0 += d * d;                                                          \
-        d = *(const fg_vf64u##ISA *)(p + j + VL) - k;                         \
-        s1 += d;                                                              \
-        q1 += d * d;                                                          \
-    }                                                                         \
-    if (j + VL <= L) {                                                        \
-        d = *(const fg_vf64u##ISA *)(p + j) - k;                              \
-        s0 += d;                                                              \
-        q0 += d * d;                                                          \
-        j += VL;                                                              \
-    }                                                                         \
-    if (j < L) {                                                              \
-        fg_vi64##ISA on;                                                      \
-        FG_LAST_LANES(on, double, VL, L - j)                                  \
-        d = FG_MASKED(fg_vf64##ISA, fg_vi64##ISA,                             \
-                      *(const fg_vf64u##ISA *)(p + L - VL) - k, on);          \
+        d = FG_MASKED(fg_vf64##ISA, fg_vi64##ISA, LOAD(p + L - VL) - k, on);  \
         s1 += d;                                                              \
         q1 += d * d;                                                          \
     }                                                                         \
     if (qv)                                                                   \
         *qv = q0 + q1;                                                        \
     return s0 + s1;                                                           \
-}                                                                             \
-FG_WIDE_INL void fg_flat64_body##ISA(const double *x, double *y,              \
-                                     ptrdiff_t ng, ptrdiff_t L,               \
-                                     const double *w, const double *b,        \
-                                     double eps, int act, int ahead,          \
-                                     double *mean_out, double *rstd_out) {    \
+}
+/* The blocks of a flat function: per VLD groups STATS (setting mh, ml, rf
+ * from g1 on), then per block the statistics out, the apply, silu or gelu. */
+#define FG_FLAT_BLOCKS(T, SUF, ISA, STATS)                                    \
     enum { VLD = sizeof(fg_vf64##ISA) / sizeof(double) };                     \
     const double rn = 1.0 / (double)L;                                        \
     const int fused = act >= 2 ? 0 : act;                                     \
     ptrdiff_t bs = 1024 / L, g0, g1, g, i;                                    \
-    double mh[FG_SMALL_BLK], ml[FG_SMALL_BLK] = {0}, rf[FG_SMALL_BLK];        \
+    T mh[FG_SMALL_BLK], ml[FG_SMALL_BLK], rf[FG_SMALL_BLK];                   \
     bs = bs < VLD ? VLD : bs > FG_SMALL_BLK ? FG_SMALL_BLK : bs;              \
     bs -= bs % VLD;                                                           \
     for (g0 = 0; g0 < ng; g0 += bs) {                                         \
         const ptrdiff_t nb = ng - g0 < bs ? ng - g0 : bs;                     \
-        const double *xb = x + g0 * L;                                        \
-        double *yb = y + g0 * L;                                              \
+        const T *xb = x + g0 * L;                                             \
+        T *yb = y + g0 * L;                                                   \
         FG_AHEAD(ahead, xb, nb * L)                                           \
         for (g1 = 0; g1 < nb; g1 += VLD) {                                    \
-            fg_vf64##ISA av[VLD], qv[VLD], k, s, q, sm, v, mean;              \
-            for (g = 0; g < VLD; g++)                                         \
-                av[g] = g1 + g < nb                                           \
-                    ? fg_flat_run64##ISA(xb + (g1 + g) * L, L, 0, NULL)       \
-                    : (fg_vf64##ISA){0};                                      \
-            k = fg_vsums_t##ISA(av) * rn;                                     \
-            for (g = 0; g < VLD; g++)                                         \
-                av[g] = g1 + g < nb                                           \
-                    ? fg_flat_run64##ISA(xb + (g1 + g) * L, L, k[g], qv + g)  \
-                    : (qv[g] = (fg_vf64##ISA){0});                            \
-            s = fg_vsums_t##ISA(av);                                          \
-            q = fg_vsums_t##ISA(qv);                                          \
-            sm = s * rn;                                                      \
-            v = (q - s * sm) * rn;                                            \
-            v = FG_MASKED(fg_vf64##ISA, fg_vi64##ISA, v,                      \
-                          ~(fg_vi64##ISA)(v < 0));                            \
-            mean = k + sm;                                                    \
-            *(fg_vf64u##ISA *)(mh + g1) = mean;                               \
-            *(fg_vf64u##ISA *)(rf + g1) = 1.0 / fg_vsqrt##ISA(v + eps);       \
+            fg_vf64##ISA av[VLD], qv[VLD], k, s, q, v, mean;                  \
+            STATS                                                             \
         }                                                                     \
         if (mean_out)                                                         \
             for (g = 0; g < nb; g++) {                                        \
                 mean_out[g0 + g] = mh[g];                                     \
                 rstd_out[g0 + g] = rf[g];                                     \
             }                                                                 \
-        fg_flat_affine_f64##ISA(xb, yb, nb, L, w + g0 * L, b + g0 * L, mh,    \
-                                ml, rf, fused);                               \
+        fg_flat_affine_##SUF##ISA(xb, yb, nb, L, w + g0 * L, b + g0 * L, mh,  \
+                                  ml, rf, fused);                             \
         if (fused != act) {                                                   \
             const ptrdiff_t nv = nb * L;                                      \
-            FG_ACT_SWITCH(FG_ACT_RUN, f64)                                    \
+            FG_ACT_SWITCH(FG_ACT_RUN, SUF)                                    \
         }                                                                     \
+    }
+/* mean and variance v of VLD groups from their shift k and shifted sums s,
+ * q (negative v as 0) */
+#define FG_FLAT_MOMENTS(ISA)                                                  \
+    s = fg_vsums_t##ISA(av);                                                  \
+    q = fg_vsums_t##ISA(qv);                                                  \
+    mean = k + s * rn;                                                        \
+    v = (q - s * (s * rn)) * rn;                                              \
+    v = FG_MASKED(fg_vf64##ISA, fg_vi64##ISA, v, ~(fg_vi64##ISA)(v < 0));
+/* float32: one pass shifted by each group's first value */
+#define FG_FLAT_STATS32(ISA)                                                  \
+    for (g = 0; g < VLD; g++) {                                               \
+        const float *pg = xb + (g1 + g < nb ? g1 + g : nb - 1) * L;           \
+        k[g] = pg[0];                                                         \
+        av[g] = fg_flat_run_f32##ISA(pg, L, k[g], qv + g);                    \
     }                                                                         \
+    FG_FLAT_MOMENTS(ISA)                                                      \
+    *(fg_h *)(mh + g1) = __builtin_convertvector(mean, fg_h);                 \
+    *(fg_h *)(ml + g1) = __builtin_convertvector(                             \
+        mean - __builtin_convertvector(*(fg_h *)(mh + g1), fg_vf64##ISA),     \
+        fg_h);                                                                \
+    *(fg_h *)(rf + g1) =                                                      \
+        __builtin_convertvector(1.0 / fg_vsqrt##ISA(v + eps), fg_h);
+/* float64: the sums, a shift k = their mean rounded, the shifted sums */
+#define FG_FLAT_STATS64(ISA)                                                  \
+    for (g = 0; g < VLD; g++)                                                 \
+        av[g] = g1 + g < nb                                                   \
+            ? fg_flat_run_f64##ISA(xb + (g1 + g) * L, L, 0, NULL)             \
+            : (fg_vf64##ISA){0};                                              \
+    k = fg_vsums_t##ISA(av) * rn;                                             \
+    for (g = 0; g < VLD; g++)                                                 \
+        av[g] = g1 + g < nb                                                   \
+            ? fg_flat_run_f64##ISA(xb + (g1 + g) * L, L, k[g], qv + g)        \
+            : (qv[g] = (fg_vf64##ISA){0});                                    \
+    FG_FLAT_MOMENTS(ISA)                                                      \
+    *(fg_vf64u##ISA *)(mh + g1) = mean;                                       \
+    *(fg_vf64u##ISA *)(ml + g1) = (fg_vf64##ISA){0};                          \
+    *(fg_vf64u##ISA *)(rf + g1) = 1.0 / fg_vsqrt##ISA(v + eps);
+#define FG_FLAT_SLABS(ISA)                                                    \
+FG_WIDE_INL fg_vf64##ISA fg_load64##ISA(const double *p) {                    \
+    return *(const fg_vf64u##ISA *)p;                                         \
+}                                                                             \
+FG_FLAT_RUN(ISA, f32, float, fg_widen##ISA)                                   \
+FG_FLAT_RUN(ISA, f64, double, fg_load64##ISA)                                 \
+FG_WIDE_INL void fg_flat_body##ISA(const float *x, float *y, ptrdiff_t ng,    \
+                                   ptrdiff_t L, const float *w,               \
+                                   const float *b, double eps, int act,       \
+                                   int ahead, float *mean_out,                \
+                                   float *rstd_out) {                         \
+    typedef float fg_h __attribute__((vector_size(sizeof(fg_vf64##ISA) / 2),  \
+                                      aligned(4), may_alias));                \
+    FG_FLAT_BLOCKS(float, f32, ISA, FG_FLAT_STATS32(ISA))                     \
+}                                                                             \
+/* The same for float64 groups of one vector to FG_SHIFT_ALL values, with   \
+ * fg_small_slabs' two passes (FG_FLAT_STATS64; 256x1024 G=32 float64:      \
+ * 0.63-0.74x the time, 256x512 0.54-0.63x). No FG_FAR pass: k is off the   \
+ * mean by the sum's rounding alone, a few ulps of the values, so it lies   \
+ * beyond a standard deviation only for data within a few ulps of one      \
+ * value, whose deviations from k are exact (rstd exact, eps 0, on 3200     \
+ * groups of 64 values within 3 ulps of each other). */                     \
+FG_WIDE_INL void fg_flat64_body##ISA(const double *x, double *y,              \
+                                     ptrdiff_t ng, ptrdiff_t L,               \
+                                     const double *w, const double *b,        \
+                                     double eps, int act, int ahead,          \
+                                     double *mean_out, double *rstd_out) {    \
+    FG_FLAT_BLOCKS(double, f64, ISA, FG_FLAT_STATS64(ISA))                    \
 }                                                                             \
 FG_WIDE_FN void fg_flat_slabs64##ISA(const double *x, double *y,              \
                                      ptrdiff_t ng, ptrdiff_t L,               \
