@@ -1567,8 +1567,9 @@ FG_WIDE_FN void fg_flat_slabs##ISA(const float *x, float *y, ptrdiff_t ng,    \
 }
 /* BODY(ISA, L) with common group lengths L as constants, loops unrolled and
  * tails gone: the forward kernel alone took 0.60x the time of the runtime-L
- * body on 256x512 G=32, 0.74x on 256x1024, 0.79x on 256x2048; the backward
- * with L at run time took 1.22x as long on 256x1024, 1.52x on 256x512. */
+ * body on 256x512 G=32, 0.70-0.74x on 256x1024, 0.79x on 256x2048 (a C
+ * harness); the backward with L at run time took 1.22x as long on 256x1024,
+ * 1.52x on 256x512. */
 #define FG_CONST_L(BODY, ISA)                                                 \
     switch (L) {                                                              \
     case 16: BODY(ISA, 16) break;                                             \
