@@ -1420,6 +1420,15 @@ FG_WIDE_INL void fg_flat_affine_##SUF(const T *x0, T *y0, ptrdiff_t nb,      \
  * loops for these groups spent most of their time on per-group scalar work
  * (conversions, branches, spilled pointers): 256x1024 G=32 takes 0.71x the
  * time (0.70x at two threads, silu 0.80x), 256x768 0.61x (Zen 5). */
+/* The flat functions' parameters (T data), their arguments passed on with
+ * the group length L, and their stubs' use of them. */
+#define FG_FLAT_PARAMS(T)                                                     \
+    const T *x, T *y, ptrdiff_t ng, ptrdiff_t L, const T *w, const T *b,      \
+        double eps, int act, int ahead, T *mean_out, T *rstd_out
+#define FG_FLAT_ARGS(L) x, y, ng, L, w, b, eps, act, ahead, mean_out, rstd_out
+#define FG_FLAT_UNUSED                                                        \
+    (void)x; (void)y; (void)ng; (void)L; (void)w; (void)b; (void)eps;         \
+    (void)act; (void)ahead; (void)mean_out; (void)rstd_out;
 /* A group's float64 lane sums s (returned) and q (*qv) of p[j] - k, for L
  * values of type TIN loaded by LOAD(p) a float64 vector at a time; a tail
  * as the run's last vector with the lanes already summed masked off. */
@@ -1528,11 +1537,7 @@ FG_WIDE_INL fg_vf64##ISA fg_load64##ISA(const double *p) {                    \
 }                                                                             \
 FG_FLAT_RUN(ISA, f32, float, fg_widen##ISA)                                   \
 FG_FLAT_RUN(ISA, f64, double, fg_load64##ISA)                                 \
-FG_WIDE_INL void fg_flat_body##ISA(const float *x, float *y, ptrdiff_t ng,    \
-                                   ptrdiff_t L, const float *w,               \
-                                   const float *b, double eps, int act,       \
-                                   int ahead, float *mean_out,                \
-                                   float *rstd_out) {                         \
+FG_WIDE_INL void fg_flat_body##ISA(FG_FLAT_PARAMS(float)) {                   \
     typedef float fg_h __attribute__((vector_size(sizeof(fg_vf64##ISA) / 2),  \
                                       aligned(4), may_alias));                \
     FG_FLAT_BLOCKS(float, f32, ISA, FG_FLAT_STATS32(ISA))                     \
@@ -1544,25 +1549,13 @@ FG_WIDE_INL void fg_flat_body##ISA(const float *x, float *y, ptrdiff_t ng,    \
  * beyond a standard deviation only for data within a few ulps of one      \
  * value, whose deviations from k are exact (rstd exact, eps 0, on 3200     \
  * groups of 64 values within 3 ulps of each other). */                     \
-FG_WIDE_INL void fg_flat64_body##ISA(const double *x, double *y,              \
-                                     ptrdiff_t ng, ptrdiff_t L,               \
-                                     const double *w, const double *b,        \
-                                     double eps, int act, int ahead,          \
-                                     double *mean_out, double *rstd_out) {    \
+FG_WIDE_INL void fg_flat64_body##ISA(FG_FLAT_PARAMS(double)) {                \
     FG_FLAT_BLOCKS(double, f64, ISA, FG_FLAT_STATS64(ISA))                    \
 }                                                                             \
-FG_WIDE_FN void fg_flat_slabs64##ISA(const double *x, double *y,              \
-                                     ptrdiff_t ng, ptrdiff_t L,               \
-                                     const double *w, const double *b,        \
-                                     double eps, int act, int ahead,          \
-                                     double *mean_out, double *rstd_out) {    \
+FG_WIDE_FN void fg_flat_slabs64##ISA(FG_FLAT_PARAMS(double)) {                \
     FG_CONST_L(FG_FLAT64_BODY, ISA)                                           \
 }                                                                             \
-FG_WIDE_FN void fg_flat_slabs##ISA(const float *x, float *y, ptrdiff_t ng,    \
-                                   ptrdiff_t L, const float *w,               \
-                                   const float *b, double eps, int act,       \
-                                   int ahead, float *mean_out,                \
-                                   float *rstd_out) {                         \
+FG_WIDE_FN void fg_flat_slabs##ISA(FG_FLAT_PARAMS(float)) {                   \
     FG_CONST_L(FG_FLAT_BODY, ISA)                                             \
 }
 /* BODY(ISA, L) with common group lengths L as constants, loops unrolled and
@@ -1579,11 +1572,8 @@ FG_WIDE_FN void fg_flat_slabs##ISA(const float *x, float *y, ptrdiff_t ng,    \
     case 64: BODY(ISA, 64) break;                                             \
     default: BODY(ISA, L)                                                     \
     }
-#define FG_FLAT_BODY(ISA, L)                                                  \
-    fg_flat_body##ISA(x, y, ng, L, w, b, eps, act, ahead, mean_out, rstd_out);
-#define FG_FLAT64_BODY(ISA, L)                                                \
-    fg_flat64_body##ISA(x, y, ng, L, w, b, eps, act, ahead, mean_out,         \
-                        rstd_out);
+#define FG_FLAT_BODY(ISA, L) fg_flat_body##ISA(FG_FLAT_ARGS(L));
+#define FG_FLAT64_BODY(ISA, L) fg_flat64_body##ISA(FG_FLAT_ARGS(L));
 
 /* The small-group backward (fg_bwd_small) of one sample of rank-2 float32
  * input whose G groups hold L >= one vector of values each, as vector steps:
@@ -1711,22 +1701,8 @@ int fg_bwd_flat_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t ng,           \
 /* 16-byte vectors (SSE2, NEON) keep fg_small_slabs' path: two floats make
  * no register to widen (FG_VRUN_DEV64_16). Not reached. */
 #define FG_FLAT_SLABS_16(ISA)                                                 \
-FG_WIDE_FN void fg_flat_slabs##ISA(const float *x, float *y, ptrdiff_t ng,    \
-                                   ptrdiff_t L, const float *w,               \
-                                   const float *b, double eps, int act,       \
-                                   int ahead, float *mean_out,                \
-                                   float *rstd_out) {                         \
-    (void)x; (void)y; (void)ng; (void)L; (void)w; (void)b; (void)eps;         \
-    (void)act; (void)ahead; (void)mean_out; (void)rstd_out;                   \
-}                                                                             \
-FG_WIDE_FN void fg_flat_slabs64##ISA(const double *x, double *y,              \
-                                     ptrdiff_t ng, ptrdiff_t L,               \
-                                     const double *w, const double *b,        \
-                                     double eps, int act, int ahead,          \
-                                     double *mean_out, double *rstd_out) {    \
-    (void)x; (void)y; (void)ng; (void)L; (void)w; (void)b; (void)eps;         \
-    (void)act; (void)ahead; (void)mean_out; (void)rstd_out;                   \
-}                                                                             \
+FG_WIDE_FN void fg_flat_slabs##ISA(FG_FLAT_PARAMS(float)) { FG_FLAT_UNUSED }  \
+FG_WIDE_FN void fg_flat_slabs64##ISA(FG_FLAT_PARAMS(double)) { FG_FLAT_UNUSED }\
 FG_WIDE_FN __attribute__((unused))                                           \
 void fg_bwd_flat##ISA(const float *dy, const float *x, float *dx,             \
                       ptrdiff_t G, ptrdiff_t L, const float *mean,            \
