@@ -6,7 +6,8 @@ OLD and NEW are source trees with a built extension (``python setup.py
 build_ext --inplace`` in each; ``git archive REV | tar -x -C DIR`` makes
 one of any revision) or paths to ``_kernels`` shared objects. A CASE is
 ``fwd|bwd:SHAPE:G`` followed by any of ``:t=THREADS``, ``:cl``
-(channels-last), ``:float64``, ``:relu``/``:silu``/``:gelu`` (forward),
+(channels-last), ``:float64``, ``:float16`` (forward: forward_half),
+``:relu``/``:silu``/``:gelu`` (forward),
 for example ``fwd:64x512x7x7:32:t=2``. Each line gives the median time of
 NEW over OLD, once per repeat, and ``BITS DIFFER`` when their outputs do.
 
@@ -73,7 +74,8 @@ def parse_case(text):
             case["threads"] = int(opt[2:])
         elif opt == "cl":
             case["cl"] = True
-        elif opt in ("float32", "float64"):
+        elif opt in ("float32", "float64") or opt == "float16" and \
+                kind == "fwd":
             case["dtype"] = opt
         elif opt in _ACTS and kind == "fwd":
             case["act"] = _ACTS[opt]
@@ -90,9 +92,11 @@ def calls(case, old, new, cold=False):
     HW = int(np.prod(case["shape"][2:], dtype=np.int64))
     if case["cl"]:
         x, dy = to_channels_last(x), to_channels_last(dy)
-    mean, rstd = np.empty((N, G), x.dtype), np.empty((N, G), x.dtype)
-    old.forward(x, np.empty_like(x), w, b, N, C, HW, G, 1e-5, case["cl"], 0,
-                mean, rstd, t)
+    sdt = np.float32 if x.dtype == np.float16 else x.dtype
+    mean, rstd = np.empty((N, G), sdt), np.empty((N, G), sdt)
+    fwd = "forward_half" if x.dtype == np.float16 else "forward"
+    getattr(old, fwd)(x, np.empty_like(x), w, b, N, C, HW, G, 1e-5,
+                      case["cl"], 0, mean, rstd, t)
     copies = max(2, -(-(64 << 20) // (3 * x.nbytes))) if cold else 1
     sets = [(x.copy(), dy.copy(), np.empty_like(x), np.empty(C, x.dtype),
              np.empty(C, x.dtype)) for _ in range(copies)]
@@ -104,8 +108,8 @@ def calls(case, old, new, cold=False):
         if case["kind"] == "fwd":
             def run():
                 xs, _, ys, _, _ = next(turn)
-                k.forward(xs, ys, w, b, N, C, HW, G, 1e-5, case["cl"],
-                          case["act"], None, None, t)
+                getattr(k, fwd)(xs, ys, w, b, N, C, HW, G, 1e-5, case["cl"],
+                                case["act"], None, None, t)
         else:
             def run():
                 xs, dys, dxs, dws, dbs = next(turn)

@@ -110,6 +110,11 @@ cdef extern from "_simd.h" nogil:
     Py_ssize_t FG_SMALL_CG
     void fg_f16_to_f32(const void*, float*, Py_ssize_t)
     void fg_f32_to_f16(const float*, void*, Py_ssize_t)
+    bint fg_half_fused()
+    void fg_moments_f16(const void*, Py_ssize_t, int, double, double*)
+    void fg_apply_span_f16(const void*, void*, Py_ssize_t, Py_ssize_t,
+                           Py_ssize_t, float, float, float, const float*,
+                           const float*, int)
     const char* fg_simd_level()
     void fg_set_level(int)
 
@@ -787,11 +792,54 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
 # One read and one write of the float16 arrays, the same bits as converting
 # the whole array first.
 
+cdef inline void _half_slab(const char* x, char* y, Geometry* g,
+                            Py_ssize_t s, double eps, const float* w,
+                            const float* b, int act, float* mean_out,
+                            float* rstd_out) noexcept nogil:
+    """Slab s of float16 x into y (may be x), HW > 1, converted in registers
+    (fg_half_fused): _slab's chunk statistics and apply on the float32
+    values, so its bits, without a buffer; a slab larger than L2 applied
+    from its last chunk back."""
+    cdef Moments acc, part
+    cdef Py_ssize_t k, j, u0, u1
+    cdef bint back = 2 * g.T > L2_BYTES
+    cdef double mean, rstd
+    cdef float mhi, mlo
+    acc.n = acc.mean = acc.m2 = 0
+    x = x + 2 * s * g.T
+    y = y + 2 * s * g.T
+    for k in range(g.K):
+        u0 = k * g.U
+        fg_moments_f16(x + 2 * u0, min(u0 + g.U, g.T) - u0, 0, eps,
+                       <double*>&part)
+        _merge(&acc, &part)
+    _finish(&acc, eps, &mean, &rstd)
+    if mean_out != NULL:
+        mean_out[s] = <float>mean
+        rstd_out[s] = <float>rstd
+    mhi = <float>mean
+    mlo = <float>(mean - <double>mhi)
+    w = w + (s % g.G) * g.Cg
+    b = b + (s % g.G) * g.Cg
+    if not back:
+        fg_apply_span_f16(x, y, 0, g.T, g.HW, mhi, mlo, <float>rstd, w, b,
+                          act)
+        return
+    for j in range(g.K):
+        u0 = (g.K - 1 - j) * g.U
+        u1 = min(u0 + g.U, g.T)
+        fg_apply_span_f16(x, y, u0, u1, g.HW, mhi, mlo, <float>rstd, w, b,
+                          act)
+
+
 cdef inline void _half_unit(const char* x, char* y, const float* w,
                             const float* b, Geometry* g, Py_ssize_t it,
                             bint small, double eps, int act, float* mo,
                             float* ro, float* buf) noexcept nogil:
     cdef Py_ssize_t ng = 1, s0 = it
+    if buf == NULL:
+        _half_slab(x, y, g, it, eps, w, b, act, mo, ro)
+        return
     if not small:
         _slab(buf, buf, g, it, eps, w, b, act, mo, ro, NULL,
               x + 2 * it * g.T, y + 2 * it * g.T)
@@ -844,22 +892,30 @@ cdef inline Py_ssize_t _half_rows_bytes(Geometry* g) noexcept nogil:
     return (per + 63) // 64 * 64
 
 
+def half_fused():
+    """Whether float16 NCHW slabs of the chunked path are converted in
+    registers (the AVX2 and AVX-512 copies) rather than through buffers."""
+    return bool(fg_half_fused())
+
+
 def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
                  Py_ssize_t C, Py_ssize_t HW, Py_ssize_t G, double eps,
                  bint channels_last, int activation, mean, rstd,
                  int num_threads):
-    """float16 x into y (may be x) through float32 buffers; False, with
-    nothing written, where the buffers do not suit (NCHW slabs above
-    HALF_BUF values or split over threads; channels-last samples above
-    HALF_ROWS values or fewer samples than threads): convert the whole
-    array."""
+    """float16 x into y (may be x) through float32 buffers, or for NCHW
+    slabs of the chunked path (HW > 1) converted in registers where
+    fg_half_fused; False, with nothing written, where neither suits (NCHW
+    slabs split over threads, or above HALF_BUF values with buffers;
+    channels-last samples above HALF_ROWS values or fewer samples than
+    threads): convert the whole array."""
     cdef Geometry g
     cdef cnp.ndarray w, b, scratch
     cdef cnp.ndarray mo = mean, ro = rstd
     cdef int nt = num_threads
-    cdef bint small
+    cdef bint small, fused = False
     cdef Py_ssize_t units, per, it
     cdef float* buf
+    cdef char* sp = NULL
     _geometry(&g, N, C, HW, G, channels_last and HW > 1)
     if N * C * HW < SERIAL_BELOW:
         nt = 1
@@ -873,15 +929,17 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
         units = 0
     else:
         small = g.T <= SMALL_SLAB
-        if g.T > HALF_BUF or (not small and nt > 1 and N * G < nt and
-                              g.K > 1):
+        fused = not small and HW > 1 and fg_half_fused()
+        if (g.T > HALF_BUF and not fused) or \
+                (not small and nt > 1 and N * G < nt and g.K > 1):
             return False
         units = _small_items(&g) if small else N * G
         per = (_slabs_per_item(&g) if small else 1) * g.T
         per = (per + 15) // 16 * 16 * 4        # bytes, 64-byte strides
-    scratch = np.empty(per * nt + 64, dtype=np.uint8)
-    cdef char* sp = <char*>cnp.PyArray_DATA(scratch)
-    sp = sp + (-<size_t>sp) % 64                # 64-byte aligned
+    if not fused:
+        scratch = np.empty(per * nt + 64, dtype=np.uint8)
+        sp = <char*>cnp.PyArray_DATA(scratch)
+        sp = sp + (-<size_t>sp) % 64            # 64-byte aligned
     w = _filled(C, _F32, 1.0) if weight is None else weight
     b = _filled(C, _F32, 0.0) if bias is None else bias
     cdef const char* xp = <const char*>cnp.PyArray_DATA(x)
@@ -890,7 +948,7 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
     cdef const float* bp = <const float*>cnp.PyArray_DATA(b)
     cdef float* mp = NULL if mo is None else <float*>cnp.PyArray_DATA(mo)
     cdef float* rp = NULL if ro is None else <float*>cnp.PyArray_DATA(ro)
-    buf = <float*>sp
+    buf = <float*>sp                            # NULL: fused
     with nogil:
         if g.rows:
             _forward_half_rows(xp, yp, wp, bp, &g, eps, activation, mp, rp,
@@ -901,7 +959,8 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
                            mp, rp, buf)
         else:
             with parallel(num_threads=nt):
-                buf = <float*>(sp + omp_get_thread_num() * per)
+                buf = NULL if fused else \
+                    <float*>(sp + omp_get_thread_num() * per)
                 for it in prange(units, schedule="static"):
                     _half_unit(xp, yp, wp, bp, &g, it, small, eps,
                                activation, mp, rp, buf)

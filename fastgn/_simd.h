@@ -97,28 +97,28 @@
  * thousand on float64 rounding). The scalar two-pass float64 sum they
  * replace had made float32 data around 1e19 20-30x slower than ordinary
  * data. */
-#define FG_SHIFT64(k, x0) (isfinite((double)(k)) ? (double)(k) : (double)(x0)[0])
+#define FG_SHIFT64(k, x0) (isfinite((double)(k)) ? (double)(k) : (double)(x0))
 #define FG_NEEDS_F64(AT, q, n, eps)                                           \
     (sizeof(AT) < sizeof(double) &&                                           \
      ((q) > 1e300 || ((q) < 1e-30 * (n) && (eps) < FG_EPS_EXACT)))
 
-#define FG_MOMENTS(T, AT, SUF, ISA)                                           \
+#define FG_MOMENTS(T, CT, AT, SUF, ISA, SC)                                   \
 FG_WIDE_FN void fg_moments_##SUF##ISA(const T *x, ptrdiff_t len, int ahead,  \
                                       double eps, double *out) {              \
     const double n = (double)len;                                             \
     ptrdiff_t m = FG_SHIFT_N(len);                                            \
-    T k;                                                                      \
+    CT k;                                                                     \
     double s, q;                                                              \
     FG_AHEAD(ahead, x, len)                                                   \
-    k = (T)(fg_vrun_sum_##SUF##ISA(x, m) / (double)m);                        \
+    k = (CT)(fg_vrun_sum_##SUF##ISA(x, m) / (double)m);                       \
     for (;;) {              /* one copy of the loop: 32x256x28x28 ~10% */     \
         fg_vrun_dev_##SUF##ISA(x, len, k, &s, &q);                            \
         if (m == len || !FG_FAR(s, q, 1.0 / n)) break;                        \
-        k = (T)(k + s / n);                                                   \
+        k = (CT)(k + s / n);                                                  \
         m = len;                                                              \
     }                                                                         \
     if (FG_NEEDS_F64(AT, q, n, eps)) {                                        \
-        const double k64 = FG_SHIFT64(k, x);                                  \
+        const double k64 = FG_SHIFT64(k, SC(x[0]));                           \
         fg_vrun_dev64_##SUF##ISA(x, len, k64, &s, &q);                        \
         out[1] = k64 + s / n;                                                 \
     } else {                                                                  \
@@ -392,7 +392,7 @@ FG_WIDE_FN void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows,            \
     {   /* groups needing float64 (flag in kc[g*Cg]); their shifts in kd */   \
         double *restrict kd = (double *)acc;    /* C doubles: acc, acq */     \
         for (g = 0; g < G; g++) {                                             \
-            const double q = out[3 * g], k = FG_SHIFT64(kc[g * Cg], x + g * Cg);\
+            const double q = out[3 * g], k = FG_SHIFT64(kc[g * Cg], x[g * Cg]);\
             const int need = FG_NEEDS_F64(AT, q, n, eps);                     \
             out[3 * g] = n;                                                   \
             for (c = g * Cg; c < (g + 1) * Cg; c++) kd[c] = k;                \
@@ -999,9 +999,10 @@ static const long long fg_ones64[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1,
     __builtin_memcpy(&(ON), sizeof(T) == 4                                    \
                      ? (const void *)(fg_ones32 + 16 - (VL) + (r))            \
                      : (const void *)(fg_ones64 + 8 - (VL) + (r)), sizeof(ON));
-/* d = the vector at p + j + off, shifted by k; its sum and sum of squares */
-#define FG_DEV_STEP(VU, S, Q, off)                                            \
-    d = *(const VU *)(p + j + (off)) - k;                                     \
+/* d = the vector at p + j + off (loaded by fg_ld_SUF), shifted by k; its
+ * sum and sum of squares */
+#define FG_DEV_STEP(SUF, S, Q, off)                                           \
+    d = fg_ld_##SUF(p + j + (off)) - k;                                       \
     S += d;                                                                   \
     Q += d * d;
 /* v = the gradient vector at g + j + off; its sum, and its products with
@@ -1010,64 +1011,72 @@ static const long long fg_ones64[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1,
     v = *(const VU *)(g + j + (off));                                         \
     S += v * (*(const VU *)(p + j + (off)) - mu);                             \
     B += v;
-#define FG_VRUNS(T, V, VU, VI, SUF)                                           \
+/* The shift and shifted sums of a run of values of type T, loaded as
+ * vectors V of CT by fg_ld_SUF and one by one by SC, summed in CT lanes
+ * (fg_vsum_VS at the end): float32 and float64 data as they are, float16
+ * converted to float32 in registers. */
+#define FG_VRUN_SUMS(T, CT, V, SUF, VS, SC)                                   \
 FG_WIDE_INL double fg_vrun_sum_##SUF(const T *p, ptrdiff_t len) {             \
-    enum { VL = sizeof(V) / sizeof(T) };                                      \
+    enum { VL = sizeof(V) / sizeof(CT) };                                     \
     V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                 \
     ptrdiff_t j = 0;                                                          \
     double t = 0;                                                             \
     for (; j + 4 * VL <= len; j += 4 * VL) {                                  \
-        a0 += *(const VU *)(p + j);                                           \
-        a1 += *(const VU *)(p + j + VL);                                      \
-        a2 += *(const VU *)(p + j + 2 * VL);                                  \
-        a3 += *(const VU *)(p + j + 3 * VL);                                  \
+        a0 += fg_ld_##SUF(p + j);                                             \
+        a1 += fg_ld_##SUF(p + j + VL);                                        \
+        a2 += fg_ld_##SUF(p + j + 2 * VL);                                    \
+        a3 += fg_ld_##SUF(p + j + 3 * VL);                                    \
     }                                                                         \
     a0 += a2;                                                                 \
     a1 += a3;                                                                 \
     for (; j + 2 * VL <= len; j += 2 * VL) {                                  \
-        a0 += *(const VU *)(p + j);                                           \
-        a1 += *(const VU *)(p + j + VL);                                      \
+        a0 += fg_ld_##SUF(p + j);                                             \
+        a1 += fg_ld_##SUF(p + j + VL);                                        \
     }                                                                         \
     if (j + VL <= len) {                                                      \
-        a0 += *(const VU *)(p + j);                                           \
+        a0 += fg_ld_##SUF(p + j);                                             \
         j += VL;                                                              \
     }                                                                         \
-    for (; j < len; j++) t += p[j];                                           \
-    return t + fg_vsum_##SUF(a0 + a1);                                        \
+    for (; j < len; j++) t += SC(p[j]);                                       \
+    return t + fg_vsum_##VS(a0 + a1);                                         \
 }                                                                             \
 FG_WIDE_INL void fg_vrun_dev_##SUF(const T *p, ptrdiff_t len,                 \
-                                               T k, double *s, double *q) {   \
-    enum { VL = sizeof(V) / sizeof(T) };                                      \
+                                               CT k, double *s, double *q) {  \
+    enum { VL = sizeof(V) / sizeof(CT) };                                     \
     V s0 = {0}, s1 = {0}, q0 = {0}, q1 = {0}, d;                              \
     V s2 = {0}, s3 = {0}, q2 = {0}, q3 = {0};                                 \
     ptrdiff_t j = 0;                                                          \
     double ts = 0, tq = 0;                                                    \
     for (; j + 4 * VL <= len; j += 4 * VL) {                                  \
-        FG_DEV_STEP(VU, s0, q0, 0)                                            \
-        FG_DEV_STEP(VU, s1, q1, VL)                                           \
-        FG_DEV_STEP(VU, s2, q2, 2 * VL)                                       \
-        FG_DEV_STEP(VU, s3, q3, 3 * VL)                                       \
+        FG_DEV_STEP(SUF, s0, q0, 0)                                           \
+        FG_DEV_STEP(SUF, s1, q1, VL)                                          \
+        FG_DEV_STEP(SUF, s2, q2, 2 * VL)                                      \
+        FG_DEV_STEP(SUF, s3, q3, 3 * VL)                                      \
     }                                                                         \
     s0 += s2;                                                                 \
     s1 += s3;                                                                 \
     q0 += q2;                                                                 \
     q1 += q3;                                                                 \
     for (; j + 2 * VL <= len; j += 2 * VL) {                                  \
-        FG_DEV_STEP(VU, s0, q0, 0)                                            \
-        FG_DEV_STEP(VU, s1, q1, VL)                                           \
+        FG_DEV_STEP(SUF, s0, q0, 0)                                           \
+        FG_DEV_STEP(SUF, s1, q1, VL)                                          \
     }                                                                         \
     if (j + VL <= len) {                                                      \
-        FG_DEV_STEP(VU, s0, q0, 0)                                            \
+        FG_DEV_STEP(SUF, s0, q0, 0)                                           \
         j += VL;                                                              \
     }                                                                         \
     for (; j < len; j++) {                                                    \
-        T e = p[j] - k;                                                       \
+        CT e = SC(p[j]) - k;                                                  \
         ts += e;                                                              \
         tq += (double)e * e;                                                  \
     }                                                                         \
-    *s = ts + fg_vsum_##SUF(s0 + s1);                                         \
-    *q = tq + fg_vsum_##SUF(q0 + q1);                                         \
-}                                                                             \
+    *s = ts + fg_vsum_##VS(s0 + s1);                                          \
+    *q = tq + fg_vsum_##VS(q0 + q1);                                          \
+}
+#define FG_SAME(v) (v)
+#define FG_VRUNS(T, V, VU, VI, SUF)                                           \
+FG_WIDE_INL V fg_ld_##SUF(const T *p) { return *(const VU *)p; }              \
+FG_VRUN_SUMS(T, T, V, SUF, SUF, FG_SAME)                                      \
 /* Backward: *s = sum g*(p - mu), *b = sum g. */                              \
 FG_WIDE_INL void fg_vrun_bwd_##SUF(const T *g, const T *p,                    \
                                                ptrdiff_t len, T mu,           \
@@ -1773,7 +1782,7 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
         }                                                                     \
         for (g = 0; g < nb && m < L; g++)   /* tiny: float64 sums already */  \
             if (FG_NEEDS_F64(AT, q[g], n, eps)) {                             \
-                const double k64 = FG_SHIFT64(k[g], xb + g * L);              \
+                const double k64 = FG_SHIFT64(k[g], xb[g * L]);               \
                 double v;                                                     \
                 fg_vrun_dev64_##SUF##ISA(xb + g * L, L, k64, s + g, q + g);   \
                 v = (q[g] - s[g] * (s[g] / n)) / n;                           \
@@ -1941,6 +1950,99 @@ FG_WIDE_INL void fg_runs_dev64_f64##ISA(const double *p, ptrdiff_t nb,        \
     (void)p; (void)nb; (void)len; (void)k; (void)s; (void)q;                  \
 }
 
+/* float16 data read and written in registers (F16C, AVX-512), in the AVX2
+ * and AVX-512 copies: a large NCHW slab's chunk statistics and its apply,
+ * with the float32 kernels' arithmetic on the converted values, so the bits
+ * of converting the slab to float32 first and rounding once at the end.
+ * Converting through a float32 buffer instead wrote and read every value
+ * twice more (1x320x64x64: the conversions 39% of the time). */
+#define FG_HALF_IO_64(ISA)                                                    \
+FG_WIDE_INL fg_vf32##ISA fg_ld_f16##ISA(const unsigned short *p) {            \
+    return (fg_vf32##ISA)_mm512_cvtph_ps(                                     \
+        _mm256_loadu_si256((const __m256i *)p));                              \
+}                                                                             \
+FG_WIDE_INL void fg_st_f16##ISA(unsigned short *p, fg_vf32##ISA v) {          \
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(                        \
+                            (__m512)v, _MM_FROUND_TO_NEAREST_INT));           \
+}
+#define FG_HALF_IO_32(ISA)                                                    \
+FG_WIDE_INL fg_vf32##ISA fg_ld_f16##ISA(const unsigned short *p) {            \
+    return (fg_vf32##ISA)_mm256_cvtph_ps(                                     \
+        _mm_loadu_si128((const __m128i *)p));                                 \
+}                                                                             \
+FG_WIDE_INL void fg_st_f16##ISA(unsigned short *p, fg_vf32##ISA v) {          \
+    _mm_storeu_si128((__m128i *)p,                                            \
+                     _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));  \
+}
+#define FG_F2H(v) _cvtss_sh((v), _MM_FROUND_TO_NEAREST_INT)
+/* y = act((x - mhi) * sc + sh) for the m float16 values at xp, into yp:
+ * vector by vector, or with an activation a block at a time through an L1
+ * buffer, where the float32 kernels' loop applies it. */
+#define FG_HALF_ACT_BODY(ACT, SUF) FG_SIMD for (j = 0; j < e; j++)            \
+    buf[j] = ACT(SUF, buf[j]);
+#define FG_HALF_RUN(ISA)                                                      \
+    if (act == 0) {                                                           \
+        for (i = 0; i + VL <= m; i += VL)                                     \
+            fg_st_f16##ISA(yp + i, (fg_ld_f16##ISA(xp + i) - mhi) * sc + sh); \
+        for (; i < m; i++)                                                    \
+            yp[i] = FG_F2H((_cvtsh_ss(xp[i]) - mhi) * sc + sh);               \
+    } else {                                                                  \
+        for (i = 0; i < m; i += BLK) {                                        \
+            const ptrdiff_t e = m - i < BLK ? m - i : BLK;                    \
+            for (j = 0; j + VL <= e; j += VL)                                 \
+                *(fg_vf32##ISA *)(buf + j) =                                  \
+                    (fg_ld_f16##ISA(xp + i + j) - mhi) * sc + sh;             \
+            for (; j < e; j++)                                                \
+                buf[j] = (_cvtsh_ss(xp[i + j]) - mhi) * sc + sh;              \
+            FG_ACT_SWITCH(FG_HALF_ACT_BODY, f32)                              \
+            for (j = 0; j + VL <= e; j += VL)                                 \
+                fg_st_f16##ISA(yp + i + j, *(fg_vf32##ISA *)(buf + j));       \
+            for (; j < e; j++)                                                \
+                yp[i + j] = FG_F2H(buf[j]);                                   \
+        }                                                                     \
+    }
+#define FG_HALF_KERNELS(ISA, VB)                                              \
+FG_HALF_IO_##VB(ISA)                                                          \
+FG_VRUN_SUMS(unsigned short, float, fg_vf32##ISA, f16##ISA, f32##ISA,         \
+             _cvtsh_ss)                                                       \
+/* Reached only by sums of squares that are infinite or NaN (float16's        \
+ * squares neither overflow nor underflow float32 lanes) or a constant run    \
+ * with eps < FG_EPS_EXACT: its result is the float32 data's. */              \
+FG_WIDE_INL void fg_vrun_dev64_f16##ISA(const unsigned short *p,              \
+                                        ptrdiff_t len, double k, double *s,   \
+                                        double *q) {                          \
+    ptrdiff_t j;                                                              \
+    double ts = 0, tq = 0;                                                    \
+    for (j = 0; j < len; j++) {                                               \
+        const double e = (double)_cvtsh_ss(p[j]) - k;                         \
+        ts += e;                                                              \
+        tq += e * e;                                                          \
+    }                                                                         \
+    *s = ts;                                                                  \
+    *q = tq;                                                                  \
+}                                                                             \
+FG_MOMENTS(unsigned short, float, float, f16, ISA, _cvtsh_ss)                 \
+/* Values [u0, u1) of a float16 slab (HW > 1): fg_apply_span_f32's            \
+ * arithmetic, plain stores. */                                               \
+FG_WIDE_FN void fg_apply_span_f16##ISA(const unsigned short *x,               \
+                                       unsigned short *y, ptrdiff_t u0,       \
+                                       ptrdiff_t u1, ptrdiff_t HW, float mhi, \
+                                       float mlo, float rs, const float *w,   \
+                                       const float *b, int act) {             \
+    enum { VL = sizeof(fg_vf32##ISA) / sizeof(float), BLK = 512 };            \
+    float buf[BLK] __attribute__((aligned(64)));                              \
+    ptrdiff_t u = u0, i, j;                                                   \
+    while (u < u1) {                                                          \
+        const ptrdiff_t c = u / HW;                                           \
+        const ptrdiff_t m = ((c + 1) * HW < u1 ? (c + 1) * HW : u1) - u;      \
+        const float sc = w[c] * rs, sh = b[c] - mlo * sc;                     \
+        const unsigned short *xp = x + u;                                     \
+        unsigned short *yp = y + u;                                           \
+        FG_HALF_RUN(ISA)                                                      \
+        u += m;                                                               \
+    }                                                                         \
+}
+
 /* The kernels built on vector runs, for one ISA (names suffixed ISA) with
  * vectors of VB bytes. */
 #define FG_WIDE_KERNELS(ISA, VB)                                              \
@@ -1949,8 +2051,8 @@ FG_WIDE_INL void fg_runs_dev64_f64##ISA(const double *p, ptrdiff_t nb,        \
     FG_VRUNS(float, fg_vf32##ISA, fg_vf32u##ISA, fg_vi32##ISA, f32##ISA)      \
     FG_VRUNS(double, fg_vf64##ISA, fg_vf64u##ISA, fg_vi64##ISA, f64##ISA)     \
     FG_VRUN_DEV64_##VB(ISA)                                                   \
-    FG_MOMENTS(float, float, f32, ISA)                                        \
-    FG_MOMENTS(double, double, f64, ISA)                                      \
+    FG_MOMENTS(float, float, float, f32, ISA, FG_SAME)                        \
+    FG_MOMENTS(double, double, double, f64, ISA, FG_SAME)                     \
     FG_BWD_SUMS(float, float, f32, ISA)                                       \
     FG_BWD_SUMS(double, double, f64, ISA)                                     \
     FG_BWD_SMALL(float, f32, ISA)                                             \
@@ -1985,12 +2087,14 @@ FG_WIDE_INL void fg_runs_dev64_f64##ISA(const double *p, ptrdiff_t nb,        \
 #define FG_WIDE_INL static inline __attribute__((always_inline,               \
                                                  target("arch=x86-64-v4")))
 FG_WIDE_KERNELS(_v4, 64)
+FG_HALF_KERNELS(_v4, 64)
 #undef FG_WIDE_FN
 #undef FG_WIDE_INL
 #define FG_WIDE_FN static __attribute__((target("arch=x86-64-v3")))
 #define FG_WIDE_INL static inline __attribute__((always_inline,               \
                                                  target("arch=x86-64-v3")))
 FG_WIDE_KERNELS(_v3, 32)
+FG_HALF_KERNELS(_v3, 32)
 #undef FG_WIDE_FN
 #undef FG_WIDE_INL
 #define FG_WIDE_FN static
@@ -2084,6 +2188,26 @@ void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C,           \
 }
 FG_PICK_TYPED(float, f32)
 FG_PICK_TYPED(double, f64)
+/* float16 read and written in registers where a copy with F16C runs. */
+static int fg_half_fused(void) { return fg_level >= 3; }
+#define FG_PICK_HALF(NAME, ARGS)                                              \
+    if (fg_level >= 4)                                                        \
+        NAME##_v4 ARGS;                                                       \
+    else                                                                      \
+        NAME##_v3 ARGS;
+static void fg_moments_f16(const void *x, ptrdiff_t len, int ahead,
+                           double eps, double *out) {
+    FG_PICK_HALF(fg_moments_f16, ((const unsigned short *)x, len, ahead, eps,
+                                  out))
+}
+static void fg_apply_span_f16(const void *x, void *y, ptrdiff_t u0,
+                              ptrdiff_t u1, ptrdiff_t HW, float mhi,
+                              float mlo, float rs, const float *w,
+                              const float *b, int act) {
+    FG_PICK_HALF(fg_apply_span_f16, ((const unsigned short *)x,
+                                     (unsigned short *)y, u0, u1, HW, mhi,
+                                     mlo, rs, w, b, act))
+}
 /* The level FG_PICK takes (show_config's "simd"). */
 static const char *fg_simd_level(void) {
     return fg_level >= 4 ? "x86-64-v4 (AVX-512)"
@@ -2111,6 +2235,14 @@ static const char *fg_simd_level(void) {
     return "build target, " FG_VBITS "-bit vectors";
 }
 static void fg_set_level(int cap) {}
+/* float16 goes through float32 buffers (fg_f16_to_f32, fg_f32_to_f16). */
+static int fg_half_fused(void) { return 0; }
+static void fg_moments_f16(const void *x, ptrdiff_t len, int ahead,
+                           double eps, double *out) {}
+static void fg_apply_span_f16(const void *x, void *y, ptrdiff_t u0,
+                              ptrdiff_t u1, ptrdiff_t HW, float mhi,
+                              float mlo, float rs, const float *w,
+                              const float *b, int act) {}
 #endif
 FG_APPLY_SPAN(float, f32)
 FG_APPLY_SPAN(double, f64)

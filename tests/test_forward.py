@@ -139,41 +139,53 @@ class _HalfSpy:
 
 @pytest.mark.compiled_only
 @pytest.mark.parametrize("shape,G,kind,channels_last", [
-    ((3, 8, 6, 5), 4, "fused", False),        # small slabs, one call
-    ((64, 32, 7, 7), 8, "fused", False),      # small slabs over threads
-    ((5, 8, 40, 41), 4, "fused", False),      # a slab per unit, chunked
-    ((4, 64, 19), 2, "fused", False),         # rank 3, odd lengths
+    ((3, 8, 6, 5), 4, "buf", False),          # small slabs, one call
+    ((64, 32, 7, 7), 8, "buf", False),        # small slabs over threads
+    ((5, 8, 40, 41), 4, "buf", False),        # a slab per unit, chunked
+    ((4, 64, 19), 2, "buf", False),           # rank 3, odd lengths
+    ((3, 6, 2500), 3, "buf", False),          # chunked, one channel each
     ((1, 4, 100, 100), 1, "split", False),    # one slab: split over threads
     ((1, 8, 260, 260), 2, "big", False),      # slabs above HALF_BUF values
-    ((3, 6, 5, 8), 4, "fused", True),         # NHWC: one thread (small)
-    ((2, 60, 60, 32), 8, "fused", True),      # a sample per thread, 2 chunks
+    ((3, 6, 5, 8), 4, "buf", True),           # NHWC: one thread (small)
+    ((2, 60, 60, 32), 8, "buf", True),        # a sample per thread, 2 chunks
     ((1, 50, 50, 16), 4, "split", True),      # one sample over threads
     ((1, 2100, 1000, 2), 1, "big", True),     # a sample above HALF_ROWS
 ], ids=str)
 @pytest.mark.parametrize("nt", [1, 2])
-@pytest.mark.parametrize("activation", [None, "silu"])
-def test_float16_buffered_path_same_bits(rng, monkeypatch, shape, G, kind,
-                                         channels_last, nt, activation):
+@pytest.mark.parametrize("activation", [None, "silu", "gelu"])
+@pytest.mark.parametrize("back", [False, True], ids=["fwd", "back"])
+def test_float16_compiled_path_same_bits(rng, monkeypatch, shape, G, kind,
+                                         channels_last, nt, activation,
+                                         back):
     """float16 goes through float32 buffers per slab (NCHW) or per sample
-    (channels-last); it gives the bits of normalizing the float32 conversion
-    and rounding once, in place and into out= as well; shapes the buffers
-    do not suit take the fallback."""
+    (channels-last), or is converted in registers (NCHW slabs of the
+    chunked path, half_fused: slabs of any size); either gives the bits of
+    normalizing the float32 conversion and rounding once, in place and into
+    out= as well, also when large slabs are applied last chunk first
+    (back); shapes neither suits take the fallback."""
     x = data(rng, shape, F16, offset=30.0)
     w, b = params(rng, shape[-1 if channels_last else 1], "both", F16)
     kw = dict(num_threads=nt, activation=activation, return_stats=True,
               channels_last=channels_last)
     r32, m32, s32 = gn(x.astype(F32), G, w.astype(F32), b.astype(F32), **kw)
     spy = _HalfSpy(monkeypatch)
-    y, m, s = gn(x, G, w, b, **kw)
-    assert spy.ran == [kind == "fused" or kind == "split" and nt == 1]
+    kern = _api._kern
+    old = kern.back_bytes(0 if back else 1 << 62)
+    try:
+        y, m, s = gn(x, G, w, b, **kw)
+        out = np.full(x.size + 1, 7.0, F16)[1:].reshape(shape)  # 2-byte off
+        assert gn(x, G, w, b, out=out, **kw)[0] is out
+        z = x.copy()
+        assert gn(z, G, w, b, out=z, **kw)[0] is z
+    finally:
+        kern.back_bytes(old)
+    ran = {"buf": True, "split": nt == 1,
+           "big": kern.half_fused() and not channels_last}[kind]
+    assert spy.ran == [ran] * 3
     np.testing.assert_array_equal(y, r32.astype(F16))
     np.testing.assert_array_equal(m, m32)
     np.testing.assert_array_equal(s, s32)
-    out = np.full(x.size + 1, 7.0, F16)[1:].reshape(shape)   # 2-byte offset
-    assert gn(x, G, w, b, out=out, **kw)[0] is out
     np.testing.assert_array_equal(out, y)
-    z = x.copy()
-    assert gn(z, G, w, b, out=z, **kw)[0] is z
     np.testing.assert_array_equal(z, y)
 
 
