@@ -792,44 +792,78 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
 # One read and one write of the float16 arrays, the same bits as converting
 # the whole array first.
 
+cdef inline void _half_moments(const char* x, Geometry* g, Py_ssize_t s,
+                               Py_ssize_t k, double eps,
+                               Moments* m) noexcept nogil:
+    """Chunk k of float16 slab s, converted in registers (fg_half_fused):
+    _chunk_moments of the float32 values."""
+    cdef Py_ssize_t u0 = k * g.U
+    fg_moments_f16(x + 2 * (s * g.T + u0), min(u0 + g.U, g.T) - u0, 0, eps,
+                   <double*>m)
+
+
+cdef inline void _half_apply(const char* x, char* y, Geometry* g,
+                             Py_ssize_t s, Py_ssize_t u0, Py_ssize_t u1,
+                             double mean, double rstd, const float* w,
+                             const float* b, int act) noexcept nogil:
+    """Values [u0, u1) of float16 slab s, HW > 1: _apply_units on the
+    float32 values, rounded once."""
+    cdef float mhi = <float>mean
+    cdef float mlo = <float>(mean - <double>mhi)
+    cdef Py_ssize_t c0 = (s % g.G) * g.Cg
+    fg_apply_span_f16(x + 2 * s * g.T, y + 2 * s * g.T, u0, u1, g.HW, mhi,
+                      mlo, <float>rstd, w + c0, b + c0, act)
+
+
 cdef inline void _half_slab(const char* x, char* y, Geometry* g,
                             Py_ssize_t s, double eps, const float* w,
                             const float* b, int act, float* mean_out,
                             float* rstd_out) noexcept nogil:
-    """Slab s of float16 x into y (may be x), HW > 1, converted in registers
-    (fg_half_fused): _slab's chunk statistics and apply on the float32
-    values, so its bits, without a buffer; a slab larger than L2 applied
-    from its last chunk back."""
+    """Slab s of float16 x into y (may be x), converted in registers: _slab
+    without a buffer, the same bits; a slab larger than L2 applied from its
+    last chunk back."""
     cdef Moments acc, part
-    cdef Py_ssize_t k, j, u0, u1
-    cdef bint back = 2 * g.T > L2_BYTES
+    cdef Py_ssize_t k, j, u0
     cdef double mean, rstd
-    cdef float mhi, mlo
     acc.n = acc.mean = acc.m2 = 0
-    x = x + 2 * s * g.T
-    y = y + 2 * s * g.T
     for k in range(g.K):
-        u0 = k * g.U
-        fg_moments_f16(x + 2 * u0, min(u0 + g.U, g.T) - u0, 0, eps,
-                       <double*>&part)
+        _half_moments(x, g, s, k, eps, &part)
         _merge(&acc, &part)
     _finish(&acc, eps, &mean, &rstd)
     if mean_out != NULL:
         mean_out[s] = <float>mean
         rstd_out[s] = <float>rstd
-    mhi = <float>mean
-    mlo = <float>(mean - <double>mhi)
-    w = w + (s % g.G) * g.Cg
-    b = b + (s % g.G) * g.Cg
-    if not back:
-        fg_apply_span_f16(x, y, 0, g.T, g.HW, mhi, mlo, <float>rstd, w, b,
-                          act)
+    if 2 * g.T <= L2_BYTES:
+        _half_apply(x, y, g, s, 0, g.T, mean, rstd, w, b, act)
         return
     for j in range(g.K):
         u0 = (g.K - 1 - j) * g.U
-        u1 = min(u0 + g.U, g.T)
-        fg_apply_span_f16(x, y, u0, u1, g.HW, mhi, mlo, <float>rstd, w, b,
-                          act)
+        _half_apply(x, y, g, s, u0, min(u0 + g.U, g.T), mean, rstd, w, b,
+                    act)
+
+
+cdef void _half_split(const char* x, char* y, const float* w, const float* b,
+                      Geometry* g, double eps, int act, float* mean_out,
+                      float* rstd_out, Moments* parts, double* stats,
+                      int nt) noexcept nogil:
+    """Float16 slabs converted in registers, too few for the threads
+    (_split_units): _forward_nchw's shared chunks, the same bits."""
+    cdef Py_ssize_t S = g.N * g.G, items = g.N * g.G * g.K, it, s, j, u0
+    cdef bint back = 2 * g.T > L2_BYTES
+    with parallel(num_threads=nt):
+        for it in prange(items, schedule="static"):
+            _half_moments(x, g, it // g.K, it % g.K, eps, &parts[it])
+        fastgn_barrier()
+        for s in prange(S, schedule="static"):
+            _merge_slab(&parts[s * g.K], g.K, 1, s, eps, stats, mean_out,
+                        rstd_out)
+        fastgn_barrier()
+        for it in prange(items, schedule="static"):
+            j = _mirror(it, items, nt) if back else it
+            s = j // g.K
+            u0 = (j % g.K) * g.U
+            _half_apply(x, y, g, s, u0, min(u0 + g.U, g.T), stats[2 * s],
+                        stats[2 * s + 1], w, b, act)
 
 
 cdef inline void _half_unit(const char* x, char* y, const float* w,
@@ -904,15 +938,15 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
                  int num_threads):
     """float16 x into y (may be x) through float32 buffers, or for NCHW
     slabs of the chunked path (HW > 1) converted in registers where
-    fg_half_fused; False, with nothing written, where neither suits (NCHW
-    slabs split over threads, or above HALF_BUF values with buffers;
+    fg_half_fused; False, with nothing written, where neither suits (with
+    buffers, NCHW slabs above HALF_BUF values or split over threads;
     channels-last samples above HALF_ROWS values or fewer samples than
     threads): convert the whole array."""
     cdef Geometry g
     cdef cnp.ndarray w, b, scratch
     cdef cnp.ndarray mo = mean, ro = rstd
     cdef int nt = num_threads
-    cdef bint small, fused = False
+    cdef bint small, fused = False, split = False
     cdef Py_ssize_t units, per, it
     cdef float* buf
     cdef char* sp = NULL
@@ -930,14 +964,17 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
     else:
         small = g.T <= SMALL_SLAB
         fused = not small and HW > 1 and fg_half_fused()
-        if (g.T > HALF_BUF and not fused) or \
-                (not small and nt > 1 and N * G < nt and g.K > 1):
+        split = fused and _split_units(N * G, g.K, g.T, nt)
+        if not fused and (g.T > HALF_BUF or (not small and nt > 1 and
+                                            N * G < nt and g.K > 1)):
             return False
         units = _small_items(&g) if small else N * G
         per = (_slabs_per_item(&g) if small else 1) * g.T
         per = (per + 15) // 16 * 16 * 4        # bytes, 64-byte strides
-    if not fused:
-        scratch = np.empty(per * nt + 64, dtype=np.uint8)
+    if not fused or split:
+        # buffers per thread, or (split) chunk moments and slab stats
+        scratch = np.empty((24 * N * G * g.K + 16 * N * G if split else
+                            per * nt) + 64, dtype=np.uint8)
         sp = <char*>cnp.PyArray_DATA(scratch)
         sp = sp + (-<size_t>sp) % 64            # 64-byte aligned
     w = _filled(C, _F32, 1.0) if weight is None else weight
@@ -948,9 +985,12 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
     cdef const float* bp = <const float*>cnp.PyArray_DATA(b)
     cdef float* mp = NULL if mo is None else <float*>cnp.PyArray_DATA(mo)
     cdef float* rp = NULL if ro is None else <float*>cnp.PyArray_DATA(ro)
-    buf = <float*>sp                            # NULL: fused
+    buf = NULL if fused else <float*>sp
     with nogil:
-        if g.rows:
+        if split:
+            _half_split(xp, yp, wp, bp, &g, eps, activation, mp, rp,
+                        <Moments*>sp, <double*>(sp + 24 * N * G * g.K), nt)
+        elif g.rows:
             _forward_half_rows(xp, yp, wp, bp, &g, eps, activation, mp, rp,
                                sp, per, nt)
         elif nt == 1:

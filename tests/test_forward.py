@@ -145,6 +145,7 @@ class _HalfSpy:
     ((4, 64, 19), 2, "buf", False),           # rank 3, odd lengths
     ((3, 6, 2500), 3, "buf", False),          # chunked, one channel each
     ((1, 4, 100, 100), 1, "split", False),    # one slab: split over threads
+    ((3, 2, 201, 200), 1, "buf", False),      # 3 slabs on 2 threads
     ((1, 8, 260, 260), 2, "big", False),      # slabs above HALF_BUF values
     ((3, 6, 5, 8), 4, "buf", True),           # NHWC: one thread (small)
     ((2, 60, 60, 32), 8, "buf", True),        # a sample per thread, 2 chunks
@@ -159,7 +160,8 @@ def test_float16_compiled_path_same_bits(rng, monkeypatch, shape, G, kind,
                                          back):
     """float16 goes through float32 buffers per slab (NCHW) or per sample
     (channels-last), or is converted in registers (NCHW slabs of the
-    chunked path, half_fused: slabs of any size); either gives the bits of
+    chunked path, half_fused: slabs of any size, shared among the threads
+    as float32 slabs are when too few); either gives the bits of
     normalizing the float32 conversion and rounding once, in place and into
     out= as well, also when large slabs are applied last chunk first
     (back); shapes neither suits take the fallback."""
@@ -179,8 +181,8 @@ def test_float16_compiled_path_same_bits(rng, monkeypatch, shape, G, kind,
         assert gn(z, G, w, b, out=z, **kw)[0] is z
     finally:
         kern.back_bytes(old)
-    ran = {"buf": True, "split": nt == 1,
-           "big": kern.half_fused() and not channels_last}[kind]
+    fused = kern.half_fused() and not channels_last
+    ran = {"buf": True, "split": nt == 1 or fused, "big": fused}[kind]
     assert spy.ran == [ran] * 3
     np.testing.assert_array_equal(y, r32.astype(F16))
     np.testing.assert_array_equal(m, m32)
