@@ -115,6 +115,10 @@ cdef extern from "_simd.h" nogil:
     void fg_apply_span_f16(const void*, void*, Py_ssize_t, Py_ssize_t,
                            Py_ssize_t, float, float, float, const float*,
                            const float*, int)
+    bint fg_half_small(Py_ssize_t, Py_ssize_t)
+    void fg_small_slabs_f16(const void*, void*, Py_ssize_t, Py_ssize_t,
+                            Py_ssize_t, const float*, const float*, double,
+                            int, float*, float*)
     const char* fg_simd_level()
     void fg_set_level(int)
 
@@ -870,9 +874,19 @@ cdef inline void _half_unit(const char* x, char* y, const float* w,
                             const float* b, Geometry* g, Py_ssize_t it,
                             bint small, double eps, int act, float* mo,
                             float* ro, float* buf) noexcept nogil:
-    cdef Py_ssize_t ng = 1, s0 = it
-    if buf == NULL:
+    """Unit it (a slab, or a small-slab item) through buf, or converted in
+    registers when buf is NULL."""
+    cdef Py_ssize_t ng = 1, s0 = it, c0
+    if buf == NULL and not small:
         _half_slab(x, y, g, it, eps, w, b, act, mo, ro)
+        return
+    if buf == NULL:
+        s0 = _small_block(g, it, &ng)
+        c0 = (s0 % g.G) * g.Cg
+        fg_small_slabs_f16(x + 2 * s0 * g.T, y + 2 * s0 * g.T, ng, g.Cg, g.HW,
+                           w + c0, b + c0, eps, act,
+                           NULL if mo == NULL else mo + s0,
+                           NULL if ro == NULL else ro + s0)
         return
     if not small:
         _slab(buf, buf, g, it, eps, w, b, act, mo, ro, NULL,
@@ -937,8 +951,8 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
                  bint channels_last, int activation, mean, rstd,
                  int num_threads):
     """float16 x into y (may be x) through float32 buffers, or for NCHW
-    slabs of the chunked path (HW > 1) converted in registers where
-    fg_half_fused; False, with nothing written, where neither suits (with
+    slabs converted in registers where the kernels take them (fg_half_fused:
+    the chunked path, HW > 1; fg_half_small: small slabs); False, with nothing written, where neither suits (with
     buffers, NCHW slabs above HALF_BUF values or split over threads;
     channels-last samples above HALF_ROWS values or fewer samples than
     threads): convert the whole array."""
@@ -963,7 +977,8 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
         units = 0
     else:
         small = g.T <= SMALL_SLAB
-        fused = not small and HW > 1 and fg_half_fused()
+        fused = fg_half_small(g.Cg, HW) if small else \
+            HW > 1 and fg_half_fused()
         split = fused and _split_units(N * G, g.K, g.T, nt)
         if not fused and (g.T > HALF_BUF or (not small and nt > 1 and
                                             N * G < nt and g.K > 1)):

@@ -1721,6 +1721,45 @@ void fg_bwd_flat##ISA(const float *dy, const float *x, float *dx,             \
     (void)w; (void)ps; (void)pb; (void)acc;                                   \
 }
 
+/* fg_small_slabs' statistics of a block of nb groups of L values at xb
+ * (a[], k[] of the compute type CT, s[], q[], mean[], rstd[]): the two
+ * passes' sums (groups of more than FG_SHIFT_ALL values, or float64), then
+ * mean and rstd over the block, groups whose float32 sums need it summed
+ * again in float64, and the statistics out. */
+#define FG_SMALL_SUMS(CT, SUF, ISA)                                           \
+            for (g = 0; g < nb; g++)                                          \
+                a[g] = fg_vrun_sum_##SUF##ISA(xb + g * L, m);                 \
+            for (g = 0; g < nb; g++) {                                        \
+                k[g] = (CT)(a[g] * rm);                                       \
+                fg_vrun_dev_##SUF##ISA(xb + g * L, L, k[g], s + g, q + g);    \
+            }                                                                 \
+            for (g = 0; g < nb; g++)                                          \
+                if (FG_FAR(s[g], q[g], rn)) {                                 \
+                    k[g] = (CT)(k[g] + s[g] / n);                             \
+                    fg_vrun_dev_##SUF##ISA(xb + g * L, L, k[g], s + g,        \
+                                           q + g);                            \
+                }
+#define FG_SMALL_STATS(CT, AT, SUF, ISA, SC)                                  \
+        FG_SIMD for (g = 0; g < nb; g++) {                                    \
+            const double sm = s[g] * rn;                                      \
+            double v = (q[g] - s[g] * sm) * rn;                               \
+            mean[g] = (double)k[g] + sm;                                      \
+            rstd[g] = 1.0 / sqrt((v < 0 ? 0 : v) + eps);                      \
+        }                                                                     \
+        for (g = 0; g < nb && m < L; g++)   /* tiny: float64 sums already */  \
+            if (FG_NEEDS_F64(AT, q[g], n, eps)) {                             \
+                const double k64 = FG_SHIFT64(k[g], SC(xb[g * L]));           \
+                double v;                                                     \
+                fg_vrun_dev64_##SUF##ISA(xb + g * L, L, k64, s + g, q + g);   \
+                v = (q[g] - s[g] * (s[g] / n)) / n;                           \
+                mean[g] = k64 + s[g] / n;                                     \
+                rstd[g] = 1.0 / sqrt((v < 0 ? 0 : v) + eps);                  \
+            }                                                                 \
+        if (mean_out)                                                         \
+            for (g = 0; g < nb; g++) {                                        \
+                mean_out[g0 + g] = (CT)mean[g];                               \
+                rstd_out[g0 + g] = (CT)rstd[g];                               \
+            }
 #define FG_SMALL_SLABS(T, AT, SUF, ISA)                                       \
 FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
                                           ptrdiff_t Cg, ptrdiff_t HW,         \
@@ -1761,39 +1800,9 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
         if (m == L && sizeof(T) < sizeof(double)) {   /* tiny, float32 */     \
             fg_runs_dev64_##SUF##ISA(xb, nb, L, k, s, q);                     \
         } else {                                                              \
-            for (g = 0; g < nb; g++)                                          \
-                a[g] = fg_vrun_sum_##SUF##ISA(xb + g * L, m);                 \
-            for (g = 0; g < nb; g++) {                                        \
-                k[g] = (T)(a[g] * rm);                                        \
-                fg_vrun_dev_##SUF##ISA(xb + g * L, L, k[g], s + g, q + g);    \
-            }                                                                 \
-            for (g = 0; g < nb; g++)                                          \
-                if (FG_FAR(s[g], q[g], rn)) {                                 \
-                    k[g] = (T)(k[g] + s[g] / n);                              \
-                    fg_vrun_dev_##SUF##ISA(xb + g * L, L, k[g], s + g,        \
-                                           q + g);                            \
-                }                                                             \
+            FG_SMALL_SUMS(T, SUF, ISA)                                        \
         }                                                                     \
-        FG_SIMD for (g = 0; g < nb; g++) {                                    \
-            const double sm = s[g] * rn;                                      \
-            double v = (q[g] - s[g] * sm) * rn;                               \
-            mean[g] = (double)k[g] + sm;                                      \
-            rstd[g] = 1.0 / sqrt((v < 0 ? 0 : v) + eps);                      \
-        }                                                                     \
-        for (g = 0; g < nb && m < L; g++)   /* tiny: float64 sums already */  \
-            if (FG_NEEDS_F64(AT, q[g], n, eps)) {                             \
-                const double k64 = FG_SHIFT64(k[g], xb[g * L]);               \
-                double v;                                                     \
-                fg_vrun_dev64_##SUF##ISA(xb + g * L, L, k64, s + g, q + g);   \
-                v = (q[g] - s[g] * (s[g] / n)) / n;                           \
-                mean[g] = k64 + s[g] / n;                                     \
-                rstd[g] = 1.0 / sqrt((v < 0 ? 0 : v) + eps);                  \
-            }                                                                 \
-        if (mean_out)                                                         \
-            for (g = 0; g < nb; g++) {                                        \
-                mean_out[g0 + g] = (T)mean[g];                                \
-                rstd_out[g0 + g] = (T)rstd[g];                                \
-            }                                                                 \
+        FG_SMALL_STATS(T, AT, SUF, ISA, FG_SAME)                              \
         ptrdiff_t done = 0;     /* values of the block activated */           \
         for (g = 0; g < nb; g++) {                                            \
             const T *xg = xb + g * L, *wg = w + (g0 + g) * Cg;                \
@@ -2043,6 +2052,78 @@ FG_WIDE_FN void fg_apply_span_f16##ISA(const unsigned short *x,               \
     }                                                                         \
 }
 
+/* Small float16 slabs (fg_small_slabs' items) of more than FG_SHIFT_ALL
+ * values and channel runs of a vector or more: its statistics (the
+ * two-pass branch, group by group) and its apply on the converted values,
+ * the same bits. Runs as FG_RUNS_LOOP's, each channel's last vector ending
+ * at its end; with an activation, a group's affine goes through an L1
+ * buffer (at most FG_HALF_SMALL values), where the float32 loop applies
+ * it. */
+#define FG_HALF_SMALL 2048
+/* y[0..HW) = OUT(v) of v = (x[i] - mhi) * sc + sh: whole vectors, then the
+ * run's last vector, loaded before the others are stored */
+#define FG_HALF_RUNV(ISA, LD, ST)                                             \
+    {                                                                         \
+        const fg_vf32##ISA last = LD(xc + HW - VL);                           \
+        for (i = 0; i + VL <= HW; i += VL)                                    \
+            ST(yc + i, (LD(xc + i) - mhi) * sc + sh);                         \
+        if (i < HW)                                                           \
+            ST(yc + HW - VL, (last - mhi) * sc + sh);                         \
+    }
+#define FG_HALF_SMALL_FN(ISA)                                                 \
+FG_WIDE_INL void fg_st_f32##ISA(float *p, fg_vf32##ISA v) {                   \
+    *(fg_vf32u##ISA *)p = v;                                                  \
+}                                                                             \
+FG_WIDE_FN void fg_small_slabs_f16##ISA(const unsigned short *x,              \
+                                        unsigned short *y, ptrdiff_t ng,      \
+                                        ptrdiff_t Cg, ptrdiff_t HW,           \
+                                        const float *w, const float *b,       \
+                                        double eps, int act, float *mean_out, \
+                                        float *rstd_out) {                    \
+    enum { VL = sizeof(fg_vf32##ISA) / sizeof(float) };                       \
+    const ptrdiff_t L = Cg * HW, m = FG_SHIFT_N(L);                           \
+    const double n = (double)L, rn = 1.0 / n, rm = 1.0 / (double)m;           \
+    ptrdiff_t bs = 1024 / L, g0, g, c, i, j;                                  \
+    double a[FG_SMALL_BLK], s[FG_SMALL_BLK], q[FG_SMALL_BLK];                 \
+    double mean[FG_SMALL_BLK], rstd[FG_SMALL_BLK];                            \
+    float k[FG_SMALL_BLK], buf[FG_HALF_SMALL] __attribute__((aligned(64)));   \
+    bs = bs < 2 ? 2 : bs > FG_SMALL_BLK ? FG_SMALL_BLK : bs;                  \
+    for (g0 = 0; g0 < ng; g0 += bs) {                                         \
+        const ptrdiff_t nb = ng - g0 < bs ? ng - g0 : bs;                     \
+        const unsigned short *xb = x + g0 * L;                                \
+        FG_SMALL_SUMS(float, f16, ISA)                                        \
+        FG_SMALL_STATS(float, float, f16, ISA, _cvtsh_ss)                     \
+        for (g = 0; g < nb; g++) {                                            \
+            const unsigned short *xg = xb + g * L;                            \
+            unsigned short *yg = y + (g0 + g) * L;                            \
+            const float *wg = w + (g0 + g) * Cg, *bg = b + (g0 + g) * Cg;     \
+            const float mhi = (float)mean[g];                                 \
+            const float mlo = (float)(mean[g] - (double)mhi);                 \
+            const float rs = (float)rstd[g];                                  \
+            for (c = 0; c < Cg; c++) {                                        \
+                const float sc = wg[c] * rs, sh = bg[c] - mlo * sc;           \
+                const unsigned short *xc = xg + c * HW;                       \
+                if (act == 0) {                                               \
+                    unsigned short *yc = yg + c * HW;                         \
+                    FG_HALF_RUNV(ISA, fg_ld_f16##ISA, fg_st_f16##ISA)         \
+                } else {                                                      \
+                    float *yc = buf + c * HW;                                 \
+                    FG_HALF_RUNV(ISA, fg_ld_f16##ISA, fg_st_f32##ISA)         \
+                }                                                             \
+            }                                                                 \
+            if (act != 0) {                                                   \
+                const ptrdiff_t e = L;                                        \
+                FG_ACT_SWITCH(FG_HALF_ACT_BODY, f32)                          \
+                for (i = 0; i + VL <= L; i += VL)                             \
+                    fg_st_f16##ISA(yg + i, *(const fg_vf32##ISA *)(buf + i)); \
+                if (i < L)                                                    \
+                    fg_st_f16##ISA(yg + L - VL,                               \
+                                   *(const fg_vf32u##ISA *)(buf + L - VL));   \
+            }                                                                 \
+        }                                                                     \
+    }                                                                         \
+}
+
 /* The kernels built on vector runs, for one ISA (names suffixed ISA) with
  * vectors of VB bytes. */
 #define FG_WIDE_KERNELS(ISA, VB)                                              \
@@ -2088,6 +2169,7 @@ FG_WIDE_FN void fg_apply_span_f16##ISA(const unsigned short *x,               \
                                                  target("arch=x86-64-v4")))
 FG_WIDE_KERNELS(_v4, 64)
 FG_HALF_KERNELS(_v4, 64)
+FG_HALF_SMALL_FN(_v4)
 #undef FG_WIDE_FN
 #undef FG_WIDE_INL
 #define FG_WIDE_FN static __attribute__((target("arch=x86-64-v3")))
@@ -2095,6 +2177,7 @@ FG_HALF_KERNELS(_v4, 64)
                                                  target("arch=x86-64-v3")))
 FG_WIDE_KERNELS(_v3, 32)
 FG_HALF_KERNELS(_v3, 32)
+FG_HALF_SMALL_FN(_v3)
 #undef FG_WIDE_FN
 #undef FG_WIDE_INL
 #define FG_WIDE_FN static
@@ -2200,6 +2283,21 @@ static void fg_moments_f16(const void *x, ptrdiff_t len, int ahead,
     FG_PICK_HALF(fg_moments_f16, ((const unsigned short *)x, len, ahead, eps,
                                   out))
 }
+/* Whether fg_small_slabs_f16 takes slabs of Cg channel runs of HW values:
+ * runs of a vector or more (16 values in the AVX-512 copy, 8 in the AVX2
+ * one), slabs of FG_SHIFT_ALL + 1 to FG_HALF_SMALL values. */
+static int fg_half_small(ptrdiff_t Cg, ptrdiff_t HW) {
+    return fg_level >= 3 && HW >= (fg_level >= 4 ? 16 : 8) &&
+           Cg * HW > FG_SHIFT_ALL && Cg * HW <= FG_HALF_SMALL;
+}
+static void fg_small_slabs_f16(const void *x, void *y, ptrdiff_t ng,
+                               ptrdiff_t Cg, ptrdiff_t HW, const float *w,
+                               const float *b, double eps, int act,
+                               float *mean_out, float *rstd_out) {
+    FG_PICK_HALF(fg_small_slabs_f16, ((const unsigned short *)x,
+                                      (unsigned short *)y, ng, Cg, HW, w, b,
+                                      eps, act, mean_out, rstd_out))
+}
 static void fg_apply_span_f16(const void *x, void *y, ptrdiff_t u0,
                               ptrdiff_t u1, ptrdiff_t HW, float mhi,
                               float mlo, float rs, const float *w,
@@ -2237,6 +2335,11 @@ static const char *fg_simd_level(void) {
 static void fg_set_level(int cap) {}
 /* float16 goes through float32 buffers (fg_f16_to_f32, fg_f32_to_f16). */
 static int fg_half_fused(void) { return 0; }
+static int fg_half_small(ptrdiff_t Cg, ptrdiff_t HW) { return 0; }
+static void fg_small_slabs_f16(const void *x, void *y, ptrdiff_t ng,
+                               ptrdiff_t Cg, ptrdiff_t HW, const float *w,
+                               const float *b, double eps, int act,
+                               float *mean_out, float *rstd_out) {}
 static void fg_moments_f16(const void *x, ptrdiff_t len, int ahead,
                            double eps, double *out) {}
 static void fg_apply_span_f16(const void *x, void *y, ptrdiff_t u0,

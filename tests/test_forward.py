@@ -141,6 +141,10 @@ class _HalfSpy:
 @pytest.mark.parametrize("shape,G,kind,channels_last", [
     ((3, 8, 6, 5), 4, "buf", False),          # small slabs, one call
     ((64, 32, 7, 7), 8, "buf", False),        # small slabs over threads
+    ((5, 12, 17), 3, "buf", False),           # small: 68 values, runs of 17
+    ((4, 24, 9), 2, "buf", False),            # small: runs of 9
+    ((7, 64, 8, 4), 2, "buf", False),         # small: 1024 values
+    ((3, 16, 128), 1, "buf", False),          # small: 2048 values
     ((5, 8, 40, 41), 4, "buf", False),        # a slab per unit, chunked
     ((4, 64, 19), 2, "buf", False),           # rank 3, odd lengths
     ((3, 6, 2500), 3, "buf", False),          # chunked, one channel each
