@@ -643,7 +643,7 @@ cdef inline void _rows_apply(const floating* x, floating* y, Geometry* g,
     cdef floating* sc = mhi + g.C
     cdef floating* sh = mhi + 2 * g.C
     cdef double mean
-    cdef floating rs, hi, lo
+    cdef floating rs, hi, lo, s
     stats = stats + 2 * n * g.G
     for grp in range(g.G):
         mean = stats[2 * grp]
@@ -652,9 +652,10 @@ cdef inline void _rows_apply(const floating* x, floating* y, Geometry* g,
         lo = <floating>(mean - <double>hi)
         for c in range(grp * g.Cg, (grp + 1) * g.Cg):
             t = c - q if c >= q else c - q + g.C     # rotated by q
+            s = w[c] * rs
             mhi[t] = hi
-            sc[t] = w[c] * rs
-            sh[t] = b[c] - lo * sc[t]
+            sc[t] = s
+            sh[t] = b[c] - lo * s
     if floating is float:
         fg_apply_rows_f32(x + off, y + off, p1 - p0, g.C, mhi, sc, sh, q, act,
                           g.stream)
