@@ -158,10 +158,9 @@ cdef Py_ssize_t SPLIT_UNITS = 4
 cdef Py_ssize_t SPLIT_VALUES = 65536
 # Below this many values a call runs on the calling thread.
 cdef Py_ssize_t SERIAL_BELOW = 32768
-# float16 slabs (NCHW) of at most HALF_BUF values, and channels-last samples
-# of at most HALF_ROWS values, go through float32 buffers.
+# float16 NCHW slabs that go through float32 buffers (where the kernels do
+# not convert in registers) have at most HALF_BUF values.
 cdef Py_ssize_t HALF_BUF = 1 << 18
-cdef Py_ssize_t HALF_ROWS = 1 << 22
 
 
 def _cache_bytes(level, default):
@@ -370,6 +369,7 @@ cdef struct Geometry:
     bint rows           # channels-last memory
     bint big            # input plus output larger than the cache
     int stream          # streaming stores (big, apply without activation)
+    bint keep           # float16 rows: a sample's chunks stay in the buffer
 
 
 cdef inline void _geometry(Geometry* g, Py_ssize_t N, Py_ssize_t C,
@@ -384,6 +384,7 @@ cdef inline void _geometry(Geometry* g, Py_ssize_t N, Py_ssize_t C,
     g.K = (g.T + g.U - 1) // g.U
     g.big = False
     g.stream = 0
+    g.keep = False
 
 
 cdef inline void _chunk_moments(const floating* xs, Geometry* g,
@@ -605,14 +606,49 @@ cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
 # phases: chunk moments per (item, group); merge per slab, in chunk order;
 # apply per item. Each thread applies the items it read (static schedule).
 
+cdef inline Py_ssize_t _half_rows_buf(Geometry* g, bint half) noexcept nogil:
+    """Bytes of a thread's float32 buffer for float16 rows (half): a sample
+    (g.keep) or a chunk; a 64-byte multiple, 0 without half."""
+    return (4 * (g.T if g.keep else g.U) * g.C + 63) // 64 * 64 if half else 0
+
+
+cdef inline Py_ssize_t _rows_scratch(Geometry* g, bint half) noexcept nogil:
+    """Bytes of a thread's scratch in the rows path: for float16 (half) its
+    buffer, then a row of 2C doubles and 3C (or 4C) values (the kernels'
+    scratch pointer; the buffer after the row measured 1.06x the time on
+    64x512x7x7 at two threads); 64-byte multiples."""
+    return _half_rows_buf(g, half) + (8 * (6 * g.C + 8) + 63) // 64 * 64
+
+
+cdef inline float* _half_chunk(char* scratch, Geometry* g, Py_ssize_t p0,
+                               Py_ssize_t off, Py_ssize_t m, const char* x16,
+                               bint convert) noexcept nogil:
+    """Where the chunk of float16 rows from p0 on (its m values from off on
+    in x16) is in float32 in the buffer before the thread's scratch row: at
+    row p0 of the sample (g.keep), else at the buffer's start; converted
+    there when ``convert``."""
+    cdef float* buf = <float*>(scratch - _half_rows_buf(g, True))
+    if g.keep:
+        buf = buf + p0 * g.C
+    if convert:
+        fg_f16_to_f32(x16 + 2 * off, buf, m)
+    return buf
+
+
 cdef inline void _rows_moments(const floating* x, Geometry* g, Py_ssize_t it,
-                               double eps, char* scratch,
-                               Moments* out) noexcept nogil:
+                               double eps, char* scratch, Moments* out,
+                               const char* x16=NULL) noexcept nogil:
+    """Chunk it's moments; float16 (x16; x is NULL) converted into the
+    thread's buffer first (_half_chunk)."""
     cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U
     cdef Py_ssize_t p1 = min(p0 + g.U, g.T)
     cdef double* dscr = <double*>scratch
     cdef floating* acc = <floating*>(dscr + 2 * g.C)
-    x = x + (n * g.T + p0) * g.C
+    if x16 != NULL:
+        x = <floating*>_half_chunk(scratch, g, p0, (n * g.T + p0) * g.C,
+                                   (p1 - p0) * g.C, x16, True)
+    else:
+        x = x + (n * g.T + p0) * g.C
     if floating is float:
         fg_rows_moments_f32(x, p1 - p0, g.C, g.G, eps, dscr, acc, acc + g.C,
                             acc + 2 * g.C, <double*>out)
@@ -634,11 +670,23 @@ cdef inline Py_ssize_t _rotation(const floating* y, Py_ssize_t C,
 cdef inline void _rows_apply(const floating* x, floating* y, Geometry* g,
                              Py_ssize_t it, const double* stats,
                              const floating* w, const floating* b, int act,
-                             char* scratch) noexcept nogil:
+                             char* scratch, const char* x16=NULL,
+                             char* y16=NULL) noexcept nogil:
+    """Chunk it's apply; float16 (x16, y16; x, y are NULL) normalized in the
+    thread's buffer (converted there again unless g.keep) and converted
+    out."""
     cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U
     cdef Py_ssize_t p1 = min(p0 + g.U, g.T), c, t, grp
-    cdef Py_ssize_t off = (n * g.T + p0) * g.C
-    cdef Py_ssize_t q = _rotation(y + off, g.C, g.stream)
+    cdef Py_ssize_t off = (n * g.T + p0) * g.C, q
+    cdef float* buf = NULL
+    if x16 != NULL:
+        buf = _half_chunk(scratch, g, p0, off, (p1 - p0) * g.C, x16,
+                          not g.keep)
+        x = y = <floating*>buf
+    else:
+        x = x + off
+        y = y + off
+    q = _rotation(y, g.C, g.stream)
     cdef floating* mhi = <floating*>scratch
     cdef floating* sc = mhi + g.C
     cdef floating* sh = mhi + 2 * g.C
@@ -657,11 +705,11 @@ cdef inline void _rows_apply(const floating* x, floating* y, Geometry* g,
             sc[t] = s
             sh[t] = b[c] - lo * s
     if floating is float:
-        fg_apply_rows_f32(x + off, y + off, p1 - p0, g.C, mhi, sc, sh, q, act,
-                          g.stream)
+        fg_apply_rows_f32(x, y, p1 - p0, g.C, mhi, sc, sh, q, act, g.stream)
     else:
-        fg_apply_rows_f64(x + off, y + off, p1 - p0, g.C, mhi, sc, sh, q, act,
-                          g.stream)
+        fg_apply_rows_f64(x, y, p1 - p0, g.C, mhi, sc, sh, q, act, g.stream)
+    if y16 != NULL:
+        fg_f32_to_f16(buf, y16 + 2 * off, (p1 - p0) * g.C)
 
 
 cdef inline void _rows_sample(const floating* x, floating* y,
@@ -671,41 +719,38 @@ cdef inline void _rows_sample(const floating* x, floating* y,
                               Moments* parts, double* stats, char* scratch,
                               const char* x16, char* y16) noexcept nogil:
     """One whole sample on the calling thread (hot in L2 when it fits);
-    float16 through the float32 buffer y (x16, y16: as _slab's)."""
-    cdef Py_ssize_t k, j, grp, p0, m
+    float16 (x16, y16) a chunk at a time through the thread's buffer."""
+    cdef Py_ssize_t k, j, grp
     cdef bint back = g.T * g.C * <Py_ssize_t>sizeof(floating) > L2_BYTES
     for k in range(g.K):
-        p0 = (n * g.T + k * g.U) * g.C
-        m = min(g.U, g.T - k * g.U) * g.C
-        if x16 != NULL:
-            fg_f16_to_f32(x16 + 2 * p0, <float*>y + p0, m)
         _rows_moments(x, g, n * g.K + k, eps, scratch,
-                      &parts[(n * g.K + k) * g.G])
+                      &parts[(n * g.K + k) * g.G], x16)
     for grp in range(g.G):
         _merge_slab(&parts[n * g.K * g.G + grp], g.K, g.G, n * g.G + grp,
                     eps, stats, mean_out, rstd_out)
     for j in range(g.K):
         k = g.K - 1 - j if back else j     # see _slab
-        _rows_apply(x, y, g, n * g.K + k, stats, w, b, act, scratch)
-        if y16 != NULL:
-            p0 = (n * g.T + k * g.U) * g.C
-            fg_f32_to_f16(<float*>y + p0, y16 + 2 * p0,
-                          min(g.U, g.T - k * g.U) * g.C)
+        _rows_apply(x, y, g, n * g.K + k, stats, w, b, act, scratch, x16,
+                    y16)
 
 
 cdef void _forward_rows(const floating* x, floating* y, const floating* w,
                         const floating* b, Geometry* g, double eps, int act,
                         floating* mean_out, floating* rstd_out,
                         Moments* parts, double* stats, char* scratch,
-                        Py_ssize_t scratch_bytes, int nt) noexcept nogil:
+                        Py_ssize_t scratch_bytes, int nt,
+                        const char* x16=NULL, char* y16=NULL) noexcept nogil:
+    """Channels-last forward; float16 (x16, y16; x, y are NULL) a chunk at a
+    time through a buffer in each thread's scratch (_rows_scratch)."""
     cdef Py_ssize_t items = g.N * g.K, S = g.N * g.G, it, s, n
     cdef char* mine = NULL
     # each thread applies its chunks last read first (see L2_BYTES)
     cdef bint back = g.T * g.C * <Py_ssize_t>sizeof(floating) > L2_BYTES
+    scratch = scratch + _half_rows_buf(g, x16 != NULL)    # past the buffer
     if nt == 1:
         for n in range(g.N):
             _rows_sample(x, y, w, b, g, n, eps, act, mean_out, rstd_out,
-                         parts, stats, scratch, NULL, NULL)
+                         parts, stats, scratch, x16, y16)
         return
     with parallel(num_threads=nt):
         mine = scratch + omp_get_thread_num() * scratch_bytes
@@ -713,11 +758,11 @@ cdef void _forward_rows(const floating* x, floating* y, const floating* w,
             # A sample per thread, from first read to last write.
             for n in prange(g.N, schedule="static"):
                 _rows_sample(x, y, w, b, g, n, eps, act, mean_out, rstd_out,
-                             parts, stats, mine, NULL, NULL)
+                             parts, stats, mine, x16, y16)
         else:
             # Few samples for the threads: their items are shared.
             for it in prange(items, schedule="static"):
-                _rows_moments(x, g, it, eps, mine, &parts[it * g.G])
+                _rows_moments(x, g, it, eps, mine, &parts[it * g.G], x16)
             fastgn_barrier()
             for s in prange(S, schedule="static"):
                 _merge_slab(&parts[(s // g.G) * g.K * g.G + s % g.G], g.K,
@@ -725,7 +770,22 @@ cdef void _forward_rows(const floating* x, floating* y, const floating* w,
             fastgn_barrier()
             for it in prange(items, schedule="static"):
                 _rows_apply(x, y, g, _mirror(it, items, nt) if back else it,
-                            stats, w, b, act, mine)
+                            stats, w, b, act, mine, x16, y16)
+
+
+cdef cnp.ndarray _work(Py_ssize_t nparts, Py_ssize_t S,
+                       Py_ssize_t scratch_bytes, int nt, Moments** pp,
+                       double** sp, char** scp):
+    """One work array for a call (one allocation: it shows in small calls):
+    nparts chunk moments at pp, S slab stats at sp, then scratch_bytes per
+    thread at scp, 64-byte aligned."""
+    cdef cnp.ndarray work = np.empty(8 * (3 * nparts + 2 * S + 8) +
+                                     scratch_bytes * nt, dtype=np.uint8)
+    pp[0] = <Moments*>cnp.PyArray_DATA(work)
+    sp[0] = <double*>(pp[0] + nparts)
+    scp[0] = <char*>(sp[0] + 2 * S)
+    scp[0] = scp[0] + (-<size_t>scp[0]) % 64
+    return work
 
 
 def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
@@ -735,7 +795,6 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
     cdef Geometry g
     cdef cnp.ndarray w, b, work = None
     cdef cnp.ndarray mo = mean, ro = rstd
-    cdef Py_ssize_t nparts = 0
     cdef bint f32 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
     cdef bint rows = channels_last and HW > 1
     cdef int nt = num_threads
@@ -748,21 +807,14 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
         nt = 1
     w = _filled(C, x.dtype, 1.0) if weight is None else weight
     b = _filled(C, x.dtype, 0.0) if bias is None else bias
-    # One work array (one allocation: it shows in small calls): chunk
-    # moments, slab stats, then a 64-byte aligned scratch row per thread.
+    cdef Moments* pp = NULL
+    cdef double* sp = NULL
+    cdef char* scp = NULL
     if rows:
-        nparts = N * g.K * G
-        scratch_bytes = 8 * (6 * C + 8)     # 2C doubles + 3C (or 4C) values
+        scratch_bytes = _rows_scratch(&g, False)
+        work = _work(N * g.K * G, N * G, scratch_bytes, nt, &pp, &sp, &scp)
     elif _split_units(N * G, g.K, g.T, nt):
-        nparts = N * G * g.K
-    if nparts:
-        work = np.empty(8 * (3 * nparts + 2 * N * G + 8) + scratch_bytes * nt,
-                        dtype=np.uint8)
-    cdef Moments* pp = NULL if work is None else <Moments*>cnp.PyArray_DATA(work)
-    cdef double* sp = NULL if work is None else <double*>(pp + nparts)
-    cdef char* scp = NULL if work is None else <char*>(sp + 2 * N * G)
-    if scp != NULL:
-        scp = scp + (-<size_t>scp) % 64
+        work = _work(N * G * g.K, N * G, 0, nt, &pp, &sp, &scp)
     cdef void* mp = NULL if mo is None else cnp.PyArray_DATA(mo)
     cdef void* rp = NULL if ro is None else cnp.PyArray_DATA(ro)
     cdef void* xp = cnp.PyArray_DATA(x)
@@ -791,11 +843,13 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
 
 # ------------------------------------------------------------ forward, float16
 #
-# float16 data goes through a float32 buffer per thread, a unit of work (NCHW:
-# one slab, or a small-slab item; channels-last: one sample) at a time:
-# converted in, normalized there by the float32 code above, converted out.
-# One read and one write of the float16 arrays, the same bits as converting
-# the whole array first.
+# float16 data is computed in float32 with the bits of converting the whole
+# array first. NCHW slabs are converted in registers by the kernels that can
+# (the AVX2 and AVX-512 copies: one read and one write of the float16
+# arrays), or go through a float32 buffer per thread a unit at a time (one
+# slab, or a small-slab item): converted in, normalized there by the float32
+# code above, converted out. Channels-last chunks go through the buffer in
+# each thread's scratch (_rows_moments, _rows_apply; see forward_half).
 
 cdef inline void _half_moments(const char* x, Geometry* g, Py_ssize_t s,
                                Py_ssize_t k, double eps,
@@ -899,48 +953,6 @@ cdef inline void _half_unit(const char* x, char* y, const float* w,
     fg_f32_to_f16(buf, y + 2 * s0 * g.T, ng * g.T)
 
 
-cdef inline void _half_sample(const char* x, char* y, const float* w,
-                              const float* b, Geometry* g1, Py_ssize_t n,
-                              double eps, int act, float* mo, float* ro,
-                              float* buf, char* work) noexcept nogil:
-    """Channels-last sample n through buf; g1 is the geometry of one sample,
-    work holds its chunk moments, its stats and a scratch row."""
-    cdef Py_ssize_t L = g1.T * g1.C
-    cdef Moments* parts = <Moments*>work
-    cdef double* stats = <double*>(parts + g1.K * g1.G)
-    cdef char* scratch = <char*>(stats + 2 * g1.G)
-    scratch = scratch + (-<size_t>scratch) % 64
-    _rows_sample(buf, buf, w, b, g1, 0, eps, act,
-                 NULL if mo == NULL else mo + n * g1.G,
-                 NULL if ro == NULL else ro + n * g1.G, parts, stats, scratch,
-                 x + 2 * n * L, y + 2 * n * L)
-
-
-cdef void _forward_half_rows(const char* x, char* y, const float* w,
-                             const float* b, Geometry* g, double eps,
-                             int act, float* mo, float* ro, char* mem,
-                             Py_ssize_t per, int nt) noexcept nogil:
-    """Channels-last float16, a sample per unit, per bytes of the 64-byte
-    aligned mem per thread (_half_rows_bytes)."""
-    cdef Geometry g1 = g[0]
-    cdef Py_ssize_t L = g.T * g.C, n
-    cdef float* buf = NULL
-    g1.N = 1
-    with parallel(num_threads=nt):
-        buf = <float*>(mem + omp_get_thread_num() * per)
-        for n in prange(g.N, schedule="static"):
-            _half_sample(x, y, w, b, &g1, n, eps, act, mo, ro, buf,
-                         <char*>(buf + (L + 15) // 16 * 16))
-
-
-cdef inline Py_ssize_t _half_rows_bytes(Geometry* g) noexcept nogil:
-    """Per thread: a sample's values, its chunk moments, stats, scratch row
-    (a multiple of 64 bytes)."""
-    cdef Py_ssize_t per = (g.T * g.C + 15) // 16 * 16 * 4 + \
-        24 * g.K * g.G + 16 * g.G + 8 * (6 * g.C + 8) + 64
-    return (per + 63) // 64 * 64
-
-
 def half_fused():
     """Whether float16 NCHW slabs of the chunked path are converted in
     registers (the AVX2 and AVX-512 copies) rather than through buffers."""
@@ -951,31 +963,38 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
                  Py_ssize_t C, Py_ssize_t HW, Py_ssize_t G, double eps,
                  bint channels_last, int activation, mean, rstd,
                  int num_threads):
-    """float16 x into y (may be x) through float32 buffers, or for NCHW
-    slabs converted in registers where the kernels take them (fg_half_fused:
-    the chunked path, HW > 1; fg_half_small: small slabs); False, with nothing written, where neither suits (with
-    buffers, NCHW slabs above HALF_BUF values or split over threads;
-    channels-last samples above HALF_ROWS values or fewer samples than
-    threads): convert the whole array."""
+    """float16 x into y (may be x), computed in float32: NCHW slabs
+    converted in registers where the kernels take them (fg_half_fused: the
+    chunked path, HW > 1; fg_half_small: small slabs), else through a
+    float32 buffer per thread; channels-last a chunk at a time through a
+    buffer per thread. False, with nothing written, where none suits (NCHW
+    slabs through buffers above HALF_BUF values or split over threads):
+    convert the whole array."""
     cdef Geometry g
-    cdef cnp.ndarray w, b, scratch
+    cdef cnp.ndarray w, b, work = None
     cdef cnp.ndarray mo = mean, ro = rstd
     cdef int nt = num_threads
-    cdef bint small, fused = False, split = False
-    cdef Py_ssize_t units, per, it
+    cdef bint small = False, fused = False, split = False
+    cdef Py_ssize_t units = 0, per = 0, it
     cdef float* buf
-    cdef char* sp = NULL
+    cdef Moments* pp = NULL
+    cdef double* sp = NULL
+    cdef char* scp = NULL
     _geometry(&g, N, C, HW, G, channels_last and HW > 1)
     if N * C * HW < SERIAL_BELOW:
         nt = 1
     if not FG_HAVE_F16:
         return False
     if g.rows:
-        if g.T * C > HALF_ROWS or (nt > 1 and N < nt):
-            return False
-        per = _half_rows_bytes(&g)
-        small = False
-        units = 0
+        # A sample per thread (_forward_rows) stays converted in a buffer
+        # from its statistics to its apply, if the threads' buffers fit in
+        # the cache a call keeps (STREAM_BYTES); else each chunk is
+        # converted for each (2x128x32x32x32 at two threads: 0.5x the time;
+        # 1x320x64x64 at one thread, 5 MiB, 0.85x the other way).
+        g.keep = nt * 4 * g.T * C <= STREAM_BYTES and \
+            (nt == 1 or not _split_units(N, g.K, g.T * C, nt))
+        per = _rows_scratch(&g, True)
+        work = _work(N * g.K * G, N * G, per, nt, &pp, &sp, &scp)
     else:
         small = g.T <= SMALL_SLAB
         fused = fg_half_small(g.Cg, HW) if small else \
@@ -985,14 +1004,12 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
                                             N * G < nt and g.K > 1)):
             return False
         units = _small_items(&g) if small else N * G
-        per = (_slabs_per_item(&g) if small else 1) * g.T
-        per = (per + 15) // 16 * 16 * 4        # bytes, 64-byte strides
-    if not fused or split:
-        # buffers per thread, or (split) chunk moments and slab stats
-        scratch = np.empty((24 * N * G * g.K + 16 * N * G if split else
-                            per * nt) + 64, dtype=np.uint8)
-        sp = <char*>cnp.PyArray_DATA(scratch)
-        sp = sp + (-<size_t>sp) % 64            # 64-byte aligned
+        if split:
+            work = _work(N * G * g.K, N * G, 0, nt, &pp, &sp, &scp)
+        elif not fused:         # a buffer per thread, 64-byte strides
+            per = (_slabs_per_item(&g) if small else 1) * g.T
+            per = (per + 15) // 16 * 16 * 4
+            work = _work(0, 0, per, nt, &pp, &sp, &scp)
     w = _filled(C, _F32, 1.0) if weight is None else weight
     b = _filled(C, _F32, 0.0) if bias is None else bias
     cdef const char* xp = <const char*>cnp.PyArray_DATA(x)
@@ -1001,14 +1018,14 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
     cdef const float* bp = <const float*>cnp.PyArray_DATA(b)
     cdef float* mp = NULL if mo is None else <float*>cnp.PyArray_DATA(mo)
     cdef float* rp = NULL if ro is None else <float*>cnp.PyArray_DATA(ro)
-    buf = NULL if fused else <float*>sp
+    buf = <float*>scp                           # NULL: fused
     with nogil:
-        if split:
-            _half_split(xp, yp, wp, bp, &g, eps, activation, mp, rp,
-                        <Moments*>sp, <double*>(sp + 24 * N * G * g.K), nt)
-        elif g.rows:
-            _forward_half_rows(xp, yp, wp, bp, &g, eps, activation, mp, rp,
-                               sp, per, nt)
+        if g.rows:
+            _forward_rows(<const float*>NULL, <float*>NULL, wp, bp, &g, eps,
+                          activation, mp, rp, pp, sp, scp, per, nt, xp, yp)
+        elif split:
+            _half_split(xp, yp, wp, bp, &g, eps, activation, mp, rp, pp, sp,
+                        nt)
         elif nt == 1:
             for it in range(units):
                 _half_unit(xp, yp, wp, bp, &g, it, small, eps, activation,
@@ -1016,7 +1033,7 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
         else:
             with parallel(num_threads=nt):
                 buf = NULL if fused else \
-                    <float*>(sp + omp_get_thread_num() * per)
+                    <float*>(scp + omp_get_thread_num() * per)
                 for it in prange(units, schedule="static"):
                     _half_unit(xp, yp, wp, bp, &g, it, small, eps,
                                activation, mp, rp, buf)

@@ -154,7 +154,8 @@ class _HalfSpy:
     ((3, 6, 5, 8), 4, "buf", True),           # NHWC: one thread (small)
     ((2, 60, 60, 32), 8, "buf", True),        # a sample per thread, 2 chunks
     ((1, 50, 50, 16), 4, "split", True),      # one sample over threads
-    ((1, 2100, 1000, 2), 1, "big", True),     # a sample above HALF_ROWS
+    ((1, 2100, 1000, 2), 1, "big", True),     # chunks of a large sample
+    ((3, 40, 50, 24), 6, "buf", True),        # 3 samples on 2 threads
 ], ids=str)
 @pytest.mark.parametrize("nt", [1, 2])
 @pytest.mark.parametrize("activation", [None, "silu", "gelu"])
@@ -162,13 +163,13 @@ class _HalfSpy:
 def test_float16_compiled_path_same_bits(rng, monkeypatch, shape, G, kind,
                                          channels_last, nt, activation,
                                          back):
-    """float16 goes through float32 buffers per slab (NCHW) or per sample
-    (channels-last), or is converted in registers (NCHW slabs of the
-    chunked path, half_fused: slabs of any size, shared among the threads
-    as float32 slabs are when too few); either gives the bits of
-    normalizing the float32 conversion and rounding once, in place and into
-    out= as well, also when large slabs are applied last chunk first
-    (back); shapes neither suits take the fallback."""
+    """float16 NCHW slabs are converted in registers (half_fused: slabs of
+    any size, shared among the threads as float32 slabs are when too few)
+    or go through float32 buffers per slab; channels-last chunks go
+    through a buffer per thread. Each gives the bits of normalizing the
+    float32 conversion and rounding once, in place and into out= as well,
+    also when large slabs are applied last chunk first (back); shapes none
+    suits take the fallback."""
     x = data(rng, shape, F16, offset=30.0)
     w, b = params(rng, shape[-1 if channels_last else 1], "both", F16)
     kw = dict(num_threads=nt, activation=activation, return_stats=True,
@@ -185,8 +186,9 @@ def test_float16_compiled_path_same_bits(rng, monkeypatch, shape, G, kind,
         assert gn(z, G, w, b, out=z, **kw)[0] is z
     finally:
         kern.back_bytes(old)
-    fused = kern.half_fused() and not channels_last
-    ran = {"buf": True, "split": nt == 1 or fused, "big": fused}[kind]
+    # NCHW slabs through buffers: not above HALF_BUF values nor split
+    ran = kind == "buf" or channels_last or kern.half_fused() or \
+        kind == "split" and nt == 1
     assert spy.ran == [ran] * 3
     np.testing.assert_array_equal(y, r32.astype(F16))
     np.testing.assert_array_equal(m, m32)
