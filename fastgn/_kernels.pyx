@@ -865,7 +865,7 @@ cdef inline void _half_apply(const char* x, char* y, Geometry* g,
                              Py_ssize_t s, Py_ssize_t u0, Py_ssize_t u1,
                              double mean, double rstd, const float* w,
                              const float* b, int act) noexcept nogil:
-    """Values [u0, u1) of float16 slab s, HW > 1: _apply_units on the
+    """Values [u0, u1) of float16 slab s: _apply_units on the
     float32 values, rounded once."""
     cdef float mhi = <float>mean
     cdef float mlo = <float>(mean - <double>mhi)
@@ -965,7 +965,7 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
                  int num_threads):
     """float16 x into y (may be x), computed in float32: NCHW slabs
     converted in registers where the kernels take them (fg_half_fused: the
-    chunked path, HW > 1; fg_half_small: small slabs), else through a
+    chunked path; fg_half_small: small slabs), else through a
     float32 buffer per thread; channels-last a chunk at a time through a
     buffer per thread. False, with nothing written, where none suits (NCHW
     slabs through buffers above HALF_BUF values or split over threads):
@@ -997,8 +997,7 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
         work = _work(N * g.K * G, N * G, per, nt, &pp, &sp, &scp)
     else:
         small = g.T <= SMALL_SLAB
-        fused = fg_half_small(g.Cg, HW) if small else \
-            HW > 1 and fg_half_fused()
+        fused = fg_half_small(g.Cg, HW) if small else fg_half_fused()
         split = fused and _split_units(N * G, g.K, g.T, nt)
         if not fused and (g.T > HALF_BUF or (not small and nt > 1 and
                                             N * G < nt and g.K > 1)):

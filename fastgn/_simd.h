@@ -1984,25 +1984,25 @@ FG_WIDE_INL void fg_st_f16##ISA(unsigned short *p, fg_vf32##ISA v) {          \
                      _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));  \
 }
 #define FG_F2H(v) _cvtss_sh((v), _MM_FROUND_TO_NEAREST_INT)
-/* y = act((x - mhi) * sc + sh) for the m float16 values at xp, into yp:
+/* yp[0..m) = act(v) for the m float16 values at xp, v their affine as
+ * vectors (VAFF(ISA, o): the vector at offset o) and values (SAFF(o)):
  * vector by vector, or with an activation a block at a time through an L1
  * buffer, where the float32 kernels' loop applies it. */
 #define FG_HALF_ACT_BODY(ACT, SUF) FG_SIMD for (j = 0; j < e; j++)            \
     buf[j] = ACT(SUF, buf[j]);
-#define FG_HALF_RUN(ISA)                                                      \
+#define FG_HALF_RUN(ISA, VAFF, SAFF)                                          \
     if (act == 0) {                                                           \
         for (i = 0; i + VL <= m; i += VL)                                     \
-            fg_st_f16##ISA(yp + i, (fg_ld_f16##ISA(xp + i) - mhi) * sc + sh); \
+            fg_st_f16##ISA(yp + i, VAFF(ISA, i));                             \
         for (; i < m; i++)                                                    \
-            yp[i] = FG_F2H((_cvtsh_ss(xp[i]) - mhi) * sc + sh);               \
+            yp[i] = FG_F2H(SAFF(i));                                          \
     } else {                                                                  \
         for (i = 0; i < m; i += BLK) {                                        \
             const ptrdiff_t e = m - i < BLK ? m - i : BLK;                    \
             for (j = 0; j + VL <= e; j += VL)                                 \
-                *(fg_vf32##ISA *)(buf + j) =                                  \
-                    (fg_ld_f16##ISA(xp + i + j) - mhi) * sc + sh;             \
+                *(fg_vf32##ISA *)(buf + j) = VAFF(ISA, i + j);                \
             for (; j < e; j++)                                                \
-                buf[j] = (_cvtsh_ss(xp[i + j]) - mhi) * sc + sh;              \
+                buf[j] = SAFF(i + j);                                         \
             FG_ACT_SWITCH(FG_HALF_ACT_BODY, f32)                              \
             for (j = 0; j + VL <= e; j += VL)                                 \
                 fg_st_f16##ISA(yp + i + j, *(fg_vf32##ISA *)(buf + j));       \
@@ -2010,6 +2010,14 @@ FG_WIDE_INL void fg_st_f16##ISA(unsigned short *p, fg_vf32##ISA v) {          \
                 yp[i + j] = FG_F2H(buf[j]);                                   \
         }                                                                     \
     }
+/* The affine of a channel's run (its sc, sh), and of values each its own
+ * channel (HW == 1: FG_AFFINE_BODY's arithmetic). */
+#define FG_HALF_RUN_V(ISA, o) ((fg_ld_f16##ISA(xp + (o)) - mhi) * sc + sh)
+#define FG_HALF_RUN_S(o) ((_cvtsh_ss(xp[o]) - mhi) * sc + sh)
+#define FG_HALF_EACH_V(ISA, o) fg_half_each##ISA(xp + (o), wp + (o),          \
+                                                 bp + (o), mhi, mlo, rs)
+#define FG_HALF_EACH_S(o)                                                     \
+    ((_cvtsh_ss(xp[o]) - mhi) * (wp[o] * rs) + (bp[o] - mlo * (wp[o] * rs)))
 #define FG_HALF_KERNELS(ISA, VB)                                              \
 FG_HALF_IO_##VB(ISA)                                                          \
 FG_VRUN_SUMS(unsigned short, float, fg_vf32##ISA, f16##ISA, f32##ISA,         \
@@ -2031,8 +2039,15 @@ FG_WIDE_INL void fg_vrun_dev64_f16##ISA(const unsigned short *p,              \
     *q = tq;                                                                  \
 }                                                                             \
 FG_MOMENTS(unsigned short, float, float, f16, ISA, _cvtsh_ss)                 \
-/* Values [u0, u1) of a float16 slab (HW > 1): fg_apply_span_f32's            \
- * arithmetic, plain stores. */                                               \
+FG_WIDE_INL fg_vf32##ISA fg_half_each##ISA(const unsigned short *x,           \
+                                           const float *w, const float *b,    \
+                                           float mhi, float mlo, float rs) {  \
+    const fg_vf32##ISA sc = *(const fg_vf32u##ISA *)w * rs;                   \
+    return (fg_ld_f16##ISA(x) - mhi) * sc +                                   \
+           (*(const fg_vf32u##ISA *)b - mlo * sc);                            \
+}                                                                             \
+/* Values [u0, u1) of a float16 slab: fg_apply_span_f32's arithmetic,         \
+ * plain stores. */                                                           \
 FG_WIDE_FN void fg_apply_span_f16##ISA(const unsigned short *x,               \
                                        unsigned short *y, ptrdiff_t u0,       \
                                        ptrdiff_t u1, ptrdiff_t HW, float mhi, \
@@ -2041,13 +2056,21 @@ FG_WIDE_FN void fg_apply_span_f16##ISA(const unsigned short *x,               \
     enum { VL = sizeof(fg_vf32##ISA) / sizeof(float), BLK = 512 };            \
     float buf[BLK] __attribute__((aligned(64)));                              \
     ptrdiff_t u = u0, i, j;                                                   \
+    if (HW == 1) {                                                            \
+        const unsigned short *xp = x + u0;                                    \
+        unsigned short *yp = y + u0;                                          \
+        const float *wp = w + u0, *bp = b + u0;                               \
+        const ptrdiff_t m = u1 - u0;                                          \
+        FG_HALF_RUN(ISA, FG_HALF_EACH_V, FG_HALF_EACH_S)                      \
+        return;                                                               \
+    }                                                                         \
     while (u < u1) {                                                          \
         const ptrdiff_t c = u / HW;                                           \
         const ptrdiff_t m = ((c + 1) * HW < u1 ? (c + 1) * HW : u1) - u;      \
         const float sc = w[c] * rs, sh = b[c] - mlo * sc;                     \
         const unsigned short *xp = x + u;                                     \
         unsigned short *yp = y + u;                                           \
-        FG_HALF_RUN(ISA)                                                      \
+        FG_HALF_RUN(ISA, FG_HALF_RUN_V, FG_HALF_RUN_S)                        \
         u += m;                                                               \
     }                                                                         \
 }

@@ -148,6 +148,8 @@ class _HalfSpy:
     ((5, 8, 40, 41), 4, "buf", False),        # a slab per unit, chunked
     ((4, 64, 19), 2, "buf", False),           # rank 3, odd lengths
     ((3, 6, 2500), 3, "buf", False),          # chunked, one channel each
+    ((5, 3003), 1, "buf", False),             # chunked rank 2 (LayerNorm)
+    ((4, 20000), 2, "buf", False),            # chunked rank 2, 2 chunks
     ((1, 4, 100, 100), 1, "split", False),    # one slab: split over threads
     ((3, 2, 201, 200), 1, "buf", False),      # 3 slabs on 2 threads
     ((1, 8, 260, 260), 2, "big", False),      # slabs above HALF_BUF values
