@@ -131,3 +131,50 @@ def test_channels_last_is_a_layout_only(p):
     np.testing.assert_allclose(np.moveaxis(y2, 1 if axis_c == -1 else -1,
                                            axis_c), y, rtol=rtol, atol=atol)
     np.testing.assert_allclose(r2, r, rtol=10 * rtol)
+
+
+@st.composite
+def half_problems(draw):
+    """Shapes around the float16 kernels' boundaries: runs shorter and longer
+    than a vector (8, 16 values), slabs around FG_SHIFT_ALL (64), the small
+    path's 2048 and a chunk (8192), rank 2 with large groups."""
+    G = draw(st.integers(1, 4))
+    Cg = draw(st.sampled_from([1, 2, 3, 4, 7, 16, 33]))
+    HW = draw(st.sampled_from([1, 5, 8, 9, 15, 16, 17, 31, 49, 64, 100, 257,
+                               1000, 3000, 9000]))
+    N = draw(st.integers(1, 3))
+    channels_last = draw(st.booleans())
+    spatial = (HW,) if draw(st.booleans()) or HW == 1 else (1, HW)
+    C = G * Cg
+    shape = (N,) + spatial + (C,) if channels_last else (N, C) + spatial
+    if HW == 1:         # rank 2: groups of up to 9001 values
+        C = G * draw(st.sampled_from([Cg, 64, 65, 2049, 3003, 9001]))
+        shape, channels_last = (N, C), False
+    return dict(shape=shape, G=G, C=C, channels_last=channels_last,
+                activation=draw(st.sampled_from([None, "relu", "silu",
+                                                 "gelu"])),
+                offset=draw(st.sampled_from([0.0, 30.0, -500.0])),
+                nt=draw(st.integers(1, 3)), affine=draw(st.booleans()),
+                seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@SETTINGS
+@given(p=half_problems())
+def test_float16_is_float32_rounded_once(p):
+    """Every float16 path (converted in registers or through buffers) gives
+    the bits of normalizing the float32 conversion and rounding once."""
+    rng = np.random.default_rng(p["seed"])
+    x = (p["offset"] + 4 * rng.standard_normal(p["shape"])).astype(np.float16)
+    w = b = None
+    if p["affine"]:
+        w = rng.uniform(-2, 2, p["C"]).astype(np.float16)
+        b = rng.uniform(-1, 1, p["C"]).astype(np.float16)
+    kw = dict(channels_last=p["channels_last"], activation=p["activation"],
+              num_threads=p["nt"], return_stats=True)
+    y, m, r = gn(x, p["G"], w, b, **kw)
+    y32, m32, r32 = gn(x.astype(np.float32), p["G"],
+                       None if w is None else w.astype(np.float32),
+                       None if b is None else b.astype(np.float32), **kw)
+    np.testing.assert_array_equal(y, y32.astype(np.float16))
+    np.testing.assert_array_equal(m, m32)
+    np.testing.assert_array_equal(r, r32)
