@@ -460,13 +460,18 @@ cdef inline void _slab(const floating* xs, floating* ys, Geometry* g,
 cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
                            Py_ssize_t s, double eps, const floating* w,
                            const floating* b, int act, floating* mean_out,
-                           floating* rstd_out) noexcept nogil:
+                           floating* rstd_out, const char* x16,
+                           char* y16) noexcept nogil:
     """Slab s of x into y. Written with streaming stores: the slab after
     next is fetched during this one's apply, overlapping its reads with
     these writes (the next one came in during the previous apply; one slab
     ahead measured ~5% slower on 32x256x28x28). With plain stores the
     fetch cost 1.1-1.2x (64x1024x7x7, 64x64x33x33)."""
     cdef Py_ssize_t off = s * g.T
+    if floating is float:
+        if x16 != NULL:     # float16 converted in registers
+            _half_slab(x16, y16, g, s, eps, w, b, act, mean_out, rstd_out)
+            return
     _slab(x + off, y + off, g, s, eps, w, b, act, mean_out, rstd_out,
           x + off + 2 * g.T if g.stream and s + 2 < g.N * g.G else NULL,
           NULL, NULL)
@@ -512,10 +517,19 @@ cdef inline void _small_run(const floating* xs, floating* ys,
 cdef inline void _small_item(const floating* x, floating* y,
                              const floating* w, const floating* b,
                              Geometry* g, Py_ssize_t it, double eps, int act,
-                             floating* mean_out,
-                             floating* rstd_out) noexcept nogil:
-    """Item it of the small-slab path: a run of slabs of one sample."""
+                             floating* mean_out, floating* rstd_out,
+                             const char* x16, char* y16) noexcept nogil:
+    """Item it of the small-slab path: a run of slabs of one sample; float16
+    (x16, y16) converted in registers (fg_half_small)."""
     cdef Py_ssize_t ng, s0 = _small_block(g, it, &ng)
+    cdef Py_ssize_t c0 = (s0 % g.G) * g.Cg
+    if floating is float:
+        if x16 != NULL:
+            fg_small_slabs_f16(x16 + 2 * s0 * g.T, y16 + 2 * s0 * g.T, ng,
+                               g.Cg, g.HW, w + c0, b + c0, eps, act,
+                               NULL if mean_out == NULL else mean_out + s0,
+                               NULL if rstd_out == NULL else rstd_out + s0)
+            return
     _small_run(x + s0 * g.T, y + s0 * g.T, w, b, g, s0, ng, eps, act,
                mean_out, rstd_out)
 
@@ -553,36 +567,71 @@ cdef inline Py_ssize_t _mirror(Py_ssize_t it, Py_ssize_t n,
     return lo + hi - 1 - it
 
 
+cdef inline void _shared_moments(const floating* x, Geometry* g,
+                                 Py_ssize_t it, double eps, Moments* m,
+                                 const char* x16) noexcept nogil:
+    """Chunk it (of all slabs' chunks in order) of a shared slab's
+    statistics; float16 (x16) converted in registers."""
+    if floating is float:
+        if x16 != NULL:
+            _half_moments(x16, g, it // g.K, it % g.K, eps, m)
+            return
+    _chunk_moments(x + (it // g.K) * g.T, g, it % g.K, eps, m)
+
+
+cdef inline void _shared_apply(const floating* x, floating* y, Geometry* g,
+                               Py_ssize_t it, const double* stats,
+                               const floating* w, const floating* b, int act,
+                               const char* x16, char* y16) noexcept nogil:
+    """Chunk it's apply with its slab's stats; float16 as _shared_moments."""
+    cdef Py_ssize_t s = it // g.K, u0 = (it % g.K) * g.U
+    cdef Py_ssize_t u1 = min(u0 + g.U, g.T)
+    if floating is float:
+        if x16 != NULL:
+            _half_apply(x16, y16, g, s, u0, u1, stats[2 * s],
+                        stats[2 * s + 1], w, b, act)
+            return
+    _apply_units(x + s * g.T, y + s * g.T, g, s % g.G, u0, u1, stats[2 * s],
+                 stats[2 * s + 1], w, b, act)
+
+
 cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
                         const floating* b, Geometry* g, double eps, int act,
                         floating* mean_out, floating* rstd_out,
-                        Moments* parts, double* stats,
-                        int nt) noexcept nogil:
-    cdef Py_ssize_t S = g.N * g.G, s, it, j, u0, items
-    cdef bint back = g.T * <Py_ssize_t>sizeof(floating) > L2_BYTES
+                        Moments* parts, double* stats, int nt,
+                        const char* x16=NULL, char* y16=NULL) noexcept nogil:
+    """NCHW forward; float16 (x16, y16; x, y are NULL) converted in
+    registers by the kernels (fg_half_fused, or fg_half_small for small
+    slabs)."""
+    cdef Py_ssize_t S = g.N * g.G, s, it, j, items
+    cdef Py_ssize_t size = 2 if x16 != NULL else sizeof(floating)
+    cdef bint back = g.T * size > L2_BYTES
     if g.T <= SMALL_SLAB:
         # Small slabs: many slabs per call, no per-slab dispatch.
         items = _small_items(g)
         if nt == 1:
             for it in range(items):
-                _small_item(x, y, w, b, g, it, eps, act, mean_out, rstd_out)
+                _small_item(x, y, w, b, g, it, eps, act, mean_out, rstd_out,
+                            x16, y16)
         else:
             for it in prange(items, schedule="static", num_threads=nt):
-                _small_item(x, y, w, b, g, it, eps, act, mean_out, rstd_out)
+                _small_item(x, y, w, b, g, it, eps, act, mean_out, rstd_out,
+                            x16, y16)
         return
     if nt == 1:
         for s in range(S):
-            _one_slab(x, y, g, s, eps, w, b, act, mean_out, rstd_out)
+            _one_slab(x, y, g, s, eps, w, b, act, mean_out, rstd_out, x16,
+                      y16)
     elif parts == NULL:
         # One thread per slab, from first read to last write.
         for s in prange(S, schedule="static", num_threads=nt):
-            _one_slab(x, y, g, s, eps, w, b, act, mean_out, rstd_out)
+            _one_slab(x, y, g, s, eps, w, b, act, mean_out, rstd_out, x16,
+                      y16)
     else:
         # Few slabs for the threads (_split_units): share their chunks.
         with parallel(num_threads=nt):
             for it in prange(S * g.K, schedule="static"):
-                _chunk_moments(x + (it // g.K) * g.T, g, it % g.K, eps,
-                               &parts[it])
+                _shared_moments(x, g, it, eps, &parts[it], x16)
             fastgn_barrier()
             for s in prange(S, schedule="static"):
                 _merge_slab(&parts[s * g.K], g.K, 1, s, eps, stats,
@@ -591,11 +640,7 @@ cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
             for it in prange(S * g.K, schedule="static"):
                 # each thread's chunks, last read first when big
                 j = _mirror(it, S * g.K, nt) if back else it
-                s = j // g.K
-                u0 = (j % g.K) * g.U
-                _apply_units(x + s * g.T, y + s * g.T, g, s % g.G, u0,
-                             min(u0 + g.U, g.T), stats[2 * s],
-                             stats[2 * s + 1], w, b, act)
+                _shared_apply(x, y, g, j, stats, w, b, act, x16, y16)
 
 
 # ------------------------------------------------------------ forward, NHWC
@@ -901,48 +946,12 @@ cdef inline void _half_slab(const char* x, char* y, Geometry* g,
                     act)
 
 
-cdef void _half_split(const char* x, char* y, const float* w, const float* b,
-                      Geometry* g, double eps, int act, float* mean_out,
-                      float* rstd_out, Moments* parts, double* stats,
-                      int nt) noexcept nogil:
-    """Float16 slabs converted in registers, too few for the threads
-    (_split_units): _forward_nchw's shared chunks, the same bits."""
-    cdef Py_ssize_t S = g.N * g.G, items = g.N * g.G * g.K, it, s, j, u0
-    cdef bint back = 2 * g.T > L2_BYTES
-    with parallel(num_threads=nt):
-        for it in prange(items, schedule="static"):
-            _half_moments(x, g, it // g.K, it % g.K, eps, &parts[it])
-        fastgn_barrier()
-        for s in prange(S, schedule="static"):
-            _merge_slab(&parts[s * g.K], g.K, 1, s, eps, stats, mean_out,
-                        rstd_out)
-        fastgn_barrier()
-        for it in prange(items, schedule="static"):
-            j = _mirror(it, items, nt) if back else it
-            s = j // g.K
-            u0 = (j % g.K) * g.U
-            _half_apply(x, y, g, s, u0, min(u0 + g.U, g.T), stats[2 * s],
-                        stats[2 * s + 1], w, b, act)
-
-
 cdef inline void _half_unit(const char* x, char* y, const float* w,
                             const float* b, Geometry* g, Py_ssize_t it,
                             bint small, double eps, int act, float* mo,
                             float* ro, float* buf) noexcept nogil:
-    """Unit it (a slab, or a small-slab item) through buf, or converted in
-    registers when buf is NULL."""
-    cdef Py_ssize_t ng = 1, s0 = it, c0
-    if buf == NULL and not small:
-        _half_slab(x, y, g, it, eps, w, b, act, mo, ro)
-        return
-    if buf == NULL:
-        s0 = _small_block(g, it, &ng)
-        c0 = (s0 % g.G) * g.Cg
-        fg_small_slabs_f16(x + 2 * s0 * g.T, y + 2 * s0 * g.T, ng, g.Cg, g.HW,
-                           w + c0, b + c0, eps, act,
-                           NULL if mo == NULL else mo + s0,
-                           NULL if ro == NULL else ro + s0)
-        return
+    """Unit it (a slab, or a small-slab item) through the buffer buf."""
+    cdef Py_ssize_t ng = 1, s0 = it
     if not small:
         _slab(buf, buf, g, it, eps, w, b, act, mo, ro, NULL,
               x + 2 * it * g.T, y + 2 * it * g.T)
@@ -974,7 +983,7 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
     cdef cnp.ndarray w, b, work = None
     cdef cnp.ndarray mo = mean, ro = rstd
     cdef int nt = num_threads
-    cdef bint small = False, fused = False, split = False
+    cdef bint small = False, fused = False
     cdef Py_ssize_t units = 0, per = 0, it
     cdef float* buf
     cdef Moments* pp = NULL
@@ -998,12 +1007,11 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
     else:
         small = g.T <= SMALL_SLAB
         fused = fg_half_small(g.Cg, HW) if small else fg_half_fused()
-        split = fused and _split_units(N * G, g.K, g.T, nt)
         if not fused and (g.T > HALF_BUF or (not small and nt > 1 and
                                             N * G < nt and g.K > 1)):
             return False
         units = _small_items(&g) if small else N * G
-        if split:
+        if fused and _split_units(N * G, g.K, g.T, nt):
             work = _work(N * G * g.K, N * G, 0, nt, &pp, &sp, &scp)
         elif not fused:         # a buffer per thread, 64-byte strides
             per = (_slabs_per_item(&g) if small else 1) * g.T
@@ -1017,22 +1025,21 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
     cdef const float* bp = <const float*>cnp.PyArray_DATA(b)
     cdef float* mp = NULL if mo is None else <float*>cnp.PyArray_DATA(mo)
     cdef float* rp = NULL if ro is None else <float*>cnp.PyArray_DATA(ro)
-    buf = <float*>scp                           # NULL: fused
+    buf = <float*>scp
     with nogil:
         if g.rows:
             _forward_rows(<const float*>NULL, <float*>NULL, wp, bp, &g, eps,
                           activation, mp, rp, pp, sp, scp, per, nt, xp, yp)
-        elif split:
-            _half_split(xp, yp, wp, bp, &g, eps, activation, mp, rp, pp, sp,
-                        nt)
+        elif fused:
+            _forward_nchw(<const float*>NULL, <float*>NULL, wp, bp, &g, eps,
+                          activation, mp, rp, pp, sp, nt, xp, yp)
         elif nt == 1:
             for it in range(units):
                 _half_unit(xp, yp, wp, bp, &g, it, small, eps, activation,
                            mp, rp, buf)
         else:
             with parallel(num_threads=nt):
-                buf = NULL if fused else \
-                    <float*>(scp + omp_get_thread_num() * per)
+                buf = <float*>(scp + omp_get_thread_num() * per)
                 for it in prange(units, schedule="static"):
                     _half_unit(xp, yp, wp, bp, &g, it, small, eps,
                                activation, mp, rp, buf)
