@@ -10,7 +10,7 @@ import operator
 import os
 import sys
 import warnings
-from math import isfinite
+from math import isfinite, prod
 
 import numpy as np
 
@@ -141,6 +141,9 @@ def _check_threads(num_threads):
 
 
 def _check_groups(num_groups, C):
+    if type(num_groups) is int and 0 < num_groups <= C and \
+            C % num_groups == 0:
+        return num_groups
     G = _check_int(num_groups, "num_groups")
     if G <= 0:
         raise ValueError(f"num_groups must be positive, got {G}")
@@ -220,12 +223,9 @@ def _check_out(out, shape, rdt, name="out"):
 
 def _dims(shape, channels_last):
     """(N, C, HW) of an input of ``shape``; HW is the spatial size."""
-    N = shape[0]
-    C = shape[-1] if channels_last else shape[1]
-    HW = 1
-    for s in (shape[1:-1] if channels_last else shape[2:]):
-        HW *= s
-    return N, C, HW
+    if channels_last:
+        return shape[0], shape[-1], prod(shape[1:-1])
+    return shape[0], shape[1], prod(shape[2:])
 
 
 def _kernel_ready(a, cdt, nt=1):
@@ -318,14 +318,15 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *,
                          f"got shape {shape}")
     N, C, HW = _dims(shape, channels_last)
     G = _check_groups(num_groups, C)
-    w = _check_param(weight, "weight", C, cdt)
-    b = _check_param(bias, "bias", C, cdt)
+    # (the defaults skip their checks' calls: 0.2 us of a 2.5 us small call)
+    w = None if weight is None else _check_param(weight, "weight", C, cdt)
+    b = None if bias is None else _check_param(bias, "bias", C, cdt)
     eps = _check_eps(eps)
-    act = _check_activation(activation)
+    act = 0 if activation is None else _check_activation(activation)
     nt = _check_threads(num_threads)
-    out = _check_out(out, shape, rdt)
     share = 0   # bits 1, 2, 4: out may overlap x, weight, bias
     if out is not None:     # what the caller passed, not our copies
+        out = _check_out(out, shape, rdt)
         share = _kern.overlaps(out, x, _as_array(weight), _as_array(bias))
         for bit, pname in ((2, "weight"), (4, "bias")):
             if share & bit:
@@ -425,7 +426,7 @@ def group_norm_backward(grad_output, input, mean, rstd, num_groups,
             raise ValueError(f"{sname} must have shape ({N}, {G}) = (N, "
                              f"num_groups), got {sa.shape}")
         stats.append(_kernel_ready(sa, cdt))
-    w = _check_param(weight, "weight", C, cdt)
+    w = None if weight is None else _check_param(weight, "weight", C, cdt)
     nt = _check_threads(num_threads)
 
     dx = np.empty(shape, dtype=cdt)
