@@ -340,18 +340,23 @@ cdef inline void _merge_slab(Moments* parts, Py_ssize_t K, Py_ssize_t step,
 
 
 # Weights and biases left None: read-only arrays of ones and zeros, kept
-# for reuse (allocating two per call took a sixth of a small call's time).
+# for reuse (allocating two per call took a sixth of a small call's time),
+# found by an integer key: with (C, dtype, value) keys the two lookups of a
+# call without either took 0.17 us, with it 0.05 us (the kernel entry of
+# 1x32x16x16 1.04 -> 0.92 us).
 cdef dict _FILLED = {}
-_F32 = np.dtype(np.float32)
 
 
-cdef cnp.ndarray _filled(Py_ssize_t C, object dtype, double value):
-    key = (C, dtype, value)
+cdef cnp.ndarray _filled(Py_ssize_t C, int typenum, bint one):
+    """C ones (one) or zeros of the dtype typenum (NPY_FLOAT32, ...64)."""
+    key = (C * 64 + typenum) * 2 + one
     a = _FILLED.get(key)
     if a is None:
         if len(_FILLED) >= 64:
             _FILLED.clear()
-        a = np.full(C, value, dtype=dtype)
+        a = np.full(C, 1.0 if one else 0.0,
+                    dtype=np.float32 if typenum == cnp.NPY_FLOAT32
+                    else np.float64)
         a.setflags(write=False)
         _FILLED[key] = a
     return a
@@ -850,8 +855,8 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
         _whole_runs(y, C if rows else HW)
     if N * C * HW < SERIAL_BELOW:
         nt = 1
-    w = _filled(C, x.dtype, 1.0) if weight is None else weight
-    b = _filled(C, x.dtype, 0.0) if bias is None else bias
+    w = _filled(C, cnp.PyArray_TYPE(x), True) if weight is None else weight
+    b = _filled(C, cnp.PyArray_TYPE(x), False) if bias is None else bias
     cdef Moments* pp = NULL
     cdef double* sp = NULL
     cdef char* scp = NULL
@@ -1017,8 +1022,8 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
             per = (_slabs_per_item(&g) if small else 1) * g.T
             per = (per + 15) // 16 * 16 * 4
             work = _work(0, 0, per, nt, &pp, &sp, &scp)
-    w = _filled(C, _F32, 1.0) if weight is None else weight
-    b = _filled(C, _F32, 0.0) if bias is None else bias
+    w = _filled(C, cnp.NPY_FLOAT32, True) if weight is None else weight
+    b = _filled(C, cnp.NPY_FLOAT32, False) if bias is None else bias
     cdef const char* xp = <const char*>cnp.PyArray_DATA(x)
     cdef char* yp = <char*>cnp.PyArray_DATA(y)
     cdef const float* wp = <const float*>cnp.PyArray_DATA(w)
@@ -1348,8 +1353,8 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
              int num_threads):
     """Gradients of group_norm. See fastgn._reference.backward."""
     cdef Geometry g
-    cdef cnp.ndarray w = _filled(C, x.dtype, 1.0) if weight is None \
-        else weight
+    cdef cnp.ndarray w = _filled(C, cnp.PyArray_TYPE(x), True) \
+        if weight is None else weight
     # HW == 1, small groups: partial sums per block of RB samples (RB from
     # N alone, so the order of the sums never depends on the thread count)
     cdef Py_ssize_t RB = max(1, min(ROW_BLOCK, N // 16)) \
