@@ -838,6 +838,26 @@ cdef cnp.ndarray _work(Py_ssize_t nparts, Py_ssize_t S,
     return work
 
 
+cdef cnp.ndarray _forward_work(Geometry* g, int nt, bint half,
+                               Py_ssize_t* scratch_bytes, Moments** pp,
+                               double** sp, char** scp):
+    """The work array of a forward (_work), or None: channels-last, chunk
+    moments, stats and each thread's scratch (_rows_scratch; float16:
+    half); NCHW slabs shared among the threads (_split_units), their chunk
+    moments and stats, which _forward_nchw takes for that mode."""
+    cdef Py_ssize_t S = g.N * g.G
+    pp[0] = NULL
+    sp[0] = NULL
+    scp[0] = NULL
+    scratch_bytes[0] = 0
+    if g.rows:
+        scratch_bytes[0] = _rows_scratch(g, half)
+        return _work(S * g.K, S, scratch_bytes[0], nt, pp, sp, scp)
+    if _split_units(S, g.K, g.T, nt):
+        return _work(S * g.K, S, 0, nt, pp, sp, scp)
+    return None
+
+
 def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
             Py_ssize_t C, Py_ssize_t HW, Py_ssize_t G, double eps,
             bint channels_last, int activation, mean, rstd, int num_threads):
@@ -857,14 +877,10 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
         nt = 1
     w = _filled(C, cnp.PyArray_TYPE(x), True) if weight is None else weight
     b = _filled(C, cnp.PyArray_TYPE(x), False) if bias is None else bias
-    cdef Moments* pp = NULL
-    cdef double* sp = NULL
-    cdef char* scp = NULL
-    if rows:
-        scratch_bytes = _rows_scratch(&g, False)
-        work = _work(N * g.K * G, N * G, scratch_bytes, nt, &pp, &sp, &scp)
-    elif _split_units(N * G, g.K, g.T, nt):
-        work = _work(N * G * g.K, N * G, 0, nt, &pp, &sp, &scp)
+    cdef Moments* pp
+    cdef double* sp
+    cdef char* scp
+    work = _forward_work(&g, nt, False, &scratch_bytes, &pp, &sp, &scp)
     cdef void* mp = NULL if mo is None else cnp.PyArray_DATA(mo)
     cdef void* rp = NULL if ro is None else cnp.PyArray_DATA(ro)
     cdef void* xp = cnp.PyArray_DATA(x)
@@ -1007,8 +1023,7 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
         # 1x320x64x64 at one thread, 5 MiB, 0.85x the other way).
         g.keep = nt * 4 * g.T * C <= STREAM_BYTES and \
             (nt == 1 or not _split_units(N, g.K, g.T * C, nt))
-        per = _rows_scratch(&g, True)
-        work = _work(N * g.K * G, N * G, per, nt, &pp, &sp, &scp)
+        work = _forward_work(&g, nt, True, &per, &pp, &sp, &scp)
     else:
         small = g.T <= SMALL_SLAB
         fused = fg_half_small(g.Cg, HW) if small else fg_half_fused()
@@ -1016,9 +1031,9 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
                                             N * G < nt and g.K > 1)):
             return False
         units = _small_items(&g) if small else N * G
-        if fused and _split_units(N * G, g.K, g.T, nt):
-            work = _work(N * G * g.K, N * G, 0, nt, &pp, &sp, &scp)
-        elif not fused:         # a buffer per thread, 64-byte strides
+        if fused:
+            work = _forward_work(&g, nt, True, &per, &pp, &sp, &scp)
+        else:                   # a buffer per thread, 64-byte strides
             per = (_slabs_per_item(&g) if small else 1) * g.T
             per = (per + 15) // 16 * 16 * 4
             work = _work(0, 0, per, nt, &pp, &sp, &scp)
