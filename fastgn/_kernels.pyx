@@ -104,6 +104,19 @@ cdef extern from "_simd.h" nogil:
                             Py_ssize_t, Py_ssize_t, const double*,
                             const double*, const double*, const double*,
                             Py_ssize_t, int)
+    void fg_rows_params_f32(const double*, const float*, const float*,
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t, float*,
+                            float*, float*)
+    void fg_rows_params_f64(const double*, const double*, const double*,
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t, double*,
+                            double*, double*)
+    void fg_rows_dx_params_f32(const float*, const float*, const float*,
+                               const float*, Py_ssize_t, Py_ssize_t,
+                               Py_ssize_t, float*, float*, float*, float*)
+    void fg_rows_dx_params_f64(const double*, const double*, const double*,
+                               const double*, Py_ssize_t, Py_ssize_t,
+                               Py_ssize_t, double*, double*, double*,
+                               double*)
     void fg_scale_copy_f32(const float*, float*, Py_ssize_t, float, int)
     void fg_scale_copy_f64(const double*, double*, Py_ssize_t, double, int)
     bint FG_HAVE_F16
@@ -726,7 +739,7 @@ cdef inline void _rows_apply(const floating* x, floating* y, Geometry* g,
     thread's buffer (converted there again unless g.keep) and converted
     out."""
     cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U
-    cdef Py_ssize_t p1 = min(p0 + g.U, g.T), c, t, grp
+    cdef Py_ssize_t p1 = min(p0 + g.U, g.T)
     cdef Py_ssize_t off = (n * g.T + p0) * g.C, q
     cdef float* buf = NULL
     if x16 != NULL:
@@ -740,23 +753,12 @@ cdef inline void _rows_apply(const floating* x, floating* y, Geometry* g,
     cdef floating* mhi = <floating*>scratch
     cdef floating* sc = mhi + g.C
     cdef floating* sh = mhi + 2 * g.C
-    cdef double mean
-    cdef floating rs, hi, lo, s
     stats = stats + 2 * n * g.G
-    for grp in range(g.G):
-        mean = stats[2 * grp]
-        rs = <floating>stats[2 * grp + 1]
-        hi = <floating>mean
-        lo = <floating>(mean - <double>hi)
-        for c in range(grp * g.Cg, (grp + 1) * g.Cg):
-            t = c - q if c >= q else c - q + g.C     # rotated by q
-            s = w[c] * rs
-            mhi[t] = hi
-            sc[t] = s
-            sh[t] = b[c] - lo * s
     if floating is float:
+        fg_rows_params_f32(stats, w, b, g.G, g.Cg, q, mhi, sc, sh)
         fg_apply_rows_f32(x, y, p1 - p0, g.C, mhi, sc, sh, q, act, g.stream)
     else:
+        fg_rows_params_f64(stats, w, b, g.G, g.Cg, q, mhi, sc, sh)
         fg_apply_rows_f64(x, y, p1 - p0, g.C, mhi, sc, sh, q, act, g.stream)
     if y16 != NULL:
         fg_f32_to_f16(buf, y16 + 2 * off, (p1 - p0) * g.C)
@@ -1197,26 +1199,22 @@ cdef inline void _bwd_rows_dx(const floating* dy, const floating* x,
                               const floating* coef, floating* dx,
                               floating* scratch) noexcept nogil:
     """Phase 3, chunk it: dx from per-channel vectors of the coefficients."""
-    cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U, c, t, grp
+    cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U
     cdef Py_ssize_t p1 = min(p0 + g.U, g.T), off = (n * g.T + p0) * g.C
     cdef Py_ssize_t q = _rotation(dx + off, g.C, g.stream)
     cdef floating* a = scratch
     cdef floating* bc = a + g.C
     cdef floating* muc = a + 2 * g.C
     cdef floating* dc = a + 3 * g.C
-    cdef floating rs, mu, B, D
-    for grp in range(n * g.G, (n + 1) * g.G):
-        rs, mu, B, D = rstd[grp], mean[grp], coef[2 * grp], coef[2 * grp + 1]
-        for c in range((grp % g.G) * g.Cg, (grp % g.G + 1) * g.Cg):
-            t = c - q if c >= q else c - q + g.C     # rotated by q
-            a[t] = w[c] * rs
-            muc[t] = mu
-            bc[t] = B
-            dc[t] = D
+    cdef Py_ssize_t s0 = n * g.G
     if floating is float:
+        fg_rows_dx_params_f32(mean + s0, rstd + s0, coef + 2 * s0, w, g.G,
+                              g.Cg, q, a, bc, muc, dc)
         fg_bwd_rows_dx_f32(dy + off, x + off, dx + off, p1 - p0, g.C, a, bc,
                            muc, dc, q, g.stream)
     else:
+        fg_rows_dx_params_f64(mean + s0, rstd + s0, coef + 2 * s0, w, g.G,
+                              g.Cg, q, a, bc, muc, dc)
         fg_bwd_rows_dx_f64(dy + off, x + off, dx + off, p1 - p0, g.C, a, bc,
                            muc, dc, q, g.stream)
 
