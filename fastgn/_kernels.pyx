@@ -120,7 +120,6 @@ cdef extern from "_simd.h" nogil:
     void fg_scale_copy_f32(const float*, float*, Py_ssize_t, float, int)
     void fg_scale_copy_f64(const double*, double*, Py_ssize_t, double, int)
     bint FG_HAVE_F16
-    Py_ssize_t FG_SMALL_CG
     void fg_f16_to_f32(const void*, float*, Py_ssize_t)
     void fg_f32_to_f16(const float*, void*, Py_ssize_t)
     bint fg_half_fused()
@@ -154,10 +153,8 @@ cdef Py_ssize_t CHUNK = 8192
 cdef Py_ssize_t ROW_CHUNK = 65536
 # Slabs of at most SMALL_SLAB values (NCHW) take the small-slab path, about
 # SMALL_ITEM values per work item (measured: 0.65-0.9x the chunked path's
-# time for slabs of 1024-2048 values, 1.1x at 4096); the backward's
-# small-group path (HW == 1) takes groups of at most SMALL_CG values.
+# time for slabs of 1024-2048 values, 1.1x at 4096).
 cdef Py_ssize_t SMALL_SLAB = 2048
-cdef Py_ssize_t SMALL_CG = FG_SMALL_CG
 cdef Py_ssize_t SMALL_ITEM = 8192
 # The small-group backward sums parameter gradients over blocks of up to
 # ROW_BLOCK samples first (16 times less partial-sum traffic).
@@ -1074,12 +1071,28 @@ cdef inline void _bwd_coefs(const floating* w, double rs, const double* ds,
                             const double* db, Py_ssize_t Cg, double M,
                             floating* B, floating* D) noexcept nogil:
     """B, D of dx = w*rstd*dy + B*(x - mean) + D for one group, from its
-    channels' sums ds = sum dy*(x - mean), db = sum dy (M values)."""
-    cdef double sum1 = 0, sum2 = 0
-    cdef Py_ssize_t c
-    for c in range(Cg):
-        sum1 += w[c] * ds[c]
-        sum2 += w[c] * db[c]
+    channels' sums ds = sum dy*(x - mean), db = sum dy (M values). Four
+    partial sums a side: as one chain of dependent adds, a group of 4096
+    channels (G = 1) took 4 us a sample, most of a (4, 4096) backward."""
+    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0, sum1, sum2
+    cdef double b0 = 0, b1 = 0, b2 = 0, b3 = 0
+    cdef Py_ssize_t c = 0
+    while c + 4 <= Cg:
+        a0 += w[c] * ds[c]
+        a1 += w[c + 1] * ds[c + 1]
+        a2 += w[c + 2] * ds[c + 2]
+        a3 += w[c + 3] * ds[c + 3]
+        b0 += w[c] * db[c]
+        b1 += w[c + 1] * db[c + 1]
+        b2 += w[c + 2] * db[c + 2]
+        b3 += w[c + 3] * db[c + 3]
+        c += 4
+    while c < Cg:
+        a0 += w[c] * ds[c]
+        b0 += w[c] * db[c]
+        c += 1
+    sum1 = (a0 + a1) + (a2 + a3)
+    sum2 = (b0 + b1) + (b2 + b3)
     B[0] = <floating>(-rs * rs * rs * sum1 / M)
     D[0] = <floating>(-rs * sum2 / M)
 
@@ -1368,10 +1381,9 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     cdef Geometry g
     cdef cnp.ndarray w = _filled(C, cnp.PyArray_TYPE(x), True) \
         if weight is None else weight
-    # HW == 1, small groups: partial sums per block of RB samples (RB from
-    # N alone, so the order of the sums never depends on the thread count)
-    cdef Py_ssize_t RB = max(1, min(ROW_BLOCK, N // 16)) \
-        if HW == 1 and C // G <= SMALL_CG else 0
+    # HW == 1: partial sums per block of RB samples (RB from N alone, so
+    # the order of the sums never depends on the thread count)
+    cdef Py_ssize_t RB = max(1, min(ROW_BLOCK, N // 16)) if HW == 1 else 0
     cdef Py_ssize_t rows = (N + RB - 1) // RB if RB else N
     cdef bint f32 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
     cdef int nt = num_threads

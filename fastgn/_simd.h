@@ -1196,12 +1196,15 @@ FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,  \
         fg_sfence();                                                          \
 }
 
-/* Backward for groups of few values with one value per channel (HW == 1,
- * at most FG_SMALL_CG, the kernels' SMALL_CG): dx of the `ng` consecutive
- * groups of one sample, and the sample's parameter-gradient terms
- * rstd*dy*(x-mean) and dy per channel stored into (acc == 0) or added to
- * (acc != 0) a row block's partial sums ps, pb (summed by fg_param_grads
- * with rstd == NULL). */
+/* Backward for rank-2 input (HW == 1: one value per channel): dx of the
+ * `ng` consecutive groups of one sample, and the sample's parameter-gradient
+ * terms rstd*dy*(x-mean) and dy per channel stored into (acc == 0) or added
+ * to (acc != 0) a row block's partial sums ps, pb (summed by fg_param_grads
+ * with rstd == NULL). A group's sums go FG_SMALL_CG channels at a time
+ * through p1, p2. Groups above FG_SMALL_CG values (LayerNorm-wide, G = 1)
+ * had taken the channels-last path, one row of C per sample, whose
+ * per-sample rows of sums fg_param_grads then read a tile at a time down
+ * N rows: (256, 4096) G=1 took 28x the forward's time. */
 #define FG_SMALL_CG 1024
 #define FG_PGT 16
 #define FG_BWD_SMALL(T, SUF, ISA)                                             \
@@ -1212,31 +1215,39 @@ FG_WIDE_FN void fg_bwd_small_##SUF##ISA(const T *dy, const T *x, T *dx,       \
                                         int acc) {                            \
     const double M = (double)Cg;                                              \
     double p1[FG_SMALL_CG], p2[FG_SMALL_CG];                                  \
-    ptrdiff_t g, c;                                                           \
+    ptrdiff_t g, c, c0;                                                       \
     for (g = 0; g < ng; g++) {                                                \
-        const ptrdiff_t o = g * Cg;                                           \
         const T mu = mean[g], rs = rstd[g];                                   \
         const double drs = rs;                                                \
-        double s1, s2;                                                        \
+        double s1 = 0, s2 = 0;                                                \
+        ptrdiff_t o = g * Cg;                                                 \
         T B, D;                                                               \
-        if (acc)                                                              \
-            FG_SIMD for (c = 0; c < Cg; c++) {                                \
-                double d = (double)dy[o + c] * ((double)x[o + c] - mu);       \
-                ps[o + c] += drs * d;                                         \
-                pb[o + c] += dy[o + c];                                       \
-                p1[c] = w[o + c] * d;                                         \
-                p2[c] = (double)w[o + c] * dy[o + c];                         \
-            }                                                                 \
-        else                                                                  \
-            FG_SIMD for (c = 0; c < Cg; c++) {                                \
-                double d = (double)dy[o + c] * ((double)x[o + c] - mu);       \
-                ps[o + c] = drs * d;                                          \
-                pb[o + c] = dy[o + c];                                        \
-                p1[c] = w[o + c] * d;                                         \
-                p2[c] = (double)w[o + c] * dy[o + c];                         \
-            }                                                                 \
-        s1 = fg_vrun_sum_f64##ISA(p1, Cg);                                    \
-        s2 = fg_vrun_sum_f64##ISA(p2, Cg);                                    \
+        for (c0 = 0; c0 < Cg; c0 += FG_SMALL_CG) {                            \
+            const ptrdiff_t m = Cg - c0 < FG_SMALL_CG ? Cg - c0       \
+                                                      : FG_SMALL_CG;         \
+            const ptrdiff_t oc = o + c0;                                      \
+            double a1, a2;                                                    \
+            if (acc)                                                          \
+                FG_SIMD for (c = 0; c < m; c++) {                             \
+                    double d = (double)dy[oc + c] * ((double)x[oc + c] - mu); \
+                    ps[oc + c] += drs * d;                                    \
+                    pb[oc + c] += dy[oc + c];                                 \
+                    p1[c] = w[oc + c] * d;                                    \
+                    p2[c] = (double)w[oc + c] * dy[oc + c];                   \
+                }                                                             \
+            else                                                              \
+                FG_SIMD for (c = 0; c < m; c++) {                             \
+                    double d = (double)dy[oc + c] * ((double)x[oc + c] - mu); \
+                    ps[oc + c] = drs * d;                                     \
+                    pb[oc + c] = dy[oc + c];                                  \
+                    p1[c] = w[oc + c] * d;                                    \
+                    p2[c] = (double)w[oc + c] * dy[oc + c];                   \
+                }                                                             \
+            a1 = fg_vrun_sum_f64##ISA(p1, m);                                 \
+            a2 = fg_vrun_sum_f64##ISA(p2, m);                                 \
+            s1 = c0 ? s1 + a1 : a1;                                           \
+            s2 = c0 ? s2 + a2 : a2;                                           \
+        }                                                                     \
         B = (T)(-drs * drs * drs * s1 / M);                                   \
         D = (T)(-drs * s2 / M);                                               \
         FG_SIMD for (c = 0; c < Cg; c++)                                      \

@@ -339,7 +339,9 @@ def test_threads_bitwise_identical(channels_last, dtype):
 @pytest.mark.parametrize("shape,G,channels_last", [
     ((1, 16, 64, 80), 4, True),     # NHWC: one sample, phases split
     ((3, 16, 64, 80), 4, True),     # a sample per thread, or split (N % nt)
-    ((12, 4096), 2, True),          # HW == 1, Cg 2048: the same path
+    ((12, 4096), 2, True),          # HW == 1, Cg 2048: sums in 2 pieces
+    ((5, 2050), 2, False),          # HW == 1, Cg 1025: a piece of one
+    ((40, 3073), 1, False),         # HW == 1, G = 1, row blocks of 2
     ((1, 16, 64, 64), 1, False),    # NCHW: one slab, by channel ranges
     ((3, 4, 128, 128), 1, False),   # 3 slabs on 2 threads: split
     ((1, 5, 128, 128), 1, False),   # uneven channel ranges
