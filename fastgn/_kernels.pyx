@@ -155,6 +155,14 @@ cdef Py_ssize_t ROW_CHUNK = 65536
 # SMALL_ITEM values per work item (measured: 0.65-0.9x the chunked path's
 # time for slabs of 1024-2048 values, 1.1x at 4096).
 cdef Py_ssize_t SMALL_SLAB = 2048
+# Slabs of short channel runs (below SHORT_RUN bytes) take it up to
+# SMALL_RUNS_SLAB values where the call keeps its arrays in the cache: the
+# chunked path's apply pays per run; 128x768x16 G=1 took 3.4x the time
+# there, 8x2560x8x8 G=32 1.45x, 4x1024x10x10 G=16 1.3x, while runs of 144
+# and 196 values took 1.2-1.35x the time here, and arrays streamed (the
+# chunked path's non-temporal stores) 1.05-1.2x.
+cdef Py_ssize_t SHORT_RUN = 512
+cdef Py_ssize_t SMALL_RUNS_SLAB = 16384
 cdef Py_ssize_t SMALL_ITEM = 8192
 # The small-group backward sums parameter gradients over blocks of up to
 # ROW_BLOCK samples first (16 times less partial-sum traffic).
@@ -492,6 +500,15 @@ cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
           NULL, NULL)
 
 
+cdef inline bint _small(Geometry* g, Py_ssize_t size) noexcept nogil:
+    """Whether NCHW slabs take the small-slab path, computed in values of
+    ``size`` bytes (float16: 4, its float32 path's choice, so the same bits;
+    fg_half_small takes at most SMALL_SLAB values, buffers the rest)."""
+    return g.T <= SMALL_SLAB or (
+        g.HW * size < SHORT_RUN and g.T <= SMALL_RUNS_SLAB and
+        2 * g.N * g.C * g.HW * size <= STREAM_BYTES)
+
+
 cdef inline Py_ssize_t _slabs_per_item(Geometry* g) noexcept nogil:
     return max(1, SMALL_ITEM // (g.Cg * g.HW))
 
@@ -621,7 +638,7 @@ cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
     cdef Py_ssize_t S = g.N * g.G, s, it, j, items
     cdef Py_ssize_t size = 2 if x16 != NULL else sizeof(floating)
     cdef bint back = g.T * size > L2_BYTES
-    if g.T <= SMALL_SLAB:
+    if _small(g, sizeof(floating)):
         # Small slabs: many slabs per call, no per-slab dispatch.
         items = _small_items(g)
         if nt == 1:
@@ -1024,7 +1041,7 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
             (nt == 1 or not _split_units(N, g.K, g.T * C, nt))
         work = _forward_work(&g, nt, True, &per, &pp, &sp, &scp)
     else:
-        small = g.T <= SMALL_SLAB
+        small = _small(&g, 4)
         fused = fg_half_small(g.Cg, HW) if small else fg_half_fused()
         if not fused and (g.T > HALF_BUF or (not small and nt > 1 and
                                             N * G < nt and g.K > 1)):

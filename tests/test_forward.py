@@ -146,6 +146,7 @@ class _HalfSpy:
     ((7, 64, 8, 4), 2, "buf", False),         # small: 1024 values
     ((3, 16, 128), 1, "buf", False),          # small: 2048 values
     ((5, 8, 40, 41), 4, "buf", False),        # a slab per unit, chunked
+    ((3, 64, 10, 10), 2, "buf", False),       # small path: runs of 100
     ((4, 64, 19), 2, "buf", False),           # rank 3, odd lengths
     ((3, 6, 2500), 3, "buf", False),          # chunked, one channel each
     ((5, 3003), 1, "buf", False),             # chunked rank 2 (LayerNorm)
@@ -553,7 +554,10 @@ def test_return_stats(rng, oracle, dtype, stat_dtype, channels_last):
     ((4, 32, 16, 16), 8, False),        # many slabs
     ((3, 10, 15, 32), 4, True),         # channels last
     ((5, 12), 6, False),                # rank 2, tiny slabs
-], ids=["one_slab", "many_slabs", "nhwc", "rank2"])
+    ((3, 768, 16), 1, False),           # small path: short runs, 12288
+    ((2, 2560, 8, 8), 32, False),       # float32 small path, float64 not
+], ids=["one_slab", "many_slabs", "nhwc", "rank2", "short_runs",
+        "short_runs_2d"])
 def test_num_threads_bitwise_identical(rng, oracle, dtype, case):
     shape, G, cl = case
     x = data(rng, shape, dtype, offset=3.0)
