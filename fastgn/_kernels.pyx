@@ -155,12 +155,13 @@ cdef Py_ssize_t ROW_CHUNK = 65536
 # SMALL_ITEM values per work item (measured: 0.65-0.9x the chunked path's
 # time for slabs of 1024-2048 values, 1.1x at 4096).
 cdef Py_ssize_t SMALL_SLAB = 2048
-# Slabs of short channel runs (below SHORT_RUN bytes) take it up to
+# Slabs of short channel runs (2 to SHORT_RUN bytes) take it up to
 # SMALL_RUNS_SLAB values where the call keeps its arrays in the cache: the
 # chunked path's apply pays per run; 128x768x16 G=1 took 3.4x the time
 # there, 8x2560x8x8 G=32 1.45x, 4x1024x10x10 G=16 1.3x, while runs of 144
-# and 196 values took 1.2-1.35x the time here, and arrays streamed (the
-# chunked path's non-temporal stores) 1.05-1.2x.
+# and 196 values took 1.2-1.35x the time here, arrays streamed (the
+# chunked path's non-temporal stores) 1.05-1.2x, and rank-2 groups (one
+# loop over channels there) 1.03-1.12x.
 cdef Py_ssize_t SHORT_RUN = 512
 cdef Py_ssize_t SMALL_RUNS_SLAB = 16384
 cdef Py_ssize_t SMALL_ITEM = 8192
@@ -393,6 +394,7 @@ cdef struct Geometry:
     bint big            # input plus output larger than the cache
     int stream          # streaming stores (big, apply without activation)
     bint keep           # float16 rows: a sample's chunks stay in the buffer
+    Py_ssize_t m        # rank-2 small items of m samples (_rank2_items)
 
 
 cdef inline void _geometry(Geometry* g, Py_ssize_t N, Py_ssize_t C,
@@ -408,6 +410,7 @@ cdef inline void _geometry(Geometry* g, Py_ssize_t N, Py_ssize_t C,
     g.big = False
     g.stream = 0
     g.keep = False
+    g.m = 0
 
 
 cdef inline void _chunk_moments(const floating* xs, Geometry* g,
@@ -505,7 +508,7 @@ cdef inline bint _small(Geometry* g, Py_ssize_t size) noexcept nogil:
     ``size`` bytes (float16: 4, its float32 path's choice, so the same bits;
     fg_half_small takes at most SMALL_SLAB values, buffers the rest)."""
     return g.T <= SMALL_SLAB or (
-        g.HW * size < SHORT_RUN and g.T <= SMALL_RUNS_SLAB and
+        1 < g.HW and g.HW * size < SHORT_RUN and g.T <= SMALL_RUNS_SLAB and
         2 * g.N * g.C * g.HW * size <= STREAM_BYTES)
 
 
@@ -514,15 +517,36 @@ cdef inline Py_ssize_t _slabs_per_item(Geometry* g) noexcept nogil:
 
 
 cdef inline Py_ssize_t _small_items(Geometry* g) noexcept nogil:
-    """Work items of the small paths: runs of slabs within one sample."""
+    """Work items of the small paths: runs of slabs within one sample, or
+    g.m whole samples (_rank2_items)."""
     cdef Py_ssize_t gpi = _slabs_per_item(g)
+    if g.m:
+        return (g.N + g.m - 1) // g.m
     return g.N * ((g.G + gpi - 1) // gpi)
+
+
+cdef inline bint _rank2_items(Geometry* g) noexcept nogil:
+    """Whether the small path takes rank-2 samples g.m at a time (setting
+    g.m; the caller tiles w and b g.m times): samples of at most 512 values
+    in fewer than 16 groups, where a kernel call per sample paid for 8 or
+    16 groups' statistics: (4096, 64) G=1 0.20x the time (had taken 13x
+    the copy's), (1024, 128) G=4 0.55x. Samples of 32 groups or 768 values
+    lost the tiling's microseconds (256x1024 G=32, 1024x768 G=1: 1.04x),
+    as would small calls."""
+    cdef Py_ssize_t gpi = _slabs_per_item(g)
+    if g.HW == 1 and g.G < 16 and g.C <= 512 and gpi >= 2 * g.G and \
+            g.N * g.C >= SERIAL_BELOW:
+        g.m = min(g.N, gpi // g.G)
+    return g.m > 0
 
 
 cdef inline Py_ssize_t _small_block(Geometry* g, Py_ssize_t it,
                                     Py_ssize_t* ng) noexcept nogil:
     """First slab (n*G + g0) of small-path item it; ng[0] slabs from it."""
     cdef Py_ssize_t gpi = _slabs_per_item(g)
+    if g.m:
+        ng[0] = (min(g.N, (it + 1) * g.m) - it * g.m) * g.G
+        return it * g.m * g.G
     cdef Py_ssize_t per = (g.G + gpi - 1) // gpi
     cdef Py_ssize_t g0 = (it % per) * gpi
     ng[0] = min(gpi, g.G - g0)
@@ -893,6 +917,8 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
         nt = 1
     w = _filled(C, cnp.PyArray_TYPE(x), True) if weight is None else weight
     b = _filled(C, cnp.PyArray_TYPE(x), False) if bias is None else bias
+    if not rows and _small(&g, x.itemsize) and _rank2_items(&g):
+        w, b = np.tile(w, g.m), np.tile(b, g.m)
     cdef Moments* pp
     cdef double* sp
     cdef char* scp
@@ -1046,7 +1072,6 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
         if not fused and (g.T > HALF_BUF or (not small and nt > 1 and
                                             N * G < nt and g.K > 1)):
             return False
-        units = _small_items(&g) if small else N * G
         if fused:
             work = _forward_work(&g, nt, True, &per, &pp, &sp, &scp)
         else:                   # a buffer per thread, 64-byte strides
@@ -1055,6 +1080,9 @@ def forward_half(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
             work = _work(0, 0, per, nt, &pp, &sp, &scp)
     w = _filled(C, cnp.NPY_FLOAT32, True) if weight is None else weight
     b = _filled(C, cnp.NPY_FLOAT32, False) if bias is None else bias
+    if small and _rank2_items(&g):
+        w, b = np.tile(w, g.m), np.tile(b, g.m)
+    units = _small_items(&g) if small else N * G
     cdef const char* xp = <const char*>cnp.PyArray_DATA(x)
     cdef char* yp = <char*>cnp.PyArray_DATA(y)
     cdef const float* wp = <const float*>cnp.PyArray_DATA(w)

@@ -734,6 +734,36 @@ def test_batch_size_independence(rng, dtype, channels_last):
     np.testing.assert_array_equal(yi, y[1:4])
 
 
+@pytest.mark.parametrize("dtype", [F16, F32, F64], ids=str)
+@pytest.mark.parametrize("shape,G", [
+    ((4096, 64), 1),        # rank-2 items of many whole samples
+    ((1000, 96), 3),        # items of 85 samples, the last one short
+    ((700, 48), 8),         # groups of 6 values
+], ids=str)
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_rank2_many_samples_per_item(rng, oracle, dtype, shape, G,
+                                     activation):
+    """Rank-2 samples of few groups go many to a kernel call, with the
+    weights repeated per sample: each row gives the bits it gives alone
+    (weights misplaced by a sample fail this), at any thread count."""
+    x = data(rng, shape, dtype, offset=4.0)
+    w, b = params(rng, shape[1], "both", dtype)
+    kw = dict(activation=activation, return_stats=True)
+    y, m, r = gn(x, G, w, b, num_threads=1, **kw)
+    for nt in (2, 3):
+        for got, want in zip(gn(x, G, w, b, num_threads=nt, **kw),
+                             (y, m, r)):
+            np.testing.assert_array_equal(got, want)
+    for i in (0, 1, 84, 85, 86, shape[0] - 1):
+        yi, mi, ri = gn(x[i:i + 1], G, w, b, **kw)
+        np.testing.assert_array_equal(yi, y[i:i + 1])
+        np.testing.assert_array_equal(mi, m[i:i + 1])
+        np.testing.assert_array_equal(ri, r[i:i + 1])
+    ref = oracle(x.astype(F64), G, w.astype(F64), b.astype(F64),
+                 activation=activation)[0]
+    assert_close(y, ref, dtype, scale=4.0)
+
+
 @pytest.fixture
 def streaming(backend):
     """The compiled kernels, restoring their streaming-store threshold."""
