@@ -1127,6 +1127,10 @@ FG_WIDE_INL void fg_vrun_bwd_##SUF(const T *g, const T *p,                    \
  * most FG_BWD_BLK values, as in fg_moments, added up in float64);
  * then dx = a*dy + B*(x - mean) + D. */
 #define FG_BWD_BLK 8192
+/* float32 channel runs shorter than this go fg_runs_bwd64's way: the
+ * backward of 3x3 maps took 0.62-0.64x the time, 4x4 0.85x, 5x5 0.98x;
+ * runs of 49-50 values 1.09-1.38x (their float32 vectors cover them). */
+#define FG_BWD_SHORT 32
 
 /* Float32 lanes overflow where |dy * (x - mean)| sums pass ~3e38: such a
  * run is summed again in float64 lanes (fg_vrun_bwd64; a NaN sum may come
@@ -1140,6 +1144,10 @@ FG_WIDE_FN void fg_bwd_sums_##SUF##ISA(const T *dy, const T *x, ptrdiff_t Cg, \
                                        ptrdiff_t HW, T mu, double *ds,        \
                                        double *db) {                          \
     ptrdiff_t c, b0;                                                          \
+    if (sizeof(T) == sizeof(float) && HW < FG_BWD_SHORT) {                    \
+        fg_runs_bwd64_##SUF##ISA(dy, x, Cg, HW, mu, ds, db);                  \
+        return;                                                               \
+    }                                                                         \
     for (c = 0; c < Cg; c++) {                                                \
         const T *g = dy + c * HW, *p = x + c * HW;                            \
         double ts, tb, s, b;                                                  \
@@ -1991,6 +1999,43 @@ FG_WIDE_INL void fg_runs_dev64_f32##ISA(const float *p, ptrdiff_t nb,         \
         }                                                                     \
     }                                                                         \
 }                                                                             \
+/* The backward's sums for nc consecutive short runs of len values (one    \
+ * channel each, 3x3 maps): float64 lanes per run, whose lane sums go VL   \
+ * runs at a time through one transposing tree (as fg_runs_dev64); run by  \
+ * run, runs shorter than a float32 vector were summed value by value, and \
+ * reducing their empty vectors cost as much again (256x256x3x3: the sums  \
+ * were 63% of the backward). */                                            \
+FG_WIDE_INL void fg_runs_bwd64_f32##ISA(const float *g, const float *p,      \
+                                        ptrdiff_t nc, ptrdiff_t len,          \
+                                        double mu, double *ds, double *db) {  \
+    enum { VL = sizeof(fg_vf64##ISA) / sizeof(double) };                      \
+    ptrdiff_t c0, c, j;                                                       \
+    for (c0 = 0; c0 < nc; c0 += VL) {                                         \
+        fg_vf64##ISA sv[VL], bv[VL], v;                                       \
+        double ts[VL], tb[VL], st[VL], bt[VL];                                \
+        for (c = 0; c < VL; c++) {                                            \
+            const float *gc = g + (c0 + c) * len, *pc = p + (c0 + c) * len;   \
+            sv[c] = bv[c] = (fg_vf64##ISA){0};                                \
+            ts[c] = tb[c] = 0;                                                \
+            if (c0 + c >= nc) continue;                                       \
+            for (j = 0; WIDEN && j + VL <= len; j += VL) {                    \
+                v = FG_WIDEN(ISA, gc + j);                                    \
+                sv[c] += v * (FG_WIDEN(ISA, pc + j) - mu);                    \
+                bv[c] += v;                                                   \
+            }                                                                 \
+            for (; j < len; j++) {                                            \
+                ts[c] += (double)gc[j] * ((double)pc[j] - mu);                \
+                tb[c] += gc[j];                                               \
+            }                                                                 \
+        }                                                                     \
+        *(fg_vf64u##ISA *)st = fg_vsums_t##ISA(sv);                           \
+        *(fg_vf64u##ISA *)bt = fg_vsums_t##ISA(bv);                           \
+        for (c = 0; c < VL && c0 + c < nc; c++) {                             \
+            ds[c0 + c] = ts[c] + st[c];                                       \
+            db[c0 + c] = tb[c] + bt[c];                                       \
+        }                                                                     \
+    }                                                                         \
+}                                                                             \
 /* The backward's sums of dy*(x - mu) and dy in float64 lanes. */            \
 FG_WIDE_INL void fg_vrun_bwd64_f32##ISA(const float *g,                       \
                                                     const float *p,           \
@@ -2031,6 +2076,11 @@ FG_WIDE_INL void fg_runs_dev64_f64##ISA(const double *p, ptrdiff_t nb,        \
                                         ptrdiff_t len, double *k, double *s,  \
                                         double *q) {                          \
     (void)p; (void)nb; (void)len; (void)k; (void)s; (void)q;                  \
+}                                                                             \
+FG_WIDE_INL void fg_runs_bwd64_f64##ISA(const double *g, const double *p,     \
+                                        ptrdiff_t nc, ptrdiff_t len,          \
+                                        double mu, double *ds, double *db) {  \
+    (void)g; (void)p; (void)nc; (void)len; (void)mu; (void)ds; (void)db;      \
 }
 
 /* float16 data read and written in registers (F16C, AVX-512), in the AVX2
