@@ -54,6 +54,18 @@ SHAPES = [
     ((1, 32, 16, 16), 8),
 ]
 SMALL_SHAPE = ((1, 32, 16, 16), 8)      # the small-call latency case
+# Shapes of other uses (no targets): forward and backward against torch,
+# so that a kind of input no target covers cannot fall behind unseen.
+OTHER_SHAPES = [
+    ((4096, 64), 1, "LayerNorm(64) over rows"),
+    ((256, 4096), 1, "LayerNorm(4096) over rows"),
+    ((128, 768, 16), 1, "rank 3, runs of 16"),
+    ((64, 64, 50), 64, "InstanceNorm, sequences"),
+    ((8, 64, 56, 56), 64, "InstanceNorm, 56x56"),
+    ((256, 256, 3, 3), 32, "3x3 maps"),
+    ((64, 2048, 7, 7), 32, "7x7 maps, 2048 channels"),
+    ((1, 3, 224, 224), 1, "one RGB image"),
+]
 L3_BYTES = 32 * 2**20                   # the target machine's L3
 
 # Performance targets (issue "performance").
@@ -686,6 +698,46 @@ def section_dtypes(env, shapes, checker, timing_opts):
     return out, "; ".join(skipped) or None
 
 
+def section_other(env, shapes, checker, timing_opts):
+    """OTHER_SHAPES (``shapes`` is ignored): forward (out of place) and
+    backward, fastgn and torch."""
+    out = {}
+    for shape, G, _ in OTHER_SHAPES:
+        x, w, b, dy = make_inputs(shape, G)
+        skipped = probe(lambda: group_norm_backward(
+            dy, x, *group_norm(x, G, w, b, return_stats=True)[1:], G, w))
+        if skipped:
+            return {}, skipped
+        _, mean, rstd = group_norm(x, G, w, b, return_stats=True)
+        ref = reference(lambda: group_norm(x, G, w, b))
+        ref_bwd = reference(lambda: group_norm_backward(dy, x, mean, rstd,
+                                                        G, w))
+        cs = []
+        for t in env.threads:
+            name = f"{shape_str(shape)} G={G} t={t}"
+            checker.compare(name, group_norm(x, G, w, b, num_threads=t), ref,
+                            TOL["float32"], relative=True)
+            got = group_norm_backward(dy, x, mean, rstd, G, w, num_threads=t)
+            for gname, g, r in zip(("dx", "dweight", "dbias"), got, ref_bwd):
+                checker.compare(f"backward {gname} {name}", g, r,
+                                TOL["float32"], relative=True)
+            cs.append(Contender(("fwd", t), _fastgn(x, G, w, b, t)))
+            cs.append(Contender(
+                ("bwd", t), lambda t=t: group_norm_backward(
+                    dy, x, mean, rstd, G, w, num_threads=t)))
+            if env.torch is not None:
+                F = env.torch.nn.functional
+                xt, wt, bt = map(env.torch.from_numpy, (x, w, b))
+                cs.append(Contender(
+                    ("torch", t), lambda xt=xt, wt=wt, bt=bt:
+                    F.group_norm(xt, G, wt, bt), env.torch_threads(t)))
+                cs.append(_torch_backward(env, "torch_bwd", t, x, dy, w, b,
+                                          G))
+        out[(shape, G)] = time_interleaved(cs, after_round=env.assert_backend,
+                                           **timing_opts("extra"))
+    return out, None
+
+
 # ====================================================================== tables
 
 def _nbytes(shape, dtype="float32"):
@@ -780,6 +832,20 @@ def table_dtypes(rep, env, res):
                          fmt_ms(fl.median_ns), fmt_x(ratio(o, fl))])
     rep.table(["dtype", "shape", "G", "threads", "fastgn ms", "out= ms",
                "out= GB/s", "floor ms", "out=/floor"], rows)
+
+
+def table_other(rep, env, res):
+    what = {(shape, G): text for shape, G, text in OTHER_SHAPES}
+    rows = []
+    for (shape, G), tm in res.items():
+        for t in env.threads:
+            f, bw = tm[("fwd", t)], tm[("bwd", t)]
+            tf, tb = tm.get(("torch", t)), tm.get(("torch_bwd", t))
+            rows.append([shape_str(shape), G, what[(shape, G)], t,
+                         fmt_ms(f.median_ns), fmt_x(ratio(tf, f)),
+                         fmt_ms(bw.median_ns), fmt_x(ratio(tb, bw))])
+    rep.table(["shape", "G", "what", "threads", "fwd ms", "fwd vs torch",
+               "bwd ms", "bwd vs torch"], rows)
 
 
 def table_small(rep, env, tm):
@@ -1060,6 +1126,10 @@ def run(args):
          "computed in float32; its floor moves the same bytes)",
          section_dtypes, table_dtypes),
     ]
+    if args.shapes is None and not args.no_extras:
+        extras.append(("other", "other shapes (no targets): fastgn vs torch, "
+                       "forward out of place and backward", section_other,
+                       table_other))
     for key, title, section, table in extras:
         sys.stdout.flush()
         res, skipped = section(env, shapes, checker, timing_opts)
