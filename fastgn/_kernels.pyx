@@ -1147,25 +1147,25 @@ cdef inline void _bwd_slab_sums(const floating* dy, const floating* x,
                                 Py_ssize_t s, Py_ssize_t c0, Py_ssize_t c1,
                                 double* ds, double* db) noexcept nogil:
     """Channels c0 .. c1-1 of NCHW slab s: their sums of dy*(x - mean) and
-    dy into ds, db (rows of C per sample). Each channel's sums are its own:
-    the same bits for any channel range."""
+    dy into ds + c0, db + c0 (the slab's Cg sums at ds, db). Each channel's
+    sums are its own: the same bits for any channel range."""
     cdef Py_ssize_t n = s // g.G, c = (s % g.G) * g.Cg + c0
     cdef Py_ssize_t off = n * g.C * g.HW + c * g.HW
     if floating is float:
-        fg_bwd_sums_f32(dy + off, x + off, c1 - c0, g.HW, mean[s],
-                        ds + n * g.C + c, db + n * g.C + c)
+        fg_bwd_sums_f32(dy + off, x + off, c1 - c0, g.HW, mean[s], ds + c0,
+                        db + c0)
     else:
-        fg_bwd_sums_f64(dy + off, x + off, c1 - c0, g.HW, mean[s],
-                        ds + n * g.C + c, db + n * g.C + c)
+        fg_bwd_sums_f64(dy + off, x + off, c1 - c0, g.HW, mean[s], ds + c0,
+                        db + c0)
 
 
 cdef inline void _bwd_slab_coefs(const floating* rstd, const floating* w,
                                  Geometry* g, Py_ssize_t s, const double* ds,
                                  const double* db,
                                  floating* coef) noexcept nogil:
-    """B, D of NCHW slab s into coef[0], coef[1], from its channels' sums."""
-    cdef Py_ssize_t c = (s // g.G) * g.C + (s % g.G) * g.Cg
-    _bwd_coefs(w + (s % g.G) * g.Cg, rstd[s], ds + c, db + c, g.Cg,
+    """B, D of NCHW slab s into coef[0], coef[1], from its channels' sums
+    (at ds, db)."""
+    _bwd_coefs(w + (s % g.G) * g.Cg, rstd[s], ds, db, g.Cg,
                <double>(g.Cg * g.HW), &coef[0], &coef[1])
 
 
@@ -1190,7 +1190,8 @@ cdef void _backward_slab(const floating* dy, const floating* x,
                          const floating* mean, const floating* rstd,
                          const floating* w, Geometry* g, Py_ssize_t s,
                          floating* dx, double* ds, double* db) noexcept nogil:
-    """dx of one NCHW slab, and its per-channel sums of dy*(x-mean) and dy.
+    """dx of one NCHW slab, and its per-channel sums of dy*(x-mean) and dy
+    (Cg each, at ds, db).
 
     ``mean`` is the caller's (rounded) mean: the gradient is that of the
     normalization with exactly these statistics, as in PyTorch.
@@ -1199,6 +1200,64 @@ cdef void _backward_slab(const floating* dy, const floating* x,
     _bwd_slab_sums(dy, x, mean, g, s, 0, g.Cg, ds, db)
     _bwd_slab_coefs(rstd, w, g, s, ds, db, coef)
     _bwd_slab_dx(dy, x, mean, rstd, w, g, s, 0, g.Cg, coef, dx)
+
+
+cdef inline void _acc_rows(double* bs, double* bb, const double* ds,
+                           const double* db, double rs, Py_ssize_t m,
+                           bint first) noexcept nogil:
+    """A slab's m channel sums into its row block's: rs*ds and db stored
+    (the block's first sample) or added; the parameter gradients are the
+    blocks' rows added in order (fg_param_grads, rstd NULL)."""
+    cdef Py_ssize_t c
+    if first:
+        for c in range(m):
+            bs[c] = rs * ds[c]
+            bb[c] = db[c]
+    else:
+        for c in range(m):
+            bs[c] = bs[c] + rs * ds[c]
+            bb[c] = bb[c] + db[c]
+
+
+cdef inline Py_ssize_t _tmp_stride(Geometry* g) noexcept nogil:
+    """Doubles between the threads' 2*Cg sums in _backward_block: whole
+    lines and one more (sharing a line, each slab's sums of 64x64x50 G=64
+    took the two threads 1.9x the time of one)."""
+    return (2 * g.Cg + 7) // 8 * 8 + 8
+
+
+cdef void _backward_block(const floating* dy, const floating* x,
+                          const floating* mean, const floating* rstd,
+                          const floating* w, Geometry* g, Py_ssize_t u,
+                          Py_ssize_t RB, Py_ssize_t GR, floating* dx,
+                          double* ds, double* db, double* tmp) noexcept nogil:
+    """Unit u of the NCHW slab path: groups of range u % GR (of GR) of the
+    samples of row block u // GR (RB samples), sample by sample: each
+    slab's dx, its channels' sums (tmp: 2*Cg) added to the block's rows of
+    ds, db. A channel's sums add in sample order for any GR."""
+    cdef Py_ssize_t k = u // GR, r = u % GR, n, grp, s, o
+    cdef Py_ssize_t n0 = k * RB
+    for n in range(n0, min(g.N, n0 + RB)):
+        for grp in range(r * g.G // GR, (r + 1) * g.G // GR):
+            s = n * g.G + grp
+            o = k * g.C + grp * g.Cg
+            _backward_slab(dy, x, mean, rstd, w, g, s, dx, tmp, tmp + g.Cg)
+            _acc_rows(ds + o, db + o, tmp, tmp + g.Cg, rstd[s], g.Cg,
+                      n == n0)
+
+
+cdef inline void _fold_rows(const floating* rstd, Geometry* g, Py_ssize_t u,
+                            Py_ssize_t RB, const double* ps, double* ds,
+                            double* db) noexcept nogil:
+    """Group u % G of row block u // G: the per-sample rows of sums ps (ds
+    then db, N rows of C each) added into the block's rows as
+    _backward_block adds them (the same bits)."""
+    cdef Py_ssize_t k = u // g.G, grp = u % g.G, n, o
+    cdef Py_ssize_t n0 = k * RB, c0 = grp * g.Cg
+    for n in range(n0, min(g.N, n0 + RB)):
+        o = n * g.C + c0
+        _acc_rows(ds + k * g.C + c0, db + k * g.C + c0, ps + o,
+                  ps + g.N * g.C + o, rstd[n * g.G + grp], g.Cg, n == n0)
 
 
 # Channels-last (or HW == 1 with large groups): like the forward, a sample
@@ -1343,43 +1402,46 @@ cdef void _backward_impl(const floating* dy, const floating* x,
                          const floating* mean, const floating* rstd,
                          const floating* w, Geometry* g, floating* dx,
                          floating* dw, floating* dbias, double* ds,
-                         double* db, Py_ssize_t RB, Py_ssize_t P,
-                         double* parts, floating* coef, floating* scratch,
-                         int nt) noexcept nogil:
-    """RB > 0: the small-group path (HW == 1), in blocks of RB samples whose
-    partial sums (ds, db: one row of C per block) add up in block order;
-    g.rows: the channels-last path (chunk sums in parts, B and D in coef,
-    4*C values of scratch per thread); P > 0: NCHW slabs shared among the
-    threads in P channel ranges each (B, D of each slab in coef between the
-    sums and dx); else a slab per thread. ds, db are rows of C per sample
-    (per block) for fg_param_grads."""
-    cdef Py_ssize_t S = g.N * g.G, s, blk, k, n, it
+                         double* db, Py_ssize_t RB, Py_ssize_t GR,
+                         Py_ssize_t P, double* parts, floating* coef,
+                         floating* scratch, int nt) noexcept nogil:
+    """The parameter gradients' sums go in rows of C (ds, db), one per
+    block of RB samples (RB from N alone, so the order of the sums never
+    depends on the thread count), added up in block order; channels-last
+    (g.rows, RB == 0) one row per sample. Paths: rank-2 (HW == 1,
+    _backward_rows); g.rows: channels-last (chunk sums in parts, B and D
+    in coef, 4*C values of scratch per thread); P > 0: NCHW slabs shared
+    among the threads in P channel ranges each (per-sample rows of sums in
+    parts, folded into the blocks' rows after; B, D of each slab in coef);
+    else R*GR units of a block's samples and a range of groups
+    (_backward_block; 2*Cg doubles of parts per thread)."""
+    cdef Py_ssize_t S = g.N * g.G, s, blk, k, n, it, u
     cdef Py_ssize_t nblk = min(g.G, 64)    # blocks of whole groups
     cdef Py_ssize_t R = (g.N + RB - 1) // RB if RB > 0 else 0
+    cdef Py_ssize_t NC = g.N * g.C
     cdef floating* mine = NULL
+    cdef double* tmp = NULL
     if nt == 1:
         # No parallel region: entering one took half of a small call.
-        if RB > 0:
-            for k in range(R):
-                _backward_rows(dy, x, mean, rstd, w, g, k, RB, dx,
-                               ds + k * g.C, db + k * g.C)
-        elif g.rows:
+        if g.rows:
             for n in range(g.N):
                 _bwd_rows_sample(dy, x, mean, rstd, w, g, n, dx, ds, db,
                                  parts, coef, scratch)
+        elif g.HW == 1:
+            for k in range(R):
+                _backward_rows(dy, x, mean, rstd, w, g, k, RB, dx,
+                               ds + k * g.C, db + k * g.C)
         else:
-            for s in range(S):
-                _backward_slab(dy, x, mean, rstd, w, g, s, dx, ds, db)
+            for u in range(R * GR):
+                _backward_block(dy, x, mean, rstd, w, g, u, RB, GR, dx, ds,
+                                db, parts)
         for blk in range(nblk):
             _param_grads(rstd, g, RB, R, blk, nblk, ds, db, dw, dbias)
         return
     with parallel(num_threads=nt):
         mine = scratch + omp_get_thread_num() * 4 * g.C if g.rows else NULL
-        if RB > 0:
-            for k in prange(R, schedule="static"):
-                _backward_rows(dy, x, mean, rstd, w, g, k, RB, dx,
-                               ds + k * g.C, db + k * g.C)
-        elif g.rows and not _split_units(g.N, g.K, g.T * g.C, nt):
+        tmp = parts + omp_get_thread_num() * _tmp_stride(g)
+        if g.rows and not _split_units(g.N, g.K, g.T * g.C, nt):
             for n in prange(g.N, schedule="static"):
                 _bwd_rows_sample(dy, x, mean, rstd, w, g, n, dx, ds, db,
                                  parts, coef, mine)
@@ -1394,24 +1456,35 @@ cdef void _backward_impl(const floating* dy, const floating* x,
             fastgn_barrier()
             for it in prange(g.N * g.K, schedule="static"):
                 _bwd_rows_dx(dy, x, mean, rstd, w, g, it, coef, dx, mine)
+        elif g.HW == 1:
+            for k in prange(R, schedule="static"):
+                _backward_rows(dy, x, mean, rstd, w, g, k, RB, dx,
+                               ds + k * g.C, db + k * g.C)
         elif P > 0:
             for it in prange(S * P, schedule="static"):
                 s = it // P
                 k = it % P
+                n = s // g.G * g.C + s % g.G * g.Cg     # the slab's sums
                 _bwd_slab_sums(dy, x, mean, g, s, k * g.Cg // P,
-                               (k + 1) * g.Cg // P, ds, db)
+                               (k + 1) * g.Cg // P, parts + n,
+                               parts + NC + n)
             fastgn_barrier()
             for s in prange(S, schedule="static"):
-                _bwd_slab_coefs(rstd, w, g, s, ds, db, coef + 2 * s)
+                n = s // g.G * g.C + s % g.G * g.Cg
+                _bwd_slab_coefs(rstd, w, g, s, parts + n, parts + NC + n,
+                                coef + 2 * s)
             fastgn_barrier()
             for it in prange(S * P, schedule="static"):
                 s = it // P
                 k = it % P
                 _bwd_slab_dx(dy, x, mean, rstd, w, g, s, k * g.Cg // P,
                              (k + 1) * g.Cg // P, coef + 2 * s, dx)
+            for u in prange(R * g.G, schedule="static"):
+                _fold_rows(rstd, g, u, RB, parts, ds, db)
         else:
-            for s in prange(S, schedule="static"):
-                _backward_slab(dy, x, mean, rstd, w, g, s, dx, ds, db)
+            for u in prange(R * GR, schedule="static"):
+                _backward_block(dy, x, mean, rstd, w, g, u, RB, GR, dx, ds,
+                                db, tmp)
         fastgn_barrier()
         for blk in prange(nblk, schedule="static"):
             _param_grads(rstd, g, RB, R, blk, nblk, ds, db, dw, dbias)
@@ -1426,14 +1499,19 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     cdef Geometry g
     cdef cnp.ndarray w = _filled(C, cnp.PyArray_TYPE(x), True) \
         if weight is None else weight
-    # HW == 1: partial sums per block of RB samples (RB from N alone, so
-    # the order of the sums never depends on the thread count)
-    cdef Py_ssize_t RB = max(1, min(ROW_BLOCK, N // 16)) if HW == 1 else 0
-    cdef Py_ssize_t rows = (N + RB - 1) // RB if RB else N
+    # Partial sums per block of RB samples (RB from N alone, so the order
+    # of the sums never depends on the thread count); channels-last: per
+    # sample. NCHW slabs had kept a row per sample too, which the other
+    # thread then read for the parameter gradients: 256x256x3x3 at two
+    # threads took 1.08x one thread's time.
+    cdef Py_ssize_t RB = max(1, min(ROW_BLOCK, N // 16))
     cdef bint f32 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
     cdef int nt = num_threads
-    cdef Py_ssize_t nparts = 0, ncoef = 0, P = 0
-    _geometry(&g, N, C, HW, G, (channels_last or HW == 1) and RB == 0)
+    cdef Py_ssize_t nparts = 0, ncoef = 0, P = 0, GR = 1, rows
+    _geometry(&g, N, C, HW, G, channels_last and HW > 1)
+    if g.rows:
+        RB = 0
+    rows = (N + RB - 1) // RB if RB else N
     # dx streamed when it alone exceeds the forward's threshold: the
     # backward's three arrays measured slower streamed up to 12 MiB each
     # (1.05-1.15x the time), faster from 24 MiB (0.7-0.89x)
@@ -1444,11 +1522,16 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     if g.rows:
         nparts = 2 * N * g.K * C
         ncoef = 2 * N * G + 4 * C * nt + 16    # coef, then thread scratch
-    elif RB == 0 and _split_units(N * G, g.Cg, g.T, nt):
+    elif HW > 1 and _split_units(N * G, g.Cg, g.T, nt):
         # NCHW slabs shared by channel ranges (each channel's sums are its
         # own, so the same bits); enough ranges to balance the threads
         P = min(g.Cg, 4 * nt)
+        nparts = 2 * N * C
         ncoef = 2 * N * G + 16
+    elif HW > 1:
+        # units of a row block and a range of groups: at least 4 a thread
+        GR = min(G, max(1, (4 * nt + rows - 1) // rows))
+        nparts = _tmp_stride(&g) * nt
     # one work array: ds, db, chunk sums (doubles), then coef and scratch
     cdef cnp.ndarray work = np.empty(2 * rows * C + nparts + ncoef,
                                      dtype=np.float64)
@@ -1470,13 +1553,13 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
             _backward_impl(<const float*>p0, <const float*>p1,
                            <const float*>p2, <const float*>p3,
                            <const float*>p4, &g, <float*>p5, <float*>p6,
-                           <float*>p7, ds, ds + rows * C, RB, P, pp,
+                           <float*>p7, ds, ds + rows * C, RB, GR, P, pp,
                            <float*>cp, <float*>cp + (cs + 15) // 16 * 16, nt)
         else:
             _backward_impl(<const double*>p0, <const double*>p1,
                            <const double*>p2, <const double*>p3,
                            <const double*>p4, &g, <double*>p5, <double*>p6,
-                           <double*>p7, ds, ds + rows * C, RB, P, pp,
+                           <double*>p7, ds, ds + rows * C, RB, GR, P, pp,
                            <double*>cp, <double*>cp + (cs + 7) // 8 * 8, nt)
 
 

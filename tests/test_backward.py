@@ -375,6 +375,29 @@ def test_split_backward_paths_bitwise_identical(shape, G, channels_last,
 
 
 @pytest.mark.compiled_only
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_blocks_same_bits_split_or_not(dtype):
+    """NCHW parameter-gradient sums go in rows per block of samples: slab
+    by slab (a block and a range of groups per unit), or, slabs shared by
+    channel ranges (33 slabs of 2 channels, 64K values, on 16 threads), per
+    sample and folded into the blocks' rows after. The same bits either
+    way (a sample left out of the fold fails this)."""
+    rng = np.random.default_rng(17)
+    x, dy, w = make_data((33, 2, 256, 128), dtype, rng, True)
+    _, mean, rstd = fastgn.group_norm(x, 1, w, return_stats=True)
+    results = [fastgn.group_norm_backward(dy, x, mean, rstd, 1, w,
+                                          num_threads=nt)
+               for nt in (1, 16, 5)]
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
+    rdx, rdw, rdb, mags = ref_backward(dy, x, 1, w, 1e-5)
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    check_close(results[0][1], rdw, tol, mag=mags["dw"])
+    check_close(results[0][2], rdb, tol, mag=mags["db"])
+
+
+@pytest.mark.compiled_only
 @pytest.mark.parametrize("shape,G,channels_last", [
     ((3, 8, 40, 41), 2, False),     # a slab per thread, odd run lengths
     ((1, 16, 64, 64), 1, False),    # one slab split by channel ranges
