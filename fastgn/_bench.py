@@ -481,6 +481,14 @@ def _fastgn(x, G, w, b, t, **kw):
     return lambda: group_norm(x, G, w, b, num_threads=t, **kw)
 
 
+def _torch_forward(env, t, x, w, b, G):
+    """A contender running torch's F.group_norm on (NCHW) x."""
+    F = env.torch.nn.functional
+    xt, wt, bt = map(env.torch.from_numpy, (x, w, b))
+    return Contender(("torch", t), lambda: F.group_norm(xt, G, wt, bt),
+                     env.torch_threads(t))
+
+
 def section_forward(env, shapes, checker, timing_opts):
     """float32 NCHW: fastgn, fastgn out=, reference, torch, floor."""
     out = {}
@@ -506,11 +514,7 @@ def section_forward(env, shapes, checker, timing_opts):
             cs.append(Contender(("floor", t),
                                 make_floor(x, t, env.kernels, y)[0]))
             if env.torch is not None:
-                F = env.torch.nn.functional
-                xt, wt, bt = map(env.torch.from_numpy, (x, w, b))
-                cs.append(Contender(
-                    ("torch", t), lambda xt=xt, wt=wt, bt=bt:
-                    F.group_norm(xt, G, wt, bt), env.torch_threads(t)))
+                cs.append(_torch_forward(env, t, x, w, b, G))
         out[(shape, G)] = time_interleaved(
             cs, after_round=env.assert_backend,
             **timing_opts("main"))
@@ -726,11 +730,7 @@ def section_other(env, shapes, checker, timing_opts):
                 ("bwd", t), lambda t=t: group_norm_backward(
                     dy, x, mean, rstd, G, w, num_threads=t)))
             if env.torch is not None:
-                F = env.torch.nn.functional
-                xt, wt, bt = map(env.torch.from_numpy, (x, w, b))
-                cs.append(Contender(
-                    ("torch", t), lambda xt=xt, wt=wt, bt=bt:
-                    F.group_norm(xt, G, wt, bt), env.torch_threads(t)))
+                cs.append(_torch_forward(env, t, x, w, b, G))
                 cs.append(_torch_backward(env, "torch_bwd", t, x, dy, w, b,
                                           G))
         out[(shape, G)] = time_interleaved(cs, after_round=env.assert_backend,

@@ -1924,6 +1924,28 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
 #define FG_VRUN_DEV64_64(ISA) FG_VRUN_F64(ISA, 1)
 #define FG_VRUN_DEV64_32(ISA) FG_VRUN_F64(ISA, 1)
 #define FG_VRUN_DEV64_16(ISA) FG_VRUN_F64(ISA, 0)
+/* Runs of a block of nb, VL at a time: RUN, for run g0 + g (< nb), adds
+ * its sums into the vectors sv[g], qv[g] and the scalars ts[g], tq[g]
+ * (zero before); the vectors' lane sums go through one transposing tree
+ * each (fg_vsums_t), instead of a tree per run; S[g0 + g] and Q[g0 + g]
+ * get the totals. */
+#define FG_RUNS_TREES(ISA, nb, RUN, S, Q)                                     \
+    for (g0 = 0; g0 < (nb); g0 += VL) {                                       \
+        fg_vf64##ISA sv[VL], qv[VL];                                          \
+        double ts[VL], tq[VL], st[VL], qt[VL];                                \
+        for (g = 0; g < VL; g++) {                                            \
+            sv[g] = qv[g] = (fg_vf64##ISA){0};                                \
+            ts[g] = tq[g] = 0;                                                \
+            if (g0 + g < (nb))                                                \
+                RUN                                                           \
+        }                                                                     \
+        *(fg_vf64u##ISA *)st = fg_vsums_t##ISA(sv);                           \
+        *(fg_vf64u##ISA *)qt = fg_vsums_t##ISA(qv);                           \
+        for (g = 0; g < VL && g0 + g < (nb); g++) {                           \
+            S[g0 + g] = ts[g] + st[g];                                        \
+            Q[g0 + g] = tq[g] + qt[g];                                        \
+        }                                                                     \
+    }
 /* Half a vector of float32 at P widened to a vector of float64. */
 #define FG_WIDEN(ISA, P) fg_widen##ISA(P)
 #define FG_VRUN_F64(ISA, WIDEN)                                               \
@@ -1977,64 +1999,38 @@ FG_WIDE_INL void fg_runs_dev64_f32##ISA(const float *p, ptrdiff_t nb,         \
                                         double *q) {                          \
     enum { VL = sizeof(fg_vf64##ISA) / sizeof(double) };                      \
     ptrdiff_t g0, g;                                                          \
-    for (g0 = 0; g0 < nb; g0 += VL) {                                         \
-        fg_vf64##ISA sv[VL], qv[VL];                                          \
-        double ts[VL], tq[VL], st[VL], qt[VL];                                \
-        for (g = 0; g < VL; g++) {                                            \
-            if (g0 + g < nb) {                                                \
-                const float *pg = p + (g0 + g) * len;                         \
-                k[g0 + g] = pg[0];                                            \
-                fg_vrun_dev64_parts##ISA(pg, len, pg[0], sv + g, qv + g,      \
-                                         ts + g, tq + g);                     \
-            } else {                                                          \
-                sv[g] = qv[g] = (fg_vf64##ISA){0};                            \
-                ts[g] = tq[g] = 0;                                            \
-            }                                                                 \
-        }                                                                     \
-        *(fg_vf64u##ISA *)st = fg_vsums_t##ISA(sv);                           \
-        *(fg_vf64u##ISA *)qt = fg_vsums_t##ISA(qv);                           \
-        for (g = 0; g < VL && g0 + g < nb; g++) {                             \
-            s[g0 + g] = ts[g] + st[g];                                        \
-            q[g0 + g] = tq[g] + qt[g];                                        \
-        }                                                                     \
-    }                                                                         \
+    FG_RUNS_TREES(ISA, nb, {                                                  \
+        const float *pg = p + (g0 + g) * len;                                 \
+        k[g0 + g] = pg[0];                                                    \
+        fg_vrun_dev64_parts##ISA(pg, len, pg[0], sv + g, qv + g, ts + g,      \
+                                 tq + g);                                     \
+    }, s, q)                                                                  \
 }                                                                             \
-/* The backward's sums for nc consecutive short runs of len values (one    \
- * channel each, 3x3 maps): float64 lanes per run, whose lane sums go VL   \
- * runs at a time through one transposing tree (as fg_runs_dev64); run by  \
- * run, runs shorter than a float32 vector were summed value by value, and \
- * reducing their empty vectors cost as much again (256x256x3x3: the sums  \
- * were 63% of the backward). */                                            \
-FG_WIDE_INL void fg_runs_bwd64_f32##ISA(const float *g, const float *p,      \
-                                        ptrdiff_t nc, ptrdiff_t len,          \
-                                        double mu, double *ds, double *db) {  \
+/* The backward's sums for nb consecutive short runs of len values (one    \
+ * channel each, 3x3 maps), dy*(x - mu) into s and dy into q: float64      \
+ * lanes per run, their lane sums VL runs at a time through one transposing \
+ * tree. Run by run, runs shorter than a float32 vector were summed value  \
+ * by value, and reducing their empty vectors cost as much again           \
+ * (256x256x3x3: the sums were 63% of the backward). */                     \
+FG_WIDE_INL void fg_runs_bwd64_f32##ISA(const float *dy, const float *p,     \
+                                        ptrdiff_t nb, ptrdiff_t len,          \
+                                        double mu, double *s, double *q) {    \
     enum { VL = sizeof(fg_vf64##ISA) / sizeof(double) };                      \
-    ptrdiff_t c0, c, j;                                                       \
-    for (c0 = 0; c0 < nc; c0 += VL) {                                         \
-        fg_vf64##ISA sv[VL], bv[VL], v;                                       \
-        double ts[VL], tb[VL], st[VL], bt[VL];                                \
-        for (c = 0; c < VL; c++) {                                            \
-            const float *gc = g + (c0 + c) * len, *pc = p + (c0 + c) * len;   \
-            sv[c] = bv[c] = (fg_vf64##ISA){0};                                \
-            ts[c] = tb[c] = 0;                                                \
-            if (c0 + c >= nc) continue;                                       \
-            for (j = 0; WIDEN && j + VL <= len; j += VL) {                    \
-                v = FG_WIDEN(ISA, gc + j);                                    \
-                sv[c] += v * (FG_WIDEN(ISA, pc + j) - mu);                    \
-                bv[c] += v;                                                   \
-            }                                                                 \
-            for (; j < len; j++) {                                            \
-                ts[c] += (double)gc[j] * ((double)pc[j] - mu);                \
-                tb[c] += gc[j];                                               \
-            }                                                                 \
+    ptrdiff_t g0, g, j;                                                       \
+    fg_vf64##ISA v;                                                           \
+    FG_RUNS_TREES(ISA, nb, {                                                  \
+        const float *gc = dy + (g0 + g) * len;                                \
+        const float *pc = p + (g0 + g) * len;                                 \
+        for (j = 0; WIDEN && j + VL <= len; j += VL) {                        \
+            v = FG_WIDEN(ISA, gc + j);                                        \
+            sv[g] += v * (FG_WIDEN(ISA, pc + j) - mu);                        \
+            qv[g] += v;                                                       \
         }                                                                     \
-        *(fg_vf64u##ISA *)st = fg_vsums_t##ISA(sv);                           \
-        *(fg_vf64u##ISA *)bt = fg_vsums_t##ISA(bv);                           \
-        for (c = 0; c < VL && c0 + c < nc; c++) {                             \
-            ds[c0 + c] = ts[c] + st[c];                                       \
-            db[c0 + c] = tb[c] + bt[c];                                       \
+        for (; j < len; j++) {                                                \
+            ts[g] += (double)gc[j] * ((double)pc[j] - mu);                    \
+            tq[g] += gc[j];                                                   \
         }                                                                     \
-    }                                                                         \
+    }, s, q)                                                                  \
 }                                                                             \
 /* The backward's sums of dy*(x - mu) and dy in float64 lanes. */            \
 FG_WIDE_INL void fg_vrun_bwd64_f32##ISA(const float *g,                       \
