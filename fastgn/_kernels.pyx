@@ -76,6 +76,21 @@ cdef extern from "_simd.h" nogil:
     void fg_bwd_dx_f64(const double*, const double*, double*, Py_ssize_t,
                        Py_ssize_t, double, const double*, double, double,
                        double, int)
+    void fg_bwd_coefs_f32(const float*, double, const double*, const double*,
+                          Py_ssize_t, double, float*, float*)
+    void fg_bwd_coefs_f64(const double*, double, const double*,
+                          const double*, Py_ssize_t, double, double*,
+                          double*)
+    void fg_acc_rows(double*, double*, const double*, const double*, double,
+                     Py_ssize_t, int)
+    void fg_bwd_slabs_f32(const float*, const float*, float*, Py_ssize_t,
+                          Py_ssize_t, Py_ssize_t, const float*, const float*,
+                          const float*, double*, double*, double*, Py_ssize_t,
+                          int, int)
+    void fg_bwd_slabs_f64(const double*, const double*, double*, Py_ssize_t,
+                          Py_ssize_t, Py_ssize_t, const double*,
+                          const double*, const double*, double*, double*,
+                          double*, Py_ssize_t, int, int)
     void fg_bwd_small_f32(const float*, const float*, float*, Py_ssize_t,
                           Py_ssize_t, const float*, const float*,
                           const float*, double*, double*, int)
@@ -1116,30 +1131,11 @@ cdef inline void _bwd_coefs(const floating* w, double rs, const double* ds,
                             const double* db, Py_ssize_t Cg, double M,
                             floating* B, floating* D) noexcept nogil:
     """B, D of dx = w*rstd*dy + B*(x - mean) + D for one group, from its
-    channels' sums ds = sum dy*(x - mean), db = sum dy (M values). Four
-    partial sums a side: as one chain of dependent adds, a group of 4096
-    channels (G = 1) took 4 us a sample, most of a (4, 4096) backward."""
-    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0, sum1, sum2
-    cdef double b0 = 0, b1 = 0, b2 = 0, b3 = 0
-    cdef Py_ssize_t c = 0
-    while c + 4 <= Cg:
-        a0 += w[c] * ds[c]
-        a1 += w[c + 1] * ds[c + 1]
-        a2 += w[c + 2] * ds[c + 2]
-        a3 += w[c + 3] * ds[c + 3]
-        b0 += w[c] * db[c]
-        b1 += w[c + 1] * db[c + 1]
-        b2 += w[c + 2] * db[c + 2]
-        b3 += w[c + 3] * db[c + 3]
-        c += 4
-    while c < Cg:
-        a0 += w[c] * ds[c]
-        b0 += w[c] * db[c]
-        c += 1
-    sum1 = (a0 + a1) + (a2 + a3)
-    sum2 = (b0 + b1) + (b2 + b3)
-    B[0] = <floating>(-rs * rs * rs * sum1 / M)
-    D[0] = <floating>(-rs * sum2 / M)
+    channels' sums ds = sum dy*(x - mean), db = sum dy (M values)."""
+    if floating is float:
+        fg_bwd_coefs_f32(w, rs, ds, db, Cg, M, B, D)
+    else:
+        fg_bwd_coefs_f64(w, rs, ds, db, Cg, M, B, D)
 
 
 cdef inline void _bwd_slab_sums(const floating* dy, const floating* x,
@@ -1186,44 +1182,15 @@ cdef inline void _bwd_slab_dx(const floating* dy, const floating* x,
                       w + c, coef[0], mean[s], coef[1], g.stream)
 
 
-cdef void _backward_slab(const floating* dy, const floating* x,
-                         const floating* mean, const floating* rstd,
-                         const floating* w, Geometry* g, Py_ssize_t s,
-                         floating* dx, double* ds, double* db) noexcept nogil:
-    """dx of one NCHW slab, and its per-channel sums of dy*(x-mean) and dy
-    (Cg each, at ds, db).
-
-    ``mean`` is the caller's (rounded) mean: the gradient is that of the
-    normalization with exactly these statistics, as in PyTorch.
-    """
-    cdef floating coef[2]
-    _bwd_slab_sums(dy, x, mean, g, s, 0, g.Cg, ds, db)
-    _bwd_slab_coefs(rstd, w, g, s, ds, db, coef)
-    _bwd_slab_dx(dy, x, mean, rstd, w, g, s, 0, g.Cg, coef, dx)
-
-
-cdef inline void _acc_rows(double* bs, double* bb, const double* ds,
-                           const double* db, double rs, Py_ssize_t m,
-                           bint first) noexcept nogil:
-    """A slab's m channel sums into its row block's: rs*ds and db stored
-    (the block's first sample) or added; the parameter gradients are the
-    blocks' rows added in order (fg_param_grads, rstd NULL)."""
-    cdef Py_ssize_t c
-    if first:
-        for c in range(m):
-            bs[c] = rs * ds[c]
-            bb[c] = db[c]
-    else:
-        for c in range(m):
-            bs[c] = bs[c] + rs * ds[c]
-            bb[c] = bb[c] + db[c]
+cdef Py_ssize_t SLAB_SUMS = 256    # at least, a side of the thread's sums
 
 
 cdef inline Py_ssize_t _tmp_stride(Geometry* g) noexcept nogil:
-    """Doubles between the threads' 2*Cg sums in _backward_block: whole
-    lines and one more (sharing a line, each slab's sums of 64x64x50 G=64
-    took the two threads 1.9x the time of one)."""
-    return (2 * g.Cg + 7) // 8 * 8 + 8
+    """Doubles between the threads' sums in _backward_block (2 sides of
+    max(Cg, SLAB_SUMS)): whole lines and one more (sharing a line, each
+    slab's sums of 64x64x50 G=64 took the two threads 1.9x the time of
+    one)."""
+    return (2 * max(g.Cg, SLAB_SUMS) + 7) // 8 * 8 + 8
 
 
 cdef void _backward_block(const floating* dy, const floating* x,
@@ -1232,18 +1199,25 @@ cdef void _backward_block(const floating* dy, const floating* x,
                           Py_ssize_t RB, Py_ssize_t GR, floating* dx,
                           double* ds, double* db, double* tmp) noexcept nogil:
     """Unit u of the NCHW slab path: groups of range u % GR (of GR) of the
-    samples of row block u // GR (RB samples), sample by sample: each
-    slab's dx, its channels' sums (tmp: 2*Cg) added to the block's rows of
-    ds, db. A channel's sums add in sample order for any GR."""
-    cdef Py_ssize_t k = u // GR, r = u % GR, n, grp, s, o
-    cdef Py_ssize_t n0 = k * RB
+    samples of row block u // GR (RB samples), sample by sample
+    (fg_bwd_slabs): the slabs' dx, their channels' sums (in tmp) added to
+    the block's rows of ds, db. A channel's sums add in sample order for
+    any GR."""
+    cdef Py_ssize_t k = u // GR, r = u % GR, n, s, o, off
+    cdef Py_ssize_t n0 = k * RB, g0 = r * g.G // GR, g1 = (r + 1) * g.G // GR
+    cdef Py_ssize_t cap = max(g.Cg, SLAB_SUMS)
     for n in range(n0, min(g.N, n0 + RB)):
-        for grp in range(r * g.G // GR, (r + 1) * g.G // GR):
-            s = n * g.G + grp
-            o = k * g.C + grp * g.Cg
-            _backward_slab(dy, x, mean, rstd, w, g, s, dx, tmp, tmp + g.Cg)
-            _acc_rows(ds + o, db + o, tmp, tmp + g.Cg, rstd[s], g.Cg,
-                      n == n0)
+        s = n * g.G + g0
+        o = k * g.C + g0 * g.Cg
+        off = s * g.Cg * g.HW
+        if floating is float:
+            fg_bwd_slabs_f32(dy + off, x + off, dx + off, g1 - g0, g.Cg, g.HW,
+                             mean + s, rstd + s, w + g0 * g.Cg, ds + o,
+                             db + o, tmp, cap, n == n0, g.stream)
+        else:
+            fg_bwd_slabs_f64(dy + off, x + off, dx + off, g1 - g0, g.Cg, g.HW,
+                             mean + s, rstd + s, w + g0 * g.Cg, ds + o,
+                             db + o, tmp, cap, n == n0, g.stream)
 
 
 cdef inline void _fold_rows(const floating* rstd, Geometry* g, Py_ssize_t u,
@@ -1256,8 +1230,8 @@ cdef inline void _fold_rows(const floating* rstd, Geometry* g, Py_ssize_t u,
     cdef Py_ssize_t n0 = k * RB, c0 = grp * g.Cg
     for n in range(n0, min(g.N, n0 + RB)):
         o = n * g.C + c0
-        _acc_rows(ds + k * g.C + c0, db + k * g.C + c0, ps + o,
-                  ps + g.N * g.C + o, rstd[n * g.G + grp], g.Cg, n == n0)
+        fg_acc_rows(ds + k * g.C + c0, db + k * g.C + c0, ps + o,
+                    ps + g.N * g.C + o, rstd[n * g.G + grp], g.Cg, n == n0)
 
 
 # Channels-last (or HW == 1 with large groups): like the forward, a sample

@@ -1170,6 +1170,120 @@ FG_WIDE_FN void fg_bwd_sums_##SUF##ISA(const T *dy, const T *x, ptrdiff_t Cg, \
     }                                                                         \
 }
 
+/* The NCHW slab backward in one function per ISA: per slab its channels'
+ * sums (fg_bwd_sums), B, D (fg_bwd_coefs), the sums into its row block's
+ * rows (fg_acc_rows) and dx (fg_bwd_dx). fg_bwd_slabs takes ng consecutive
+ * slabs of one sample, nb at a time (nb from the slabs' size: their values
+ * stay in L1 between the passes), each step over the nb slabs before the
+ * next, so the slabs' chains of reductions, divisions and stores overlap.
+ * A slab at a time through Cython, with a dispatch per call, InstanceNorm
+ * of 64x64x50 spent 27% of its backward waiting on the divisions, and ran
+ * at 0.64x PyTorch's speed. The split path (slabs shared among threads)
+ * calls the same pieces one at a time: the same bits. */
+#define FG_BWD_SLAB_BYTES 16384
+#define FG_BWD_SLAB_MAX 2048
+#define FG_BWD_NB 16
+/* A slab's m channel sums into its row block's: rs*ds and db stored (the
+ * block's first sample) or added; the parameter gradients are the blocks'
+ * rows added in order (fg_param_grads, rstd NULL). */
+#define FG_ACC_ROWS(ISA)                                                      \
+FG_WIDE_FN void fg_acc_rows##ISA(double *bs, double *bb, const double *ds,    \
+                                  const double *db, double rs, ptrdiff_t m,   \
+                                  int first) {                                \
+    ptrdiff_t c;                                                              \
+    if (first)                                                                \
+        FG_SIMD for (c = 0; c < m; c++) {                                     \
+            bs[c] = rs * ds[c];                                               \
+            bb[c] = db[c];                                                    \
+        }                                                                     \
+    else                                                                      \
+        FG_SIMD for (c = 0; c < m; c++) {                                     \
+            bs[c] = bs[c] + rs * ds[c];                                       \
+            bb[c] = bb[c] + db[c];                                            \
+        }                                                                     \
+}
+/* fg_bwd_coefs: B, D of dx = w*rstd*dy + B*(x - mean) + D for one group,
+ * from its channels' sums ds = sum dy*(x - mean), db = sum dy (M values).
+ * Four partial sums a side: as one chain of dependent adds, a group of
+ * 4096 channels (G = 1) took 4 us a sample, most of a (4, 4096) backward.
+ * fg_bwd_dx: dx of Cg channels of HW values, a*dy + B*(x - mu) + D with
+ * a = w[c]*rs. */
+#define FG_BWD_SLABS(T, SUF, ISA)                                             \
+FG_WIDE_FN void fg_bwd_coefs_##SUF##ISA(const T *w, double rs,               \
+                                        const double *ds, const double *db,   \
+                                        ptrdiff_t Cg, double M, T *B, T *D) { \
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;    \
+    ptrdiff_t c = 0;                                                          \
+    for (; c + 4 <= Cg; c += 4) {                                             \
+        a0 += w[c] * ds[c];                                                   \
+        a1 += w[c + 1] * ds[c + 1];                                           \
+        a2 += w[c + 2] * ds[c + 2];                                           \
+        a3 += w[c + 3] * ds[c + 3];                                           \
+        b0 += w[c] * db[c];                                                   \
+        b1 += w[c + 1] * db[c + 1];                                           \
+        b2 += w[c + 2] * db[c + 2];                                           \
+        b3 += w[c + 3] * db[c + 3];                                           \
+    }                                                                         \
+    for (; c < Cg; c++) {                                                     \
+        a0 += w[c] * ds[c];                                                   \
+        b0 += w[c] * db[c];                                                   \
+    }                                                                         \
+    *B = (T)(-rs * rs * rs * ((a0 + a1) + (a2 + a3)) / M);                    \
+    *D = (T)(-rs * ((b0 + b1) + (b2 + b3)) / M);                              \
+}                                                                             \
+FG_WIDE_FN void fg_bwd_dx_##SUF##ISA(const T *dy, const T *x, T *dx,         \
+                                     ptrdiff_t Cg, ptrdiff_t HW, T rs,        \
+                                     const T *w, T B, T mu, T D,              \
+                                     int stream) {                            \
+    ptrdiff_t c, i;                                                           \
+    for (c = 0; c < Cg; c++) {                                                \
+        const T a = w[c] * rs, *g = dy + c * HW, *p = x + c * HW;             \
+        T *o = dx + c * HW;                                                   \
+        if (stream)                                                           \
+            fg_nt_dx_##SUF(g, p, o, HW, a, B, mu, D);                         \
+        else                                                                  \
+            FG_LINE_RUN(o, HW, o[i] = a * g[i] + B * (p[i] - mu) + D)         \
+    }                                                                         \
+    if (stream)                                                               \
+        fg_sfence();                                                          \
+}                                                                             \
+FG_WIDE_FN void fg_bwd_slabs_##SUF##ISA(const T *dy, const T *x, T *dx,       \
+                                        ptrdiff_t ng, ptrdiff_t Cg,           \
+                                        ptrdiff_t HW, const T *mean,          \
+                                        const T *rstd, const T *w,            \
+                                        double *ps, double *pb, double *tmp,  \
+                                        ptrdiff_t cap, int first,             \
+                                        int stream) {                         \
+    const ptrdiff_t L = Cg * HW;                                              \
+    const double M = (double)L;                                               \
+    const ptrdiff_t bytes = 2 * L * (ptrdiff_t)sizeof(T);                     \
+    ptrdiff_t nb = bytes > FG_BWD_SLAB_MAX ? 1 : FG_BWD_SLAB_BYTES / bytes;    \
+    ptrdiff_t g0, g;                                                          \
+    T B[FG_BWD_NB], D[FG_BWD_NB];                                             \
+    nb = nb < 1 ? 1 : nb > FG_BWD_NB ? FG_BWD_NB : nb;                        \
+    nb = nb * Cg > cap ? (cap / Cg > 1 ? cap / Cg : 1) : nb;                  \
+    for (g0 = 0; g0 < ng; g0 += nb) {                                         \
+        const ptrdiff_t k = ng - g0 < nb ? ng - g0 : nb, o = g0 * L;          \
+        double *ts = tmp, *tb = tmp + k * Cg;                                 \
+        for (g = 0; g < k; g++)                                               \
+            fg_bwd_sums_##SUF##ISA(dy + o + g * L, x + o + g * L, Cg, HW,     \
+                                   mean[g0 + g], ts + g * Cg, tb + g * Cg);   \
+        for (g = 0; g < k; g++)                                               \
+            fg_bwd_coefs_##SUF##ISA(w + (g0 + g) * Cg, rstd[g0 + g],          \
+                                    ts + g * Cg, tb + g * Cg, Cg, M, B + g,   \
+                                    D + g);                                   \
+        for (g = 0; g < k; g++)                                               \
+            fg_acc_rows##ISA(ps + (g0 + g) * Cg, pb + (g0 + g) * Cg,          \
+                             ts + g * Cg, tb + g * Cg, rstd[g0 + g], Cg,      \
+                             first);                                          \
+        for (g = 0; g < k; g++)                                               \
+            fg_bwd_dx_##SUF##ISA(dy + o + g * L, x + o + g * L,               \
+                                 dx + o + g * L, Cg, HW, rstd[g0 + g],        \
+                                 w + (g0 + g) * Cg, B[g], mean[g0 + g], D[g], \
+                                 stream);                                     \
+    }                                                                         \
+}
+
 /* dx of `rows` rows from dy, x, dx on, four rows a step so each parameter
  * vector is loaded once for four */
 #define FG_BWD_ROWS_DX(T)                                                     \
@@ -1186,23 +1300,6 @@ FG_WIDE_FN void fg_bwd_sums_##SUF##ISA(const T *dy, const T *x, ptrdiff_t Cg, \
             const ptrdiff_t i = p * C + c;                                    \
             dx[i] = a[c] * dy[i] + bc[c] * (x[i] - muc[c]) + dc[c];           \
         }
-
-#define FG_BACKWARD(T, AT, SUF)                                               \
-FG_CLONES void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,  \
-                               ptrdiff_t HW, T rs, const T *w, T B, T mu,     \
-                               T D, int stream) {                             \
-    ptrdiff_t c, i;                                                           \
-    for (c = 0; c < Cg; c++) {                                                \
-        const T a = w[c] * rs, *g = dy + c * HW, *p = x + c * HW;             \
-        T *o = dx + c * HW;                                                   \
-        if (stream)                                                           \
-            fg_nt_dx_##SUF(g, p, o, HW, a, B, mu, D);                         \
-        else                                                                  \
-            FG_LINE_RUN(o, HW, o[i] = a * g[i] + B * (p[i] - mu) + D)         \
-    }                                                                         \
-    if (stream)                                                               \
-        fg_sfence();                                                          \
-}
 
 /* Backward for rank-2 input (HW == 1: one value per channel): dx of the
  * `ng` consecutive groups of one sample, and the sample's parameter-gradient
@@ -2279,6 +2376,9 @@ FG_WIDE_FN void fg_small_slabs_f16##ISA(const unsigned short *x,              \
     FG_MOMENTS(double, double, double, f64, ISA, FG_SAME)                     \
     FG_BWD_SUMS(float, float, f32, ISA)                                       \
     FG_BWD_SUMS(double, double, f64, ISA)                                     \
+    FG_ACC_ROWS(ISA)                                                          \
+    FG_BWD_SLABS(float, f32, ISA)                                             \
+    FG_BWD_SLABS(double, f64, ISA)                                            \
     FG_BWD_SMALL(float, f32, ISA)                                             \
     FG_BWD_SMALL(double, f64, ISA)                                            \
     FG_RUNS_AFFINE(float, fg_vf32##ISA, fg_vf32u##ISA, fg_vi32##ISA,          \
@@ -2364,6 +2464,23 @@ void fg_bwd_sums_##SUF(const T *dy, const T *x, ptrdiff_t Cg, ptrdiff_t HW,   \
     FG_PICK(fg_bwd_sums_##SUF, (dy, x, Cg, HW, mu, ds, db))                   \
 }                                                                             \
 FG_BWD_FLAT_PUBLIC(T, SUF, FG_FLAT_VB(T, Cg), FG_PICK_FLAT)                  \
+void fg_bwd_coefs_##SUF(const T *w, double rs, const double *ds,            \
+                        const double *db, ptrdiff_t Cg, double M, T *B,       \
+                        T *D) {                                               \
+    FG_PICK(fg_bwd_coefs_##SUF, (w, rs, ds, db, Cg, M, B, D))                 \
+}                                                                             \
+void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,            \
+                     ptrdiff_t HW, T rs, const T *w, T B, T mu, T D,          \
+                     int stream) {                                            \
+    FG_PICK(fg_bwd_dx_##SUF, (dy, x, dx, Cg, HW, rs, w, B, mu, D, stream))    \
+}                                                                             \
+void fg_bwd_slabs_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t ng,         \
+                        ptrdiff_t Cg, ptrdiff_t HW, const T *mean,            \
+                        const T *rstd, const T *w, double *ps, double *pb,    \
+                        double *tmp, ptrdiff_t cap, int first, int stream) {  \
+    FG_PICK(fg_bwd_slabs_##SUF, (dy, x, dx, ng, Cg, HW, mean, rstd, w, ps,    \
+                                 pb, tmp, cap, first, stream))                \
+}                                                                             \
 void fg_bwd_small_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t ng,         \
                         ptrdiff_t Cg, const T *mean, const T *rstd,           \
                         const T *w, double *ps, double *pb, int acc) {        \
@@ -2411,6 +2528,10 @@ void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C,           \
                            T *acq, T *kc, double *out) {                      \
     FG_PICK(fg_rows_moments_##SUF, (x, rows, C, G, eps, dscr, acc, acq, kc,   \
                                     out))                                     \
+}
+void fg_acc_rows(double *bs, double *bb, const double *ds, const double *db,
+                 double rs, ptrdiff_t m, int first) {
+    FG_PICK(fg_acc_rows, (bs, bb, ds, db, rs, m, first))
 }
 FG_PICK_TYPED(float, f32)
 FG_PICK_TYPED(double, f64)
@@ -2492,8 +2613,6 @@ static void fg_apply_span_f16(const void *x, void *y, ptrdiff_t u0,
 #endif
 FG_APPLY_SPAN(float, f32)
 FG_APPLY_SPAN(double, f64)
-FG_BACKWARD(float, float, f32)
-FG_BACKWARD(double, double, f64)
 
 /* float16 <-> float32 for float16 input (computed in float32): vectorized
  * F16C / AVX-512 conversions in the clones. Without _Float16 support in the
