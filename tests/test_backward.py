@@ -397,6 +397,35 @@ def test_row_blocks_same_bits_split_or_not(dtype):
     check_close(results[0][2], rdb, tol, mag=mags["db"])
 
 
+@pytest.mark.parametrize("shape,G", [
+    ((40, 64, 50), 64),         # InstanceNorm of sequences: 16 slabs a step
+    ((24, 96, 3, 3), 32),       # slabs of 27 values, runs under 32
+    ((20, 30, 5, 5), 10),       # 75 values, groups of 3 channels
+    ((18, 8, 9, 11), 2),        # 396 values: 2 slabs a step
+], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nt", [1, 2])
+def test_small_slabs_batch_alone_same_bits(shape, G, dtype, nt):
+    """Small NCHW slabs go several at a time through each step of the
+    backward (sums, coefficients, row sums, dx): each sample's dx has the
+    bits it has alone, and all match the formula."""
+    rng = np.random.default_rng(23)
+    x, dy, w = make_data(shape, dtype, rng, True)
+    _, mean, rstd = fastgn.group_norm(x, G, w, return_stats=True)
+    dx, dw, db = fastgn.group_norm_backward(dy, x, mean, rstd, G, w,
+                                            num_threads=nt)
+    for n in (0, 1, shape[0] // 2, shape[0] - 1):
+        alone = fastgn.group_norm_backward(dy[n:n + 1], x[n:n + 1],
+                                           mean[n:n + 1], rstd[n:n + 1], G,
+                                           w, num_threads=nt)[0]
+        assert alone.tobytes() == dx[n:n + 1].tobytes()
+    rdx, rdw, rdb, mags = ref_backward(dy, x, G, w, 1e-5)
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    check_close(dx, rdx, tol, mag=mags["dx"])
+    check_close(dw, rdw, tol, mag=mags["dw"])
+    check_close(db, rdb, tol, mag=mags["db"])
+
+
 @pytest.mark.compiled_only
 @pytest.mark.parametrize("shape,G,channels_last", [
     ((3, 8, 40, 41), 2, False),     # a slab per thread, odd run lengths
