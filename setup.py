@@ -79,7 +79,9 @@ class BuildExt(build_ext):
             cflags += san
             lflags += san
         if _flag("FASTGN_NATIVE") and not msvc:
-            cflags.append("-march=native")   # opt-in only
+            # opt-in only; one copy of the kernels for this CPU (the
+            # per-level copies need the baseline target to compile)
+            cflags += ["-march=native", "-DFASTGN_NO_CLONES"]
         omp = None
         if _flag("FASTGN_NO_OPENMP"):
             warnings.warn("fastgn: FASTGN_NO_OPENMP set; building the serial "

@@ -1388,7 +1388,7 @@ cdef void _backward_impl(const floating* dy, const floating* x,
     among the threads in P channel ranges each (per-sample rows of sums in
     parts, folded into the blocks' rows after; B, D of each slab in coef);
     else R*GR units of a block's samples and a range of groups
-    (_backward_block; 2*Cg doubles of parts per thread)."""
+    (_backward_block; _tmp_stride doubles of parts per thread)."""
     cdef Py_ssize_t S = g.N * g.G, s, blk, k, n, it, u
     cdef Py_ssize_t nblk = min(g.G, 64)    # blocks of whole groups
     cdef Py_ssize_t R = (g.N + RB - 1) // RB if RB > 0 else 0
