@@ -429,13 +429,20 @@ def group_norm_backward(grad_output, input, mean, rstd, num_groups,
     w = None if weight is None else _check_param(weight, "weight", C, cdt)
     nt = _check_threads(num_threads)
 
-    dx = np.empty(shape, dtype=cdt)
     dw = np.empty(C, dtype=cdt)
     db = np.empty(C, dtype=cdt)
     if x.size == 0:
         dw.fill(0)
         db.fill(0)
-    else:
+    elif (rdt is _F2 and hasattr(_kern, "backward_half")
+          and _is_plain(x, _F2) and _is_plain(dy, _F2)):
+        # converted a unit at a time where the kernels can, else as a whole
+        dx = np.empty(shape, dtype=_F2)
+        if _kern.backward_half(dy, x, stats[0], stats[1], w, N, C, HW, G,
+                               bool(channels_last), dx, dw, db, nt):
+            return dx, dw.astype(rdt), db.astype(rdt)
+    dx = np.empty(shape, dtype=cdt)
+    if x.size:
         _kern.backward(_kernel_ready(dy, cdt, nt), _kernel_ready(x, cdt, nt),
                        stats[0], stats[1], w, N, C, HW, G,
                        bool(channels_last), dx, dw, db, nt)

@@ -195,6 +195,9 @@ cdef Py_ssize_t SERIAL_BELOW = 32768
 # float16 NCHW slabs that go through float32 buffers (where the kernels do
 # not convert in registers) have at most HALF_BUF values.
 cdef Py_ssize_t HALF_BUF = 1 << 18
+# The float16 backward's units convert at most this many values of each of
+# dy, x and dx (or one slab, up to HALF_BUF) in their thread's buffers.
+cdef Py_ssize_t HALF_UNIT = 1 << 15
 
 
 def _cache_bytes(level, default):
@@ -1193,24 +1196,50 @@ cdef inline Py_ssize_t _tmp_stride(Geometry* g) noexcept nogil:
     return (2 * max(g.Cg, SLAB_SUMS) + 7) // 8 * 8 + 8
 
 
+cdef struct Half:
+    # float16 dy, x, dx of the NCHW slab path, each unit's slabs converted
+    # to and from float32 in its thread's buffers (3 * stride floats)
+    const char* dy
+    const char* x
+    char* dx
+    float* buf
+    Py_ssize_t stride
+
+
 cdef void _backward_block(const floating* dy, const floating* x,
                           const floating* mean, const floating* rstd,
                           const floating* w, Geometry* g, Py_ssize_t u,
                           Py_ssize_t RB, Py_ssize_t GR, floating* dx,
-                          double* ds, double* db, double* tmp) noexcept nogil:
+                          double* ds, double* db, double* tmp,
+                          Half* h) noexcept nogil:
     """Unit u of the NCHW slab path: groups of range u % GR (of GR) of the
     samples of row block u // GR (RB samples), sample by sample
     (fg_bwd_slabs): the slabs' dx, their channels' sums (in tmp) added to
     the block's rows of ds, db. A channel's sums add in sample order for
-    any GR."""
-    cdef Py_ssize_t k = u // GR, r = u % GR, n, s, o, off
+    any GR. float16 (h not NULL): a sample's slabs of the unit converted
+    into the thread's buffers, dx out of them, the float32 arithmetic on
+    the same values: the bits of converting whole arrays."""
+    cdef Py_ssize_t k = u // GR, r = u % GR, n, s, o, off, m
     cdef Py_ssize_t n0 = k * RB, g0 = r * g.G // GR, g1 = (r + 1) * g.G // GR
     cdef Py_ssize_t cap = max(g.Cg, SLAB_SUMS)
+    cdef float* hb = NULL
+    if h != NULL:
+        hb = h.buf + omp_get_thread_num() * 3 * h.stride
     for n in range(n0, min(g.N, n0 + RB)):
         s = n * g.G + g0
         o = k * g.C + g0 * g.Cg
         off = s * g.Cg * g.HW
         if floating is float:
+            if h != NULL:
+                m = (g1 - g0) * g.T
+                fg_f16_to_f32(h.dy + 2 * off, hb, m)
+                fg_f16_to_f32(h.x + 2 * off, hb + h.stride, m)
+                fg_bwd_slabs_f32(hb, hb + h.stride, hb + 2 * h.stride,
+                                 g1 - g0, g.Cg, g.HW, mean + s, rstd + s,
+                                 w + g0 * g.Cg, ds + o, db + o, tmp, cap,
+                                 n == n0, 0)
+                fg_f32_to_f16(hb + 2 * h.stride, h.dx + 2 * off, m)
+                continue
             fg_bwd_slabs_f32(dy + off, x + off, dx + off, g1 - g0, g.Cg, g.HW,
                              mean + s, rstd + s, w + g0 * g.Cg, ds + o,
                              db + o, tmp, cap, n == n0, g.stream)
@@ -1378,7 +1407,7 @@ cdef void _backward_impl(const floating* dy, const floating* x,
                          floating* dw, floating* dbias, double* ds,
                          double* db, Py_ssize_t RB, Py_ssize_t GR,
                          Py_ssize_t P, double* parts, floating* coef,
-                         floating* scratch, int nt) noexcept nogil:
+                         floating* scratch, Half* h, int nt) noexcept nogil:
     """The parameter gradients' sums go in rows of C (ds, db), one per
     block of RB samples (RB from N alone, so the order of the sums never
     depends on the thread count), added up in block order; channels-last
@@ -1388,7 +1417,8 @@ cdef void _backward_impl(const floating* dy, const floating* x,
     among the threads in P channel ranges each (per-sample rows of sums in
     parts, folded into the blocks' rows after; B, D of each slab in coef);
     else R*GR units of a block's samples and a range of groups
-    (_backward_block; _tmp_stride doubles of parts per thread)."""
+    (_backward_block; _tmp_stride doubles of parts per thread; float16
+    through h, this path only)."""
     cdef Py_ssize_t S = g.N * g.G, s, blk, k, n, it, u
     cdef Py_ssize_t nblk = min(g.G, 64)    # blocks of whole groups
     cdef Py_ssize_t R = (g.N + RB - 1) // RB if RB > 0 else 0
@@ -1408,7 +1438,7 @@ cdef void _backward_impl(const floating* dy, const floating* x,
         else:
             for u in range(R * GR):
                 _backward_block(dy, x, mean, rstd, w, g, u, RB, GR, dx, ds,
-                                db, parts)
+                                db, parts, h)
         for blk in range(nblk):
             _param_grads(rstd, g, RB, R, blk, nblk, ds, db, dw, dbias)
         return
@@ -1458,7 +1488,7 @@ cdef void _backward_impl(const floating* dy, const floating* x,
         else:
             for u in prange(R * GR, schedule="static"):
                 _backward_block(dy, x, mean, rstd, w, g, u, RB, GR, dx, ds,
-                                db, tmp)
+                                db, tmp, h)
         fastgn_barrier()
         for blk in prange(nblk, schedule="static"):
             _param_grads(rstd, g, RB, R, blk, nblk, ds, db, dw, dbias)
@@ -1469,9 +1499,17 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
              Py_ssize_t HW, Py_ssize_t G, bint channels_last,
              cnp.ndarray dx, cnp.ndarray dweight, cnp.ndarray dbias,
              int num_threads):
-    """Gradients of group_norm. See fastgn._reference.backward."""
+    """Gradients of group_norm. See fastgn._reference.backward.
+
+    float16 dy, x, dx (float32 statistics, weight and gradients of the
+    parameters): NCHW slabs converted a unit at a time in the threads'
+    buffers; False, with nothing written, where that path does not serve
+    (channels-last, rank 2, slabs split among the threads or over
+    HALF_BUF values): convert whole arrays and call this in float32."""
     cdef Geometry g
-    cdef cnp.ndarray w = _filled(C, cnp.PyArray_TYPE(x), True) \
+    cdef bint half = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT16
+    cdef cnp.ndarray w = _filled(C, cnp.NPY_FLOAT32 if half else
+                                 cnp.PyArray_TYPE(x), True) \
         if weight is None else weight
     # Partial sums per block of RB samples (RB from N alone, so the order
     # of the sums never depends on the thread count); channels-last: per
@@ -1479,9 +1517,11 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     # thread then read for the parameter gradients: 256x256x3x3 at two
     # threads took 1.08x one thread's time.
     cdef Py_ssize_t RB = max(1, min(ROW_BLOCK, N // 16))
-    cdef bint f32 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
+    cdef bint f32 = half or cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
     cdef int nt = num_threads
-    cdef Py_ssize_t nparts = 0, ncoef = 0, P = 0, GR = 1, rows
+    cdef Py_ssize_t nparts = 0, ncoef = 0, P = 0, GR = 1, rows, nhalf = 0, k
+    cdef Half hv
+    cdef Half* h = NULL
     _geometry(&g, N, C, HW, G, channels_last and HW > 1)
     if g.rows:
         RB = 0
@@ -1490,9 +1530,12 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     # backward's three arrays measured slower streamed up to 12 MiB each
     # (1.05-1.15x the time), faster from 24 MiB (0.7-0.89x)
     g.stream = N * C * HW * x.itemsize > STREAM_BYTES and HW > 1 and \
-        _whole_runs(dx, C if g.rows else HW)
+        _whole_runs(dx, C if g.rows else HW) and not half
     if N * C * HW < SERIAL_BELOW:
         nt = 1
+    if half and (not FG_HAVE_F16 or g.rows or HW == 1 or g.T > HALF_BUF or
+                 _split_units(N * G, g.Cg, g.T, nt)):
+        return False
     if g.rows:
         nparts = 2 * N * g.K * C
         ncoef = 2 * N * G + 4 * C * nt + 16    # coef, then thread scratch
@@ -1503,11 +1546,19 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
         nparts = 2 * N * C
         ncoef = 2 * N * G + 16
     elif HW > 1:
-        # units of a row block and a range of groups: at least 4 a thread
+        # units of a row block and a range of groups: at least 4 a thread;
+        # float16: few enough groups a unit for the buffers (any GR gives
+        # the same bits)
         GR = min(G, max(1, (4 * nt + rows - 1) // rows))
+        if half:
+            k = max(1, HALF_UNIT // g.T)    # groups a unit at most
+            GR = max(GR, (G + k - 1) // k)
+            hv.stride = ((G + GR - 1) // GR * g.T + 15) // 16 * 16
+            nhalf = (3 * hv.stride * nt + 1) // 2 + 8
         nparts = _tmp_stride(&g) * nt
-    # one work array: ds, db, chunk sums (doubles), then coef and scratch
-    cdef cnp.ndarray work = np.empty(2 * rows * C + nparts + ncoef,
+    # one work array: ds, db, chunk sums (doubles), then coef and scratch,
+    # then float16's buffers
+    cdef cnp.ndarray work = np.empty(2 * rows * C + nparts + ncoef + nhalf,
                                      dtype=np.float64)
     cdef double* ds = <double*>cnp.PyArray_DATA(work)
     cdef double* pp = ds + 2 * rows * C
@@ -1522,19 +1573,32 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     cdef void* p6 = cnp.PyArray_DATA(dweight)
     cdef void* p7 = cnp.PyArray_DATA(dbias)
     cdef Py_ssize_t cs = 2 * N * G
+    if half:
+        hv.dy, hv.x, hv.dx = <const char*>p0, <const char*>p1, <char*>p5
+        hv.buf = <float*>(pp + nparts + ncoef)
+        hv.buf = hv.buf + ((-<size_t>hv.buf) % 64) // 4
+        h = &hv
     with nogil:
         if f32:
             _backward_impl(<const float*>p0, <const float*>p1,
                            <const float*>p2, <const float*>p3,
                            <const float*>p4, &g, <float*>p5, <float*>p6,
                            <float*>p7, ds, ds + rows * C, RB, GR, P, pp,
-                           <float*>cp, <float*>cp + (cs + 15) // 16 * 16, nt)
+                           <float*>cp, <float*>cp + (cs + 15) // 16 * 16, h,
+                           nt)
         else:
             _backward_impl(<const double*>p0, <const double*>p1,
                            <const double*>p2, <const double*>p3,
                            <const double*>p4, &g, <double*>p5, <double*>p6,
                            <double*>p7, ds, ds + rows * C, RB, GR, P, pp,
-                           <double*>cp, <double*>cp + (cs + 7) // 8 * 8, nt)
+                           <double*>cp, <double*>cp + (cs + 7) // 8 * 8, h,
+                           nt)
+    return True
+
+
+# float16 dy, x, dx: its own name, so that the Python layer finds it only
+# in the compiled kernels.
+backward_half = backward
 
 
 # ------------------------------------------------------------ floor

@@ -532,6 +532,64 @@ def test_float16(channels_last):
     check_close(db, rdb, 2e-3, mag=mags["db"])
 
 
+def _float32_route(dy, x, mean, rstd, G, w, nt, channels_last=False):
+    """float16 gradients as whole float32 arrays give them (the definition
+    of the float16 backward's bits)."""
+    g32 = fastgn.group_norm_backward(
+        dy.astype(np.float32), x.astype(np.float32), mean, rstd, G,
+        w.astype(np.float32), channels_last=channels_last, num_threads=nt)
+    return [a.astype(np.float16) for a in g32]
+
+
+@pytest.mark.parametrize("shape,G,channels_last", [
+    ((8, 64, 12, 14), 32, False),   # a sample's slabs a unit
+    ((2, 64, 64, 64), 32, False),   # 4 slabs a unit (GR 8), two samples
+    ((40, 24, 5, 5), 6, False),     # row blocks of two samples
+    ((3, 2, 256, 128), 1, False),   # slabs of 64K: split among threads
+    ((1, 16, 600, 500), 2, False),  # slabs above the buffers' limit
+    ((4, 10, 6, 7), 5, True),       # channels-last
+    ((6, 48), 4, False),            # rank 2
+], ids=str)
+@pytest.mark.parametrize("nt", [1, 2, 3])
+def test_float16_bits_of_float32_route(shape, G, channels_last, nt):
+    """float16 NCHW slabs go through float32 buffers a unit at a time
+    (other layouts convert whole arrays): the bits of converting whole
+    arrays, computing in float32 and rounding back."""
+    rng = np.random.default_rng(31)
+    x, dy, w = make_data(shape, np.float16, rng, True)
+    x, dy = to_layout(x, channels_last), to_layout(dy, channels_last)
+    _, mean, rstd = fastgn.group_norm(x, G, w, return_stats=True,
+                                      channels_last=channels_last)
+    got = fastgn.group_norm_backward(dy, x, mean, rstd, G, w,
+                                     channels_last=channels_last,
+                                     num_threads=nt)
+    want = _float32_route(dy, x, mean, rstd, G, w, nt, channels_last)
+    for a, b in zip(got, want):
+        assert a.dtype == np.float16
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.compiled_only
+def test_float16_backward_memory():
+    """The float16 backward converts a unit's slabs at a time: at most a
+    little more than dx beside the inputs (whole float32 copies of dy, x
+    and dx took 6x the input's bytes)."""
+    import tracemalloc
+    rng = np.random.default_rng(32)
+    x, dy, w = make_data((8, 64, 56, 56), np.float16, rng, True)
+    _, mean, rstd = fastgn.group_norm(x, 32, w, return_stats=True)
+    for nt in (1, 2):
+        fastgn.group_norm_backward(dy, x, mean, rstd, 32, w, num_threads=nt)
+        tracemalloc.start()
+        try:
+            fastgn.group_norm_backward(dy, x, mean, rstd, 32, w,
+                                       num_threads=nt)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 1.6 * x.nbytes, (nt, peak / x.nbytes)
+
+
 def test_mixed_precision_promotes():
     """float32 input with float64 grad_output gives float64 gradients."""
     rng = np.random.default_rng(13)
