@@ -1361,25 +1361,41 @@ cdef inline void _backward_rows(const floating* dy, const floating* x,
                                 const floating* mean, const floating* rstd,
                                 const floating* w, Geometry* g, Py_ssize_t k,
                                 Py_ssize_t RB, floating* dx, double* ps,
-                                double* pb) noexcept nogil:
+                                double* pb, Half* h) noexcept nogil:
     """Row block k (samples k*RB ..) of the small-group backward (HW == 1):
-    dx, and the block's parameter-gradient partial sums ps, pb (C each)."""
+    dx, and the block's parameter-gradient partial sums ps, pb (C each).
+    float16 (h not NULL): the block's rows converted in the thread's
+    buffers, as _backward_block's slabs."""
     cdef Py_ssize_t n, n0 = k * RB, n1 = min(g.N, (k + 1) * RB), o
+    cdef Py_ssize_t m = (n1 - n0) * g.C
+    cdef const floating* gy = dy + n0 * g.C
+    cdef const floating* gx = x + n0 * g.C
+    cdef floating* gd = dx + n0 * g.C
+    cdef float* hb
+    if floating is float:
+        if h != NULL:
+            hb = h.buf + omp_get_thread_num() * 3 * h.stride
+            fg_f16_to_f32(h.dy + 2 * n0 * g.C, hb, m)
+            fg_f16_to_f32(h.x + 2 * n0 * g.C, hb + h.stride, m)
+            gy, gx, gd = hb, hb + h.stride, hb + 2 * h.stride
     for n in range(n0, n1):
-        o = n * g.C
+        o = (n - n0) * g.C
         if floating is float:
             # rank-2 groups of one vector to FG_BWD_FLAT_MAX values
-            if fg_bwd_flat_f32(dy + o, x + o, dx + o, g.G, g.Cg,
+            if fg_bwd_flat_f32(gy + o, gx + o, gd + o, g.G, g.Cg,
                                mean + n * g.G, rstd + n * g.G, w, ps, pb,
                                n > n0):
                 continue
-            fg_bwd_small_f32(dy + o, x + o, dx + o, g.G, g.Cg,
+            fg_bwd_small_f32(gy + o, gx + o, gd + o, g.G, g.Cg,
                              mean + n * g.G, rstd + n * g.G, w, ps, pb,
                              n > n0)
         else:
-            fg_bwd_small_f64(dy + o, x + o, dx + o, g.G, g.Cg,
+            fg_bwd_small_f64(gy + o, gx + o, gd + o, g.G, g.Cg,
                              mean + n * g.G, rstd + n * g.G, w, ps, pb,
                              n > n0)
+    if floating is float:
+        if h != NULL:
+            fg_f32_to_f16(gd, h.dx + 2 * n0 * g.C, m)
 
 
 cdef inline void _param_grads(const floating* rstd, Geometry* g,
@@ -1417,8 +1433,8 @@ cdef void _backward_impl(const floating* dy, const floating* x,
     among the threads in P channel ranges each (per-sample rows of sums in
     parts, folded into the blocks' rows after; B, D of each slab in coef);
     else R*GR units of a block's samples and a range of groups
-    (_backward_block; _tmp_stride doubles of parts per thread; float16
-    through h, this path only)."""
+    (_backward_block; _tmp_stride doubles of parts per thread). float16
+    through h: the rank-2 and NCHW slab paths only."""
     cdef Py_ssize_t S = g.N * g.G, s, blk, k, n, it, u
     cdef Py_ssize_t nblk = min(g.G, 64)    # blocks of whole groups
     cdef Py_ssize_t R = (g.N + RB - 1) // RB if RB > 0 else 0
@@ -1434,7 +1450,7 @@ cdef void _backward_impl(const floating* dy, const floating* x,
         elif g.HW == 1:
             for k in range(R):
                 _backward_rows(dy, x, mean, rstd, w, g, k, RB, dx,
-                               ds + k * g.C, db + k * g.C)
+                               ds + k * g.C, db + k * g.C, h)
         else:
             for u in range(R * GR):
                 _backward_block(dy, x, mean, rstd, w, g, u, RB, GR, dx, ds,
@@ -1463,7 +1479,7 @@ cdef void _backward_impl(const floating* dy, const floating* x,
         elif g.HW == 1:
             for k in prange(R, schedule="static"):
                 _backward_rows(dy, x, mean, rstd, w, g, k, RB, dx,
-                               ds + k * g.C, db + k * g.C)
+                               ds + k * g.C, db + k * g.C, h)
         elif P > 0:
             for it in prange(S * P, schedule="static"):
                 s = it // P
@@ -1502,10 +1518,11 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     """Gradients of group_norm. See fastgn._reference.backward.
 
     float16 dy, x, dx (float32 statistics, weight and gradients of the
-    parameters): NCHW slabs converted a unit at a time in the threads'
-    buffers; False, with nothing written, where that path does not serve
-    (channels-last, rank 2, slabs split among the threads or over
-    HALF_BUF values): convert whole arrays and call this in float32."""
+    parameters): NCHW slabs and rank-2 row blocks converted a unit at a
+    time in the threads' buffers; False, with nothing written, where that
+    does not serve (channels-last, slabs split among the threads, units
+    over HALF_BUF values): convert whole arrays and call this in
+    float32."""
     cdef Geometry g
     cdef bint half = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT16
     cdef cnp.ndarray w = _filled(C, cnp.NPY_FLOAT32 if half else
@@ -1533,9 +1550,14 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
         _whole_runs(dx, C if g.rows else HW) and not half
     if N * C * HW < SERIAL_BELOW:
         nt = 1
-    if half and (not FG_HAVE_F16 or g.rows or HW == 1 or g.T > HALF_BUF or
-                 _split_units(N * G, g.Cg, g.T, nt)):
+    if half and (not FG_HAVE_F16 or g.rows or
+                 (HW == 1 and RB * C > HALF_BUF) or
+                 (HW > 1 and (g.T > HALF_BUF or
+                              _split_units(N * G, g.Cg, g.T, nt)))):
         return False
+    if half and HW == 1:
+        hv.stride = (RB * C + 15) // 16 * 16    # a row block
+        nhalf = (3 * hv.stride * nt + 1) // 2 + 8
     if g.rows:
         nparts = 2 * N * g.K * C
         ncoef = 2 * N * G + 4 * C * nt + 16    # coef, then thread scratch

@@ -549,12 +549,15 @@ def _float32_route(dy, x, mean, rstd, G, w, nt, channels_last=False):
     ((1, 16, 600, 500), 2, False),  # slabs above the buffers' limit
     ((4, 10, 6, 7), 5, True),       # channels-last
     ((6, 48), 4, False),            # rank 2
+    ((40, 3073), 1, False),         # rank 2, row blocks of 2, Cg > 1024
+    ((256, 1024), 32, False),       # rank 2, row blocks of 16
+    ((17, 20000), 2, False),        # rank 2, rows above the buffers' limit
 ], ids=str)
 @pytest.mark.parametrize("nt", [1, 2, 3])
 def test_float16_bits_of_float32_route(shape, G, channels_last, nt):
-    """float16 NCHW slabs go through float32 buffers a unit at a time
-    (other layouts convert whole arrays): the bits of converting whole
-    arrays, computing in float32 and rounding back."""
+    """float16 NCHW slabs and rank-2 row blocks go through float32 buffers
+    a unit at a time (channels-last converts whole arrays): the bits of
+    converting whole arrays, computing in float32 and rounding back."""
     rng = np.random.default_rng(31)
     x, dy, w = make_data(shape, np.float16, rng, True)
     x, dy = to_layout(x, channels_last), to_layout(dy, channels_last)
