@@ -1274,9 +1274,10 @@ cdef inline void _bwd_rows_sums(const floating* dy, const floating* x,
                                 const floating* mean, Geometry* g,
                                 Py_ssize_t it, double* part,
                                 floating* scratch) noexcept nogil:
-    """Phase 1, chunk it: its per-channel sums into part (2*C: ds, db)."""
+    """Phase 1, chunk it: its per-channel sums into part (2*C: ds, db);
+    dy, x at the chunk's sample."""
     cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U, c, grp
-    cdef Py_ssize_t p1 = min(p0 + g.U, g.T), off = (n * g.T + p0) * g.C
+    cdef Py_ssize_t p1 = min(p0 + g.U, g.T), off = p0 * g.C
     cdef floating* muc = scratch
     for grp in range(g.G):
         for c in range(grp * g.Cg, (grp + 1) * g.Cg):
@@ -1318,9 +1319,10 @@ cdef inline void _bwd_rows_dx(const floating* dy, const floating* x,
                               const floating* w, Geometry* g, Py_ssize_t it,
                               const floating* coef, floating* dx,
                               floating* scratch) noexcept nogil:
-    """Phase 3, chunk it: dx from per-channel vectors of the coefficients."""
+    """Phase 3, chunk it: dx from per-channel vectors of the coefficients;
+    dy, x, dx at the chunk's sample."""
     cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U
-    cdef Py_ssize_t p1 = min(p0 + g.U, g.T), off = (n * g.T + p0) * g.C
+    cdef Py_ssize_t p1 = min(p0 + g.U, g.T), off = p0 * g.C
     cdef Py_ssize_t q = _rotation(dx + off, g.C, g.stream)
     cdef floating* a = scratch
     cdef floating* bc = a + g.C
@@ -1344,17 +1346,32 @@ cdef inline void _bwd_rows_sample(const floating* dy, const floating* x,
                                   const floating* rstd, const floating* w,
                                   Geometry* g, Py_ssize_t n, floating* dx,
                                   double* ds, double* db, double* parts,
-                                  floating* coef,
-                                  floating* scratch) noexcept nogil:
-    """All three phases of sample n on the calling thread."""
-    cdef Py_ssize_t k
+                                  floating* coef, floating* scratch,
+                                  Half* h) noexcept nogil:
+    """All three phases of sample n on the calling thread. float16 (h not
+    NULL): the sample converted in the thread's buffers, as
+    _backward_block's slabs."""
+    cdef Py_ssize_t k, m = g.T * g.C
+    cdef const floating* sy = dy + n * m
+    cdef const floating* sx = x + n * m
+    cdef floating* sd = dx + n * m
+    cdef float* hb
+    if floating is float:
+        if h != NULL:
+            hb = h.buf + omp_get_thread_num() * 3 * h.stride
+            fg_f16_to_f32(h.dy + 2 * n * m, hb, m)
+            fg_f16_to_f32(h.x + 2 * n * m, hb + h.stride, m)
+            sy, sx, sd = hb, hb + h.stride, hb + 2 * h.stride
     for k in range(g.K):
-        _bwd_rows_sums(dy, x, mean, g, n * g.K + k,
+        _bwd_rows_sums(sy, sx, mean, g, n * g.K + k,
                        parts + 2 * (n * g.K + k) * g.C, scratch)
     _bwd_rows_merge(rstd, w, g, n, parts, ds + n * g.C, db + n * g.C,
                     coef + 2 * n * g.G)
     for k in range(g.K):
-        _bwd_rows_dx(dy, x, mean, rstd, w, g, n * g.K + k, coef, dx, scratch)
+        _bwd_rows_dx(sy, sx, mean, rstd, w, g, n * g.K + k, coef, sd, scratch)
+    if floating is float:
+        if h != NULL:
+            fg_f32_to_f16(sd, h.dx + 2 * n * m, m)
 
 
 cdef inline void _backward_rows(const floating* dy, const floating* x,
@@ -1434,7 +1451,8 @@ cdef void _backward_impl(const floating* dy, const floating* x,
     parts, folded into the blocks' rows after; B, D of each slab in coef);
     else R*GR units of a block's samples and a range of groups
     (_backward_block; _tmp_stride doubles of parts per thread). float16
-    through h: the rank-2 and NCHW slab paths only."""
+    through h: samples on their own threads, rank-2 row blocks, NCHW
+    slabs not split."""
     cdef Py_ssize_t S = g.N * g.G, s, blk, k, n, it, u
     cdef Py_ssize_t nblk = min(g.G, 64)    # blocks of whole groups
     cdef Py_ssize_t R = (g.N + RB - 1) // RB if RB > 0 else 0
@@ -1446,7 +1464,7 @@ cdef void _backward_impl(const floating* dy, const floating* x,
         if g.rows:
             for n in range(g.N):
                 _bwd_rows_sample(dy, x, mean, rstd, w, g, n, dx, ds, db,
-                                 parts, coef, scratch)
+                                 parts, coef, scratch, h)
         elif g.HW == 1:
             for k in range(R):
                 _backward_rows(dy, x, mean, rstd, w, g, k, RB, dx,
@@ -1464,18 +1482,21 @@ cdef void _backward_impl(const floating* dy, const floating* x,
         if g.rows and not _split_units(g.N, g.K, g.T * g.C, nt):
             for n in prange(g.N, schedule="static"):
                 _bwd_rows_sample(dy, x, mean, rstd, w, g, n, dx, ds, db,
-                                 parts, coef, mine)
+                                 parts, coef, mine, h)
         elif g.rows:
             for it in prange(g.N * g.K, schedule="static"):
-                _bwd_rows_sums(dy, x, mean, g, it, parts + 2 * it * g.C,
-                               mine)
+                n = it // g.K * g.T * g.C
+                _bwd_rows_sums(dy + n, x + n, mean, g, it,
+                               parts + 2 * it * g.C, mine)
             fastgn_barrier()
             for n in prange(g.N, schedule="static"):
                 _bwd_rows_merge(rstd, w, g, n, parts, ds + n * g.C,
                                 db + n * g.C, coef + 2 * n * g.G)
             fastgn_barrier()
             for it in prange(g.N * g.K, schedule="static"):
-                _bwd_rows_dx(dy, x, mean, rstd, w, g, it, coef, dx, mine)
+                n = it // g.K * g.T * g.C
+                _bwd_rows_dx(dy + n, x + n, mean, rstd, w, g, it, coef,
+                             dx + n, mine)
         elif g.HW == 1:
             for k in prange(R, schedule="static"):
                 _backward_rows(dy, x, mean, rstd, w, g, k, RB, dx,
@@ -1518,11 +1539,11 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     """Gradients of group_norm. See fastgn._reference.backward.
 
     float16 dy, x, dx (float32 statistics, weight and gradients of the
-    parameters): NCHW slabs and rank-2 row blocks converted a unit at a
-    time in the threads' buffers; False, with nothing written, where that
-    does not serve (channels-last, slabs split among the threads, units
-    over HALF_BUF values): convert whole arrays and call this in
-    float32."""
+    parameters): NCHW slabs, rank-2 row blocks and channels-last samples
+    converted a unit at a time in the threads' buffers; False, with
+    nothing written, where that does not serve (work split among the
+    threads phase by phase, units over HALF_BUF values): convert whole
+    arrays and call this in float32."""
     cdef Geometry g
     cdef bint half = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT16
     cdef cnp.ndarray w = _filled(C, cnp.NPY_FLOAT32 if half else
@@ -1550,7 +1571,9 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
         _whole_runs(dx, C if g.rows else HW) and not half
     if N * C * HW < SERIAL_BELOW:
         nt = 1
-    if half and (not FG_HAVE_F16 or g.rows or
+    if half and (not FG_HAVE_F16 or
+                 (g.rows and (g.T * C > HALF_BUF or
+                              _split_units(N, g.K, g.T * C, nt))) or
                  (HW == 1 and RB * C > HALF_BUF) or
                  (HW > 1 and (g.T > HALF_BUF or
                               _split_units(N * G, g.Cg, g.T, nt)))):
@@ -1561,6 +1584,9 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     if g.rows:
         nparts = 2 * N * g.K * C
         ncoef = 2 * N * G + 4 * C * nt + 16    # coef, then thread scratch
+        if half:
+            hv.stride = (g.T * C + 15) // 16 * 16    # a sample
+            nhalf = (3 * hv.stride * nt + 1) // 2 + 8
     elif HW > 1 and _split_units(N * G, g.Cg, g.T, nt):
         # NCHW slabs shared by channel ranges (each channel's sums are its
         # own, so the same bits); enough ranges to balance the threads
