@@ -184,31 +184,9 @@ def _counts_inside(stamps, t0, t1):
     return inside[-1] - inside[0] if len(inside) >= 2 else 0
 
 
-def test_kernels_release_the_gil(backend):
-    if backend == "python":
-        pytest.skip("targets the compiled kernels (NumPy releases the GIL "
-                    "on its own)")
-    n = 64 * 2 ** 20                                 # 64M float32 = 256 MiB
-    block = np.random.default_rng(5).standard_normal(2 ** 20).astype(F32)
-    x = np.empty(n, F32)
-    x.reshape(64, -1)[:] = block
-    xb = x[:n // 4].reshape(1, 2, 2 ** 13, 2 ** 10)   # 16M, contiguous
-    xl = x.reshape(1, 2 ** 13, 2 ** 10, 8)              # NHWC view
-    x = x.reshape(1, 8, 2 ** 13, 2 ** 10)
-    x16 = np.empty(n // 2, F16)                      # 32M float16 values
-    x16.reshape(32, -1)[:] = block
-    x16 = x16.reshape(1, 2 ** 12, 2 ** 10, 8)
-    _, mean, rstd = gn(xb, 2, return_stats=True)
-    dy = xb
-    calls = {
-        "nchw_gelu": lambda: gn(x, 2, out=x, activation="gelu",
-                                num_threads=1),
-        "nhwc": lambda: gn(xl, 4, out=xl, channels_last=True,
-                           num_threads=1),
-        "f16_nhwc_stats": lambda: gn(x16, 2, channels_last=True,
-                                     return_stats=True, num_threads=1),
-        "backward": lambda: gnb(dy, dy, mean, rstd, 2, num_threads=1),
-    }
+def _gil_report(calls):
+    """(call, ms, counts in the middle half of the call) of each call run
+    twice, and of a control that holds the GIL, beside a counting thread."""
     stop = threading.Event()
     stamps = []
     spinner = threading.Thread(target=_spin, args=(stop, stamps),
@@ -243,10 +221,44 @@ def test_kernels_release_the_gil(backend):
         counted = _counts_inside(stamps, t0 + 0.25 * d, t1 - 0.25 * d)
         report.append((name, round(d * 1e3, 1), counted))
     print("\n(call, ms, counts in the middle half):", report)
-    total = sum(t1 - t0 for name, t0, t1 in windows
-                if name != "control_holds_gil")
-    assert total > 0.05, f"calls too short to tell: {report}"
-    control = [r for r in report if r[0] == "control_holds_gil"]
+    return report
+
+
+def test_kernels_release_the_gil(backend):
+    if backend == "python":
+        pytest.skip("targets the compiled kernels (NumPy releases the GIL "
+                    "on its own)")
+    n = 64 * 2 ** 20                                 # 64M float32 = 256 MiB
+    block = np.random.default_rng(5).standard_normal(2 ** 20).astype(F32)
+    x = np.empty(n, F32)
+    x.reshape(64, -1)[:] = block
+    xb = x[:n // 4].reshape(1, 2, 2 ** 13, 2 ** 10)   # 16M, contiguous
+    xl = x.reshape(1, 2 ** 13, 2 ** 10, 8)              # NHWC view
+    x = x.reshape(1, 8, 2 ** 13, 2 ** 10)
+    x16 = np.empty(n // 2, F16)                      # 32M float16 values
+    x16.reshape(32, -1)[:] = block
+    x16 = x16.reshape(1, 2 ** 12, 2 ** 10, 8)
+    _, mean, rstd = gn(xb, 2, return_stats=True)
+    dy = xb
+    calls = {
+        "nchw_gelu": lambda: gn(x, 2, out=x, activation="gelu",
+                                num_threads=1),
+        "nhwc": lambda: gn(xl, 4, out=xl, channels_last=True,
+                           num_threads=1),
+        "f16_nhwc_stats": lambda: gn(x16, 2, channels_last=True,
+                                     return_stats=True, num_threads=1),
+        "backward": lambda: gnb(dy, dy, mean, rstd, 2, num_threads=1),
+    }
+    # A loaded machine can deschedule the main thread while the counting
+    # thread holds the GIL, which the control (a call that holds the GIL
+    # throughout) then shows: measure again, up to three times in all.
+    for attempt in range(3):
+        report = _gil_report(calls)
+        control = [r for r in report if r[0] == "control_holds_gil"]
+        if sum(r[2] for r in control) < 100:
+            break
+    total = sum(r[1] for r in report if r[0] != "control_holds_gil")
+    assert total > 50, f"calls too short to tell: {report}"
     assert sum(r[2] for r in control) < 100, (
         f"the measurement cannot tell a GIL-holding call: {report}")
     for name in calls:
