@@ -524,10 +524,15 @@ cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
 cdef inline bint _small(Geometry* g, Py_ssize_t size) noexcept nogil:
     """Whether NCHW slabs take the small-slab path, computed in values of
     ``size`` bytes (float16: 4, its float32 path's choice, so the same bits;
-    fg_half_small takes at most SMALL_SLAB values, buffers the rest)."""
+    fg_half_small takes them in registers in the AVX2 and AVX-512 copies).
+    Short runs: where the call's arrays stay in the cache, or, float32,
+    where the runs cannot be streamed (not whole 16 bytes): 64x2048x7x7
+    0.85-0.93x the time, float16 0.60-0.62x (its small path had been
+    buffered above 2048 values); float64 there measured 1.05x slower."""
     return g.T <= SMALL_SLAB or (
         1 < g.HW and g.HW * size < SHORT_RUN and g.T <= SMALL_RUNS_SLAB and
-        2 * g.N * g.C * g.HW * size <= STREAM_BYTES)
+        (2 * g.N * g.C * g.HW * size <= STREAM_BYTES or
+         (size == 4 and (g.HW * size) % 16 != 0)))
 
 
 cdef inline Py_ssize_t _slabs_per_item(Geometry* g) noexcept nogil:
