@@ -1211,6 +1211,22 @@ cdef struct Half:
     Py_ssize_t stride
 
 
+cdef inline float* _half_in(Half* h, Py_ssize_t off,
+                            Py_ssize_t m) noexcept nogil:
+    """The calling thread's buffers, with m values of dy and x from value
+    off converted into the first two (dx goes in the third)."""
+    cdef float* hb = h.buf + omp_get_thread_num() * 3 * h.stride
+    fg_f16_to_f32(h.dy + 2 * off, hb, m)
+    fg_f16_to_f32(h.x + 2 * off, hb + h.stride, m)
+    return hb
+
+
+cdef inline void _half_out(Half* h, const float* hb, Py_ssize_t off,
+                           Py_ssize_t m) noexcept nogil:
+    """The m values of dx in the third buffer out to dx from value off."""
+    fg_f32_to_f16(hb + 2 * h.stride, h.dx + 2 * off, m)
+
+
 cdef void _backward_block(const floating* dy, const floating* x,
                           const floating* mean, const floating* rstd,
                           const floating* w, Geometry* g, Py_ssize_t u,
@@ -1228,8 +1244,6 @@ cdef void _backward_block(const floating* dy, const floating* x,
     cdef Py_ssize_t n0 = k * RB, g0 = r * g.G // GR, g1 = (r + 1) * g.G // GR
     cdef Py_ssize_t cap = max(g.Cg, SLAB_SUMS)
     cdef float* hb = NULL
-    if h != NULL:
-        hb = h.buf + omp_get_thread_num() * 3 * h.stride
     for n in range(n0, min(g.N, n0 + RB)):
         s = n * g.G + g0
         o = k * g.C + g0 * g.Cg
@@ -1237,13 +1251,12 @@ cdef void _backward_block(const floating* dy, const floating* x,
         if floating is float:
             if h != NULL:
                 m = (g1 - g0) * g.T
-                fg_f16_to_f32(h.dy + 2 * off, hb, m)
-                fg_f16_to_f32(h.x + 2 * off, hb + h.stride, m)
+                hb = _half_in(h, off, m)
                 fg_bwd_slabs_f32(hb, hb + h.stride, hb + 2 * h.stride,
                                  g1 - g0, g.Cg, g.HW, mean + s, rstd + s,
                                  w + g0 * g.Cg, ds + o, db + o, tmp, cap,
                                  n == n0, 0)
-                fg_f32_to_f16(hb + 2 * h.stride, h.dx + 2 * off, m)
+                _half_out(h, hb, off, m)
                 continue
             fg_bwd_slabs_f32(dy + off, x + off, dx + off, g1 - g0, g.Cg, g.HW,
                              mean + s, rstd + s, w + g0 * g.Cg, ds + o,
@@ -1360,12 +1373,10 @@ cdef inline void _bwd_rows_sample(const floating* dy, const floating* x,
     cdef const floating* sy = dy + n * m
     cdef const floating* sx = x + n * m
     cdef floating* sd = dx + n * m
-    cdef float* hb
+    cdef float* hb = NULL
     if floating is float:
         if h != NULL:
-            hb = h.buf + omp_get_thread_num() * 3 * h.stride
-            fg_f16_to_f32(h.dy + 2 * n * m, hb, m)
-            fg_f16_to_f32(h.x + 2 * n * m, hb + h.stride, m)
+            hb = _half_in(h, n * m, m)
             sy, sx, sd = hb, hb + h.stride, hb + 2 * h.stride
     for k in range(g.K):
         _bwd_rows_sums(sy, sx, mean, g, n * g.K + k,
@@ -1376,7 +1387,7 @@ cdef inline void _bwd_rows_sample(const floating* dy, const floating* x,
         _bwd_rows_dx(sy, sx, mean, rstd, w, g, n * g.K + k, coef, sd, scratch)
     if floating is float:
         if h != NULL:
-            fg_f32_to_f16(sd, h.dx + 2 * n * m, m)
+            _half_out(h, hb, n * m, m)
 
 
 cdef inline void _backward_rows(const floating* dy, const floating* x,
@@ -1393,12 +1404,10 @@ cdef inline void _backward_rows(const floating* dy, const floating* x,
     cdef const floating* gy = dy + n0 * g.C
     cdef const floating* gx = x + n0 * g.C
     cdef floating* gd = dx + n0 * g.C
-    cdef float* hb
+    cdef float* hb = NULL
     if floating is float:
         if h != NULL:
-            hb = h.buf + omp_get_thread_num() * 3 * h.stride
-            fg_f16_to_f32(h.dy + 2 * n0 * g.C, hb, m)
-            fg_f16_to_f32(h.x + 2 * n0 * g.C, hb + h.stride, m)
+            hb = _half_in(h, n0 * g.C, m)
             gy, gx, gd = hb, hb + h.stride, hb + 2 * h.stride
     for n in range(n0, n1):
         o = (n - n0) * g.C
@@ -1417,7 +1426,7 @@ cdef inline void _backward_rows(const floating* dy, const floating* x,
                              n > n0)
     if floating is float:
         if h != NULL:
-            fg_f32_to_f16(gd, h.dx + 2 * n0 * g.C, m)
+            _half_out(h, hb, n0 * g.C, m)
 
 
 cdef inline void _param_grads(const floating* rstd, Geometry* g,
@@ -1584,14 +1593,12 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
                               _split_units(N * G, g.Cg, g.T, nt)))):
         return False
     if half and HW == 1:
-        hv.stride = (RB * C + 15) // 16 * 16    # a row block
-        nhalf = (3 * hv.stride * nt + 1) // 2 + 8
+        hv.stride = RB * C              # a row block
     if g.rows:
         nparts = 2 * N * g.K * C
         ncoef = 2 * N * G + 4 * C * nt + 16    # coef, then thread scratch
         if half:
-            hv.stride = (g.T * C + 15) // 16 * 16    # a sample
-            nhalf = (3 * hv.stride * nt + 1) // 2 + 8
+            hv.stride = g.T * C         # a sample
     elif HW > 1 and _split_units(N * G, g.Cg, g.T, nt):
         # NCHW slabs shared by channel ranges (each channel's sums are its
         # own, so the same bits); enough ranges to balance the threads
@@ -1606,9 +1613,11 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
         if half:
             k = max(1, HALF_UNIT // g.T)    # groups a unit at most
             GR = max(GR, (G + k - 1) // k)
-            hv.stride = ((G + GR - 1) // GR * g.T + 15) // 16 * 16
-            nhalf = (3 * hv.stride * nt + 1) // 2 + 8
+            hv.stride = (G + GR - 1) // GR * g.T
         nparts = _tmp_stride(&g) * nt
+    if half:        # three buffers a thread, each on whole lines
+        hv.stride = (hv.stride + 15) // 16 * 16
+        nhalf = (3 * hv.stride * nt + 1) // 2 + 8
     # one work array: ds, db, chunk sums (doubles), then coef and scratch,
     # then float16's buffers
     cdef cnp.ndarray work = np.empty(2 * rows * C + nparts + ncoef + nhalf,
