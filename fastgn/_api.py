@@ -211,7 +211,7 @@ def _check_out(out, shape, rdt, name="out"):
         return None
     if type(out) is np.ndarray and out.dtype is rdt and out.shape == shape \
             and out.flags.writeable:
-        return out      # the common case in one test (0.23 -> 0.12 us)
+        return out      # the common case in one test (0.23 -> 0.16 us)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got "
                         f"{type(out).__name__}")

@@ -527,7 +527,7 @@ cdef inline bint _small(Geometry* g, Py_ssize_t size) noexcept nogil:
     fg_half_small takes them in registers in the AVX2 and AVX-512 copies).
     Short runs: where the call's arrays stay in the cache, or, float32,
     where the runs cannot be streamed (not whole 16 bytes): 64x2048x7x7
-    0.85-0.93x the time, float16 0.60-0.62x (its small path had been
+    0.85-0.93x the time, float16 0.60-0.79x (its small path had been
     buffered above 2048 values); float64 there measured 1.05x slower."""
     return g.T <= SMALL_SLAB or (
         1 < g.HW and g.HW * size < SHORT_RUN and g.T <= SMALL_RUNS_SLAB and
@@ -1193,12 +1193,17 @@ cdef inline void _bwd_slab_dx(const floating* dy, const floating* x,
 cdef Py_ssize_t SLAB_SUMS = 256    # at least, a side of the thread's sums
 
 
+cdef inline Py_ssize_t _slab_sums(Geometry* g) noexcept nogil:
+    """Doubles a side of a thread's slab sums (fg_bwd_slabs' cap)."""
+    return max(g.Cg, SLAB_SUMS)
+
+
 cdef inline Py_ssize_t _tmp_stride(Geometry* g) noexcept nogil:
     """Doubles between the threads' sums in _backward_block (2 sides of
     max(Cg, SLAB_SUMS)): whole lines and one more (sharing a line, each
     slab's sums of 64x64x50 G=64 took the two threads 1.9x the time of
     one)."""
-    return (2 * max(g.Cg, SLAB_SUMS) + 7) // 8 * 8 + 8
+    return (2 * _slab_sums(g) + 7) // 8 * 8 + 8
 
 
 cdef struct Half:
@@ -1242,7 +1247,7 @@ cdef void _backward_block(const floating* dy, const floating* x,
     the same values: the bits of converting whole arrays."""
     cdef Py_ssize_t k = u // GR, r = u % GR, n, s, o, off, m
     cdef Py_ssize_t n0 = k * RB, g0 = r * g.G // GR, g1 = (r + 1) * g.G // GR
-    cdef Py_ssize_t cap = max(g.Cg, SLAB_SUMS)
+    cdef Py_ssize_t cap = _slab_sums(g)
     cdef float* hb = NULL
     for n in range(n0, min(g.N, n0 + RB)):
         s = n * g.G + g0
@@ -1585,21 +1590,19 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
         _whole_runs(dx, C if g.rows else HW) and not half
     if N * C * HW < SERIAL_BELOW:
         nt = 1
-    if half and (not FG_HAVE_F16 or
-                 (g.rows and (g.T * C > HALF_BUF or
-                              _split_units(N, g.K, g.T * C, nt))) or
-                 (HW == 1 and RB * C > HALF_BUF) or
-                 (HW > 1 and (g.T > HALF_BUF or
-                              _split_units(N * G, g.Cg, g.T, nt)))):
+    # work shared among the threads phase by phase (channels-last samples'
+    # chunks, NCHW slabs' channel ranges)
+    cdef bint split = _split_units(N, g.K, g.T * C, nt) if g.rows else \
+        HW > 1 and _split_units(N * G, g.Cg, g.T, nt)
+    # float16: a unit is a sample (channels-last), a row block (rank 2) or
+    # at least a slab
+    hv.stride = g.T * C if g.rows else RB * C if HW == 1 else g.T
+    if half and (not FG_HAVE_F16 or split or hv.stride > HALF_BUF):
         return False
-    if half and HW == 1:
-        hv.stride = RB * C              # a row block
     if g.rows:
         nparts = 2 * N * g.K * C
         ncoef = 2 * N * G + 4 * C * nt + 16    # coef, then thread scratch
-        if half:
-            hv.stride = g.T * C         # a sample
-    elif HW > 1 and _split_units(N * G, g.Cg, g.T, nt):
+    elif split:
         # NCHW slabs shared by channel ranges (each channel's sums are its
         # own, so the same bits); enough ranges to balance the threads
         P = min(g.Cg, 4 * nt)
