@@ -981,6 +981,11 @@ FG_WIDE_INL double fg_vsum_f64##ISA(fg_vf64##ISA v) {                         \
 FG_WIDE_INL fg_vf64##ISA fg_widen##ISA(const float *p) {                      \
     return __builtin_convertvector(*(const fg_vf32h##ISA *)p, fg_vf64##ISA);  \
 }                                                                             \
+FG_WIDE_INL void fg_split##ISA(fg_vf32##ISA v, fg_vf64##ISA *lo,             \
+                               fg_vf64##ISA *hi) {                            \
+    *lo = (fg_vf64##ISA){v[0], v[1]};                                         \
+    *hi = (fg_vf64##ISA){v[2], v[3]};                                         \
+}                                                                             \
 FG_WIDE_INL double fg_vsum_f32##ISA(fg_vf32##ISA v) {                         \
     return ((double)v[0] + (double)v[1]) + ((double)v[2] + (double)v[3]);    \
 }                                                                             \
@@ -1220,6 +1225,97 @@ FG_WIDE_FN void fg_acc_rows##ISA(double *bs, double *bb, const double *ds,    \
  * 4096 channels (G = 1) took 4 us a sample, most of a (4, 4096) backward.
  * fg_bwd_dx: dx of Cg channels of HW values, a*dy + B*(x - mu) + D with
  * a = w[c]*rs. */
+/* The NCHW backward of float32 slabs of one channel (Cg == 1: InstanceNorm)
+ * of L values, from one vector to FG_BWD_SLAB_MAX bytes of dy and x: per
+ * slab its sums in float32 lanes over whole vectors, the last vector
+ * ending at the slab's end with the lanes already summed masked off (as
+ * fg_vrun_bwd's tail), widened to float64 lanes; per VLD slabs one
+ * transposing tree for each sum (fg_vsums_t); then B, D, the row sums and
+ * dx as fg_bwd_coefs, fg_acc_rows and fg_bwd_dx compute them. Through
+ * those pieces a slab at a time, a slab's calls, reductions and peeled
+ * loops took most of the time: 64x64x50 (G = 64) ran at 0.75-0.82x
+ * PyTorch's backward speed. Every such slab takes this path, whatever the
+ * batch or thread count (one channel is never split among threads), so
+ * its bits do not depend on them. */
+#define FG_BWD_ONES(ISA)                                                      \
+FG_WIDE_INL void fg_bwd_ones##ISA(const float *dy, const float *x, float *dx, \
+                                  ptrdiff_t ng, ptrdiff_t L,                  \
+                                  const float *mean, const float *rstd,       \
+                                  const float *w, double *ps, double *pb,     \
+                                  int first, int stream) {                    \
+    enum { VL = sizeof(fg_vf32##ISA) / sizeof(float),                         \
+           VLD = sizeof(fg_vf64##ISA) / sizeof(double) };                     \
+    const double M = (double)L;                                               \
+    ptrdiff_t g0, g, i, j;                                                    \
+    fg_vi32##ISA on;                                                          \
+    FG_LAST_LANES(on, float, VL, L % VL)                                      \
+    for (g0 = 0; g0 < ng; g0 += VLD) {                                        \
+        fg_vf64##ISA sv[VLD], bv[VLD], lo, hi;                                \
+        double ds[VLD], db[VLD];                                              \
+        for (g = 0; g < VLD; g++) {                                           \
+            const float *gp = dy + (g0 + g) * L, *pp = x + (g0 + g) * L;      \
+            fg_vf32##ISA s0 = {0}, s1 = {0}, b0 = {0}, b1 = {0}, v;           \
+            float mu;                                                         \
+            if (g0 + g >= ng) {                                               \
+                sv[g] = bv[g] = (fg_vf64##ISA){0};                            \
+                continue;                                                     \
+            }                                                                 \
+            mu = mean[g0 + g];                                                \
+            for (j = 0; j + 2 * VL <= L; j += 2 * VL) {                       \
+                v = *(const fg_vf32u##ISA *)(gp + j);                         \
+                s0 += v * (*(const fg_vf32u##ISA *)(pp + j) - mu);            \
+                b0 += v;                                                      \
+                v = *(const fg_vf32u##ISA *)(gp + j + VL);                    \
+                s1 += v * (*(const fg_vf32u##ISA *)(pp + j + VL) - mu);       \
+                b1 += v;                                                      \
+            }                                                                 \
+            if (j + VL <= L) {                                                \
+                v = *(const fg_vf32u##ISA *)(gp + j);                         \
+                s0 += v * (*(const fg_vf32u##ISA *)(pp + j) - mu);            \
+                b0 += v;                                                      \
+                j += VL;                                                      \
+            }                                                                 \
+            if (j < L) {                                                      \
+                v = FG_MASKED(fg_vf32##ISA, fg_vi32##ISA,                     \
+                              *(const fg_vf32u##ISA *)(gp + L - VL), on);     \
+                s1 += v * (*(const fg_vf32u##ISA *)(pp + L - VL) - mu);       \
+                b1 += v;                                                      \
+            }                                                                 \
+            fg_split##ISA(s0 + s1, &lo, &hi);                                 \
+            sv[g] = lo + hi;                                                  \
+            fg_split##ISA(b0 + b1, &lo, &hi);                                 \
+            bv[g] = lo + hi;                                                  \
+        }                                                                     \
+        *(fg_vf64u##ISA *)ds = fg_vsums_t##ISA(sv);                           \
+        *(fg_vf64u##ISA *)db = fg_vsums_t##ISA(bv);                           \
+        for (g = 0; g < VLD && g0 + g < ng; g++) {                            \
+            const ptrdiff_t s = g0 + g, o = s * L;                            \
+            const float *gp = dy + o, *pp = x + o;                            \
+            float *op = dx + o;                                               \
+            const float mu = mean[s], rs = rstd[s], a = w[s] * rs;            \
+            const double drs = rs;                                            \
+            float B, D;                                                       \
+            if (FG_OVERFLOWED(float, ds[g], db[g]))                           \
+                fg_vrun_bwd64_f32##ISA(gp, pp, L, mu, ds + g, db + g);        \
+            B = (float)(-drs * drs * drs * (w[s] * ds[g]) / M);               \
+            D = (float)(-drs * (w[s] * db[g]) / M);                           \
+            ps[s] = first ? drs * ds[g] : ps[s] + drs * ds[g];                \
+            pb[s] = first ? db[g] : pb[s] + db[g];                            \
+            if (stream) {                                                     \
+                fg_nt_dx_f32(gp, pp, op, L, a, B, mu, D);                     \
+                continue;                                                     \
+            }                                                                 \
+            for (i = 0; i + VL <= L; i += VL)                                 \
+                *(fg_vf32u##ISA *)(op + i) =                                  \
+                    a * *(const fg_vf32u##ISA *)(gp + i) +                    \
+                    B * (*(const fg_vf32u##ISA *)(pp + i) - mu) + D;          \
+            for (; i < L; i++)                                                \
+                op[i] = a * gp[i] + B * (pp[i] - mu) + D;                     \
+        }                                                                     \
+    }                                                                         \
+    if (stream)                                                               \
+        fg_sfence();                                                          \
+}
 #define FG_BWD_SLABS(T, SUF, ISA)                                             \
 FG_WIDE_FN void fg_bwd_coefs_##SUF##ISA(const T *w, double rs,               \
                                         const double *ds, const double *db,   \
@@ -1272,6 +1368,14 @@ FG_WIDE_FN void fg_bwd_slabs_##SUF##ISA(const T *dy, const T *x, T *dx,       \
     ptrdiff_t nb = bytes > FG_BWD_SLAB_MAX ? 1 : FG_BWD_SLAB_BYTES / bytes;    \
     ptrdiff_t g0, g;                                                          \
     T B[FG_BWD_NB], D[FG_BWD_NB];                                             \
+    if (sizeof(T) == sizeof(float) && Cg == 1 &&                              \
+        HW * (ptrdiff_t)sizeof(float) >= (ptrdiff_t)sizeof(fg_vf32##ISA) &&   \
+        bytes <= FG_BWD_SLAB_MAX) {                                           \
+        fg_bwd_ones##ISA((const float *)dy, (const float *)x, (float *)dx,    \
+                         ng, HW, (const float *)mean, (const float *)rstd,    \
+                         (const float *)w, ps, pb, first, stream);            \
+        return;                                                               \
+    }                                                                         \
     nb = nb < 1 ? 1 : nb > FG_BWD_NB ? FG_BWD_NB : nb;                        \
     nb = nb * Cg > cap ? (cap / Cg > 1 ? cap / Cg : 1) : nb;                  \
     for (g0 = 0; g0 < ng; g0 += nb) {                                         \
@@ -2391,6 +2495,7 @@ FG_WIDE_FN void fg_small_slabs_f16##ISA(const unsigned short *x,              \
     FG_BWD_SUMS(float, float, f32, ISA)                                       \
     FG_BWD_SUMS(double, double, f64, ISA)                                     \
     FG_ACC_ROWS(ISA)                                                          \
+    FG_BWD_ONES(ISA)                                                          \
     FG_BWD_SLABS(float, f32, ISA)                                             \
     FG_BWD_SLABS(double, f64, ISA)                                            \
     FG_BWD_SMALL(float, f32, ISA)                                             \

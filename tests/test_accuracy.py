@@ -217,22 +217,24 @@ def test_float32_tiny_variance_beside_eps(oracle, offset, scale, shape, G,
 @pytest.mark.parametrize("channels_last", [False, True],
                          ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("scale", [1e19, 1e30], ids=str)
-@pytest.mark.parametrize("shape", [(2, 4, 64, 64), (16, 64, 7, 7)], ids=str)
-def test_float32_backward_extreme_magnitudes(scale, shape, channels_last):
+@pytest.mark.parametrize("shape,G", [((2, 4, 64, 64), 2), ((16, 64, 7, 7), 2),
+                                     ((16, 64, 7, 7), 64)], ids=str)
+def test_float32_backward_extreme_magnitudes(scale, shape, G, channels_last):
     """dy * (x - mean) overflows float32 partial sums at these scales: the
-    parameter gradients must still match the float64 formula."""
+    parameter gradients must still match the float64 formula (G = C: the
+    slabs of one channel, summed several at a time)."""
     rng = np.random.default_rng(11)
     x = (scale * rng.standard_normal(shape)).astype(np.float32)
     dy = (scale * rng.standard_normal(shape)).astype(np.float32)
-    _, mean, rstd = gn(x, 2, return_stats=True)
+    _, mean, rstd = gn(x, G, return_stats=True)
     if channels_last:
         xl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
         dyl = np.ascontiguousarray(np.moveaxis(dy, 1, -1))
-        dx, dw, db = fastgn.group_norm_backward(dyl, xl, mean, rstd, 2,
+        dx, dw, db = fastgn.group_norm_backward(dyl, xl, mean, rstd, G,
                                                 channels_last=True)
     else:
-        dx, dw, db = fastgn.group_norm_backward(dy, x, mean, rstd, 2)
-    X = x.astype(np.float64).reshape(shape[0], 2, -1)
+        dx, dw, db = fastgn.group_norm_backward(dy, x, mean, rstd, G)
+    X = x.astype(np.float64).reshape(shape[0], G, -1)
     D = dy.astype(np.float64).reshape(X.shape)
     xhat = (X - mean.astype(np.float64)[..., None]) * \
         rstd.astype(np.float64)[..., None]

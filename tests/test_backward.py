@@ -399,6 +399,11 @@ def test_row_blocks_same_bits_split_or_not(dtype):
 
 @pytest.mark.parametrize("shape,G", [
     ((40, 64, 50), 64),         # InstanceNorm of sequences: 16 slabs a step
+    ((9, 40, 16), 40),          # one channel of one float32 vector (AVX-512)
+    ((7, 24, 7, 7), 24),        # one channel of 49 values: a masked tail
+    ((5, 12, 17), 12),          # one value past a vector
+    ((5, 16, 256), 16),         # one channel at the batched limit (2 KiB)
+    ((5, 16, 257), 16),         # ... and past it
     ((24, 96, 3, 3), 32),       # slabs of 27 values, runs under 32
     ((20, 30, 5, 5), 10),       # 75 values, groups of 3 channels
     ((18, 8, 9, 11), 2),        # 396 values: 2 slabs a step
@@ -429,6 +434,7 @@ def test_small_slabs_batch_alone_same_bits(shape, G, dtype, nt):
 @pytest.mark.compiled_only
 @pytest.mark.parametrize("shape,G,channels_last", [
     ((3, 8, 40, 41), 2, False),     # a slab per thread, odd run lengths
+    ((6, 20, 8, 6), 20, False),     # slabs of one channel, several a step
     ((1, 16, 64, 64), 1, False),    # one slab split by channel ranges
     ((3, 40, 9, 7), 5, True),       # NHWC, rows of 40 channels
     ((1, 64, 48, 48), 4, True),     # NHWC, one sample split in phases
@@ -479,6 +485,7 @@ def test_streaming_dx_same_bits(shape, G, channels_last, dtype, nt):
     ((3, 48, 5, 7), 3, True),       # NHWC rows of 3 (float64: 6) lines
     ((2, 16, 9, 11), 4, True),      # rows of one line (float32)
     ((2, 4, 60, 70), 2, False),     # NCHW channel runs of 4200 values
+    ((3, 10, 50), 10, False),       # slabs of one channel, several a step
 ], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_dx_at_every_offset(shape, G, channels_last, dtype):
