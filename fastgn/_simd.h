@@ -1225,13 +1225,67 @@ FG_WIDE_FN void fg_acc_rows##ISA(double *bs, double *bb, const double *ds,    \
  * 4096 channels (G = 1) took 4 us a sample, most of a (4, 4096) backward.
  * fg_bwd_dx: dx of Cg channels of HW values, a*dy + B*(x - mu) + D with
  * a = w[c]*rs. */
+/* fg_bwd_ones' and fg_bwd_tiny's slab s of L values once its sums ds, db
+ * are known: B, D, the row sums and dx. */
+#define FG_BWD_ONE(ISA)                                                       \
+FG_WIDE_INL void fg_bwd_one##ISA(const float *dy, const float *x, float *dx,  \
+                                 ptrdiff_t s, ptrdiff_t L, const float *mean, \
+                                 const float *rstd, const float *w,           \
+                                 double *ps, double *pb, int first,           \
+                                 int stream, double ds, double db) {          \
+    enum { VL = sizeof(fg_vf32##ISA) / sizeof(float) };                       \
+    const ptrdiff_t o = s * L;                                                \
+    const float *gp = dy + o, *pp = x + o;                                    \
+    float *op = dx + o;                                                       \
+    const float mu = mean[s], rs = rstd[s], a = w[s] * rs;                    \
+    const double drs = rs, M = (double)L;                                     \
+    const float B = (float)(-drs * drs * drs * (w[s] * ds) / M);              \
+    const float D = (float)(-drs * (w[s] * db) / M);                          \
+    ptrdiff_t i;                                                              \
+    ps[s] = first ? drs * ds : ps[s] + drs * ds;                              \
+    pb[s] = first ? db : pb[s] + db;                                          \
+    if (stream) {                                                             \
+        fg_nt_dx_f32(gp, pp, op, L, a, B, mu, D);                             \
+        return;                                                               \
+    }                                                                         \
+    for (i = 0; i + VL <= L; i += VL)                                         \
+        *(fg_vf32u##ISA *)(op + i) =                                          \
+            a * *(const fg_vf32u##ISA *)(gp + i) +                            \
+            B * (*(const fg_vf32u##ISA *)(pp + i) - mu) + D;                  \
+    for (; i < L; i++)                                                        \
+        op[i] = a * gp[i] + B * (pp[i] - mu) + D;                             \
+}                                                                             \
+/* Slabs of one channel under a vector (3x3 maps): their sums in float64,  \
+ * value by value. Through fg_bwd_slabs' pieces, 64x256x3x3 G=256 ran at   \
+ * 0.45x PyTorch's speed. */                                                \
+FG_WIDE_FN void fg_bwd_tiny##ISA(const float *dy, const float *x, float *dx,  \
+                                 ptrdiff_t ng, ptrdiff_t L,                   \
+                                 const float *mean, const float *rstd,        \
+                                 const float *w, double *ps, double *pb,      \
+                                 int first, int stream) {                     \
+    ptrdiff_t s, j;                                                           \
+    for (s = 0; s < ng; s++) {                                                \
+        const float *gp = dy + s * L, *pp = x + s * L;                        \
+        const double mu = mean[s];                                            \
+        double ds = 0, db = 0;                                                \
+        for (j = 0; j < L; j++) {                                             \
+            ds += (double)gp[j] * ((double)pp[j] - mu);                       \
+            db += gp[j];                                                      \
+        }                                                                     \
+        fg_bwd_one##ISA(dy, x, dx, s, L, mean, rstd, w, ps, pb, first,        \
+                        stream, ds, db);                                      \
+    }                                                                         \
+    if (stream)                                                               \
+        fg_sfence();                                                          \
+}
 /* The NCHW backward of float32 slabs of one channel (Cg == 1: InstanceNorm)
  * of L values, from one vector to FG_BWD_SLAB_MAX bytes of dy and x: per
  * slab its sums in float32 lanes over whole vectors, the last vector
  * ending at the slab's end with the lanes already summed masked off (as
  * fg_vrun_bwd's tail), widened to float64 lanes; per VLD slabs one
  * transposing tree for each sum (fg_vsums_t); then B, D, the row sums and
- * dx as fg_bwd_coefs, fg_acc_rows and fg_bwd_dx compute them. Through
+ * dx (fg_bwd_one) as fg_bwd_coefs, fg_acc_rows and fg_bwd_dx compute
+ * them; slabs under a vector go fg_bwd_tiny's way. Through
  * those pieces a slab at a time, a slab's calls, reductions and peeled
  * loops took most of the time: 64x64x50 (G = 64) ran at 0.75-0.82x
  * PyTorch's backward speed. Every such slab takes this path, whatever the
@@ -1245,8 +1299,7 @@ FG_WIDE_INL void fg_bwd_ones##ISA(const float *dy, const float *x, float *dx, \
                                   int first, int stream) {                    \
     enum { VL = sizeof(fg_vf32##ISA) / sizeof(float),                         \
            VLD = sizeof(fg_vf64##ISA) / sizeof(double) };                     \
-    const double M = (double)L;                                               \
-    ptrdiff_t g0, g, i, j;                                                    \
+    ptrdiff_t g0, g, j;                                                       \
     fg_vi32##ISA on;                                                          \
     FG_LAST_LANES(on, float, VL, L % VL)                                      \
     for (g0 = 0; g0 < ng; g0 += VLD) {                                        \
@@ -1289,28 +1342,11 @@ FG_WIDE_INL void fg_bwd_ones##ISA(const float *dy, const float *x, float *dx, \
         *(fg_vf64u##ISA *)ds = fg_vsums_t##ISA(sv);                           \
         *(fg_vf64u##ISA *)db = fg_vsums_t##ISA(bv);                           \
         for (g = 0; g < VLD && g0 + g < ng; g++) {                            \
-            const ptrdiff_t s = g0 + g, o = s * L;                            \
-            const float *gp = dy + o, *pp = x + o;                            \
-            float *op = dx + o;                                               \
-            const float mu = mean[s], rs = rstd[s], a = w[s] * rs;            \
-            const double drs = rs;                                            \
-            float B, D;                                                       \
             if (FG_OVERFLOWED(float, ds[g], db[g]))                           \
-                fg_vrun_bwd64_f32##ISA(gp, pp, L, mu, ds + g, db + g);        \
-            B = (float)(-drs * drs * drs * (w[s] * ds[g]) / M);               \
-            D = (float)(-drs * (w[s] * db[g]) / M);                           \
-            ps[s] = first ? drs * ds[g] : ps[s] + drs * ds[g];                \
-            pb[s] = first ? db[g] : pb[s] + db[g];                            \
-            if (stream) {                                                     \
-                fg_nt_dx_f32(gp, pp, op, L, a, B, mu, D);                     \
-                continue;                                                     \
-            }                                                                 \
-            for (i = 0; i + VL <= L; i += VL)                                 \
-                *(fg_vf32u##ISA *)(op + i) =                                  \
-                    a * *(const fg_vf32u##ISA *)(gp + i) +                    \
-                    B * (*(const fg_vf32u##ISA *)(pp + i) - mu) + D;          \
-            for (; i < L; i++)                                                \
-                op[i] = a * gp[i] + B * (pp[i] - mu) + D;                     \
+                fg_vrun_bwd64_f32##ISA(dy + (g0 + g) * L, x + (g0 + g) * L,   \
+                                       L, mean[g0 + g], ds + g, db + g);      \
+            fg_bwd_one##ISA(dy, x, dx, g0 + g, L, mean, rstd, w, ps, pb,      \
+                            first, stream, ds[g], db[g]);                     \
         }                                                                     \
     }                                                                         \
     if (stream)                                                               \
@@ -1368,12 +1404,12 @@ FG_WIDE_FN void fg_bwd_slabs_##SUF##ISA(const T *dy, const T *x, T *dx,       \
     ptrdiff_t nb = bytes > FG_BWD_SLAB_MAX ? 1 : FG_BWD_SLAB_BYTES / bytes;    \
     ptrdiff_t g0, g;                                                          \
     T B[FG_BWD_NB], D[FG_BWD_NB];                                             \
-    if (sizeof(T) == sizeof(float) && Cg == 1 &&                              \
-        HW * (ptrdiff_t)sizeof(float) >= (ptrdiff_t)sizeof(fg_vf32##ISA) &&   \
-        bytes <= FG_BWD_SLAB_MAX) {                                           \
-        fg_bwd_ones##ISA((const float *)dy, (const float *)x, (float *)dx,    \
-                         ng, HW, (const float *)mean, (const float *)rstd,    \
-                         (const float *)w, ps, pb, first, stream);            \
+    if (sizeof(T) == sizeof(float) && Cg == 1 && bytes <= FG_BWD_SLAB_MAX) {  \
+        (HW * sizeof(float) < sizeof(fg_vf32##ISA) ? fg_bwd_tiny##ISA         \
+                                                    : fg_bwd_ones##ISA)(      \
+            (const float *)dy, (const float *)x, (float *)dx, ng, HW,         \
+            (const float *)mean, (const float *)rstd, (const float *)w, ps,   \
+            pb, first, stream);                                               \
         return;                                                               \
     }                                                                         \
     nb = nb < 1 ? 1 : nb > FG_BWD_NB ? FG_BWD_NB : nb;                        \
@@ -2495,6 +2531,7 @@ FG_WIDE_FN void fg_small_slabs_f16##ISA(const unsigned short *x,              \
     FG_BWD_SUMS(float, float, f32, ISA)                                       \
     FG_BWD_SUMS(double, double, f64, ISA)                                     \
     FG_ACC_ROWS(ISA)                                                          \
+    FG_BWD_ONE(ISA)                                                           \
     FG_BWD_ONES(ISA)                                                          \
     FG_BWD_SLABS(float, f32, ISA)                                             \
     FG_BWD_SLABS(double, f64, ISA)                                            \

@@ -404,6 +404,8 @@ def test_row_blocks_same_bits_split_or_not(dtype):
     ((5, 12, 17), 12),          # one value past a vector
     ((5, 16, 256), 16),         # one channel at the batched limit (2 KiB)
     ((5, 16, 257), 16),         # ... and past it
+    ((11, 24, 3, 3), 24),       # one channel under a vector (value by value)
+    ((6, 10, 2), 10),           # ... of two values
     ((24, 96, 3, 3), 32),       # slabs of 27 values, runs under 32
     ((20, 30, 5, 5), 10),       # 75 values, groups of 3 channels
     ((18, 8, 9, 11), 2),        # 396 values: 2 slabs a step
@@ -435,6 +437,7 @@ def test_small_slabs_batch_alone_same_bits(shape, G, dtype, nt):
 @pytest.mark.parametrize("shape,G,channels_last", [
     ((3, 8, 40, 41), 2, False),     # a slab per thread, odd run lengths
     ((6, 20, 8, 6), 20, False),     # slabs of one channel, several a step
+    ((6, 20, 2, 2), 20, False),     # ... under a vector
     ((1, 16, 64, 64), 1, False),    # one slab split by channel ranges
     ((3, 40, 9, 7), 5, True),       # NHWC, rows of 40 channels
     ((1, 64, 48, 48), 4, True),     # NHWC, one sample split in phases
