@@ -149,6 +149,17 @@ FG_WIDE_FN void fg_moments_##SUF##ISA(const T *x, ptrdiff_t len, int ahead,  \
  * measured 1.02x cold on 7x7.
  * scratch: 2*C doubles, 2*C values of AT and C values of T. */
 #define FG_ROWBLK 64
+/* Rows of C channels fewer than, or not a multiple of, VL lanes are taken
+ * as rows of FG_WIDE(C, VL) values, the least multiple of both up to
+ * FG_WIDE_MAX (else C): 8x3x224x224 channels-last had taken 9x the time
+ * of NCHW, its three channels a scalar column each. */
+#define FG_WIDE_MAX 128
+static inline ptrdiff_t fg_wide(ptrdiff_t C, ptrdiff_t VL) {
+    /* VL a power of two: gcd(C, VL) is C's lowest set bit, at most VL */
+    const ptrdiff_t low = C & -C, d = low < VL ? low : VL;
+    return C % VL == 0 || C / d * VL > FG_WIDE_MAX ? C : C / d * VL;
+}
+#define FG_WIDE(C, VL) fg_wide((C), (ptrdiff_t)(VL))
 /* A block's per-channel lane sums A1, A2 (C each) into the float64 sums D1,
  * D2: stored on the first block, added after. */
 #define FG_FLUSH2(FIRST, D1, D2, A1, A2)                                      \
@@ -338,6 +349,42 @@ FG_WIDE_INL void fg_rows_dev_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C,   \
         FG_FLUSH2(p0 == 0, da, dq, acc, acq)                                  \
     }                                                                         \
 }                                                                             \
+/* fg_rows_dev on rows of C channels taken as rows of FG_WIDE(C) values    \
+ * (their channels' vectors of parameters repeated: VL lanes a step, none  \
+ * left to scalar columns), the rows left over as they are; each wide     \
+ * column's sums added into its channel's (in column order). */             \
+FG_WIDE_FN __attribute__((noinline))                                          \
+void fg_rows_wide_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, ptrdiff_t P,  \
+                        double *restrict da, double *restrict dq,             \
+                        const T *restrict kc) {                               \
+    double wa[FG_WIDE_MAX], wq[FG_WIDE_MAX];                                  \
+    AT wc[FG_WIDE_MAX], wd[FG_WIDE_MAX];                                      \
+    T wk[FG_WIDE_MAX];                                                        \
+    ptrdiff_t j;                                                              \
+    for (j = 0; j < P; j++) wk[j] = kc[j % C];                                \
+    fg_rows_dev_##SUF(x, rows, P, wa, wq, wc, wd, wk);                        \
+    for (j = 0; j < P; j++) {                                                 \
+        da[j % C] += wa[j];                                                   \
+        dq[j % C] += wq[j];                                                   \
+    }                                                                         \
+}                                                                             \
+FG_WIDE_INL void fg_rows_devw_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C,  \
+                                    double *restrict da, double *restrict dq, \
+                                    AT *restrict acc, AT *restrict acq,       \
+                                    const T *restrict kc) {                   \
+    const ptrdiff_t P = FG_WIDE(C, sizeof(V) / sizeof(T)), k = P / C;        \
+    ptrdiff_t c;                                                              \
+    if (k == 1 || rows < k) {                                                 \
+        fg_rows_dev_##SUF(x, rows, C, da, dq, acc, acq, kc);                  \
+        return;                                                               \
+    }                                                                         \
+    if (rows % k)                                                             \
+        fg_rows_dev_##SUF(x + rows / k * P, rows % k, C, da, dq, acc, acq,    \
+                          kc);                                                \
+    else                                                                      \
+        for (c = 0; c < C; c++) da[c] = dq[c] = 0;                            \
+    fg_rows_wide_##SUF(x, rows / k, C, P, da, dq, kc);                        \
+}                                                                             \
 /* The float64 re-summation: per channel, shifted by kd (float64 lanes). */ \
 FG_WIDE_INL void fg_rows_dev64_##SUF(const T *x, ptrdiff_t rows,             \
                                      ptrdiff_t C, double *restrict da,        \
@@ -384,7 +431,7 @@ FG_WIDE_FN void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows,            \
     }                                                                         \
     for (pass = 0; pass == 0 || again; pass++) {                              \
         again = 0;                                                            \
-        fg_rows_dev_##SUF(x, rows, C, da, dq, acc, acq, kc);                  \
+        fg_rows_devw_##SUF(x, rows, C, da, dq, acc, acq, kc);                 \
         for (g = 0; g < G; g++) {                                             \
             double s = 0, q = 0;                                              \
             for (c = g * Cg; c < (g + 1) * Cg; c++) {                         \
@@ -808,9 +855,40 @@ FG_WIDE_FN void fg_apply_rows_##SUF##ISA(const T *x, T *y, ptrdiff_t rows,    \
                                         ptrdiff_t C, const T *restrict mhi,   \
                                         const T *restrict sc,                 \
                                         const T *restrict sh, ptrdiff_t q,    \
+                                        int act, int stream);                 \
+/* Rows of C channels as rows of P = FG_WIDE(C) values (parameters repeated \
+ * P / C times), the rows left over as they are: each value's arithmetic  \
+ * is the same. */                                                          \
+FG_WIDE_FN __attribute__((noinline))                                          \
+void fg_apply_wide_##SUF##ISA(const T *x, T *y, ptrdiff_t rows, ptrdiff_t C,   \
+                              ptrdiff_t P, const T *restrict mhi,             \
+                              const T *restrict sc, const T *restrict sh,     \
+                              int act, int stream) {                          \
+    T wm[FG_WIDE_MAX], ws[FG_WIDE_MAX], wh[FG_WIDE_MAX];                      \
+    const ptrdiff_t k = P / C, n = rows / k * P;                              \
+    ptrdiff_t j;                                                              \
+    for (j = 0; j < P; j++) {                                                 \
+        wm[j] = mhi[j % C];                                                   \
+        ws[j] = sc[j % C];                                                    \
+        wh[j] = sh[j % C];                                                    \
+    }                                                                         \
+    fg_apply_rows_##SUF##ISA(x, y, rows / k, P, wm, ws, wh, 0, act, stream);  \
+    if (rows % k)                                                             \
+        fg_apply_rows_##SUF##ISA(x + n, y + n, rows % k, C, mhi, sc, sh, 0,   \
+                                 act, stream);                                \
+}                                                                             \
+FG_WIDE_FN void fg_apply_rows_##SUF##ISA(const T *x, T *y, ptrdiff_t rows,    \
+                                        ptrdiff_t C, const T *restrict mhi,   \
+                                        const T *restrict sc,                 \
+                                        const T *restrict sh, ptrdiff_t q,    \
                                         int act, int stream) {                \
     typedef T fg_t;                                                           \
+    const ptrdiff_t P = FG_WIDE(C, sizeof(fg_vf32##ISA) / sizeof(T));        \
     ptrdiff_t p, i;                                                           \
+    if (q == 0 && P != C && rows >= P / C) {                                  \
+        fg_apply_wide_##SUF##ISA(x, y, rows, C, P, mhi, sc, sh, act, stream); \
+        return;                                                               \
+    }                                                                         \
     if (stream) {                                                             \
         for (p = 0; p < rows; p++)                                            \
             fg_nt_row_##SUF(x + p * C, y + p * C, C, mhi, sc, sh);            \

@@ -853,7 +853,8 @@ def test_short_runs_small_path_any_array_size(rng, oracle, streaming,
     ((3, 8, 40, 41), 2),           # one slab per thread, odd run lengths
     ((1, 4, 100, 100), 1),         # split over threads (N*G < threads)
     ((2, 6, 3, 1001), 3),
-], ids=["per_slab", "split", "odd"])
+    ((2, 3, 40, 41), 3),           # channels-last: rows of 3 channels
+], ids=["per_slab", "split", "odd", "few_channels"])
 @pytest.mark.parametrize("nt", [1, 2])
 @pytest.mark.parametrize("where", ["new", "out_offset", "in_place"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
@@ -969,6 +970,30 @@ def test_channels_last_matches_nchw(rng, oracle, shape, dtype, G):
     np.testing.assert_allclose(rl, r, rtol=rtol, atol=atol)
     ref, _, _ = oracle(xl, G, w, b, channels_last=True)
     assert_close(yl, ref, dtype, scale=4.0)
+
+
+@pytest.mark.parametrize("dtype", [F16, F32, F64], ids=str)
+@pytest.mark.parametrize("C,G,spatial", [
+    (3, 1, (224, 5)), (3, 3, (7, 9)), (5, 5, (33,)), (6, 2, (4, 4)),
+    (10, 5, (9, 7)), (20, 4, (3, 17)), (24, 6, (5, 5)), (40, 8, (31,)),
+    (100, 10, (6, 6)),
+], ids=str)
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_channels_last_few_channels(rng, oracle, dtype, C, G, spatial,
+                                    activation):
+    """Rows of fewer channels than a vector, or not a multiple of one, are
+    taken as wider rows of whole vectors, the positions left over as they
+    are: against the oracle, each sample alone, one thread or two
+    (streamed: test_streaming_stores_same_bits)."""
+    x = data(rng, (4, *spatial, C), dtype, offset=5.0)
+    w, b = params(rng, C, "both", dtype)
+    kw = dict(channels_last=True, activation=activation)
+    y = gn(x, G, w, b, **kw)
+    ref = oracle(x, G, w, b, channels_last=True, activation=activation)[0]
+    assert_close(y, ref, dtype, scale=4.0)
+    for n in range(4):
+        np.testing.assert_array_equal(gn(x[n:n + 1], G, w, b, **kw), y[n:n + 1])
+    np.testing.assert_array_equal(gn(x, G, w, b, num_threads=2, **kw), y)
 
 
 def test_channels_last_rank2_is_plain(rng):
