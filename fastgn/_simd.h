@@ -297,17 +297,53 @@ FG_WIDE_INL void fg_rows_affine_##SUF(const T *x, T *y, ptrdiff_t rows,       \
         B += v_;                                                              \
     }
 #define FG_BWD_ROWS_SUMS(T, AT, V, VU, SUF)                                   \
+FG_WIDE_INL void fg_bwd_rows_pass_##SUF(const T *dy, const T *x,              \
+                                        ptrdiff_t rows, ptrdiff_t C,          \
+                                        const T *restrict muc,                \
+                                        double *restrict ds,                  \
+                                        double *restrict db,                  \
+                                        AT *restrict as, AT *restrict ab) {   \
+    ptrdiff_t p, p0, p1, c;                                                   \
+    for (p0 = 0; p0 < rows; p0 += FG_ROWBLK) {                                \
+        p1 = p0 + FG_ROWBLK < rows ? p0 + FG_ROWBLK : rows;                   \
+        FG_COLS_ALL(T, V, VU, muc, as, ab, FG_BWD_ROWS_STEP)                  \
+        FG_FLUSH2(p0 == 0, ds, db, as, ab)                                    \
+    }                                                                         \
+}                                                                             \
+/* The pass over rows of C channels taken as rows of P = FG_WIDE(C) values \
+ * (as fg_rows_wide), each wide column's sums added into its channel's. */  \
+FG_WIDE_FN __attribute__((noinline))                                          \
+void fg_bwd_rows_wide_##SUF(const T *dy, const T *x, ptrdiff_t rows,           \
+                            ptrdiff_t C, ptrdiff_t P, const T *restrict muc,  \
+                            double *restrict ds, double *restrict db) {       \
+    double wa[FG_WIDE_MAX], wb[FG_WIDE_MAX];                                  \
+    AT wc[FG_WIDE_MAX], wd[FG_WIDE_MAX];                                      \
+    T wm[FG_WIDE_MAX];                                                        \
+    ptrdiff_t j;                                                              \
+    for (j = 0; j < P; j++) wm[j] = muc[j % C];                               \
+    fg_bwd_rows_pass_##SUF(dy, x, rows, P, wm, wa, wb, wc, wd);               \
+    for (j = 0; j < P; j++) {                                                 \
+        ds[j % C] += wa[j];                                                   \
+        db[j % C] += wb[j];                                                   \
+    }                                                                         \
+}                                                                             \
 FG_WIDE_FN void fg_bwd_rows_sums_##SUF(const T *dy, const T *x,               \
                                        ptrdiff_t rows, ptrdiff_t C,           \
                                        const T *restrict muc,                 \
                                        double *restrict ds,                   \
                                        double *restrict db,                   \
                                        AT *restrict as, AT *restrict ab) {    \
-    ptrdiff_t p, p0, p1, c;                                                   \
-    for (p0 = 0; p0 < rows; p0 += FG_ROWBLK) {                                \
-        p1 = p0 + FG_ROWBLK < rows ? p0 + FG_ROWBLK : rows;                   \
-        FG_COLS_ALL(T, V, VU, muc, as, ab, FG_BWD_ROWS_STEP)                  \
-        FG_FLUSH2(p0 == 0, ds, db, as, ab)                                    \
+    const ptrdiff_t P = FG_WIDE(C, sizeof(V) / sizeof(T)), k = P / C;        \
+    ptrdiff_t p, c;                                                           \
+    if (k == 1 || rows < k) {                                                 \
+        fg_bwd_rows_pass_##SUF(dy, x, rows, C, muc, ds, db, as, ab);          \
+    } else {                                                                  \
+        if (rows % k)                                                         \
+            fg_bwd_rows_pass_##SUF(dy + rows / k * P, x + rows / k * P,       \
+                                   rows % k, C, muc, ds, db, as, ab);         \
+        else                                                                  \
+            for (c = 0; c < C; c++) ds[c] = db[c] = 0;                        \
+        fg_bwd_rows_wide_##SUF(dy, x, rows / k, C, P, muc, ds, db);           \
     }                                                                         \
     for (c = 0; c < C; c++)                                                   \
         if (FG_OVERFLOWED(AT, ds[c], db[c])) {                                \
@@ -908,7 +944,37 @@ FG_WIDE_FN void fg_apply_rows_##SUF##ISA(const T *x, T *y, ptrdiff_t rows,    \
 
 #define FG_BWD_ROWS_DX_FN(T, SUF, ISA)                                        \
 /* dx = a*dy + B*(x - mean) + D per channel (vectors a, bc, muc, dc of C): \
- * streamed, or the rows from the first cache line of dx on (fg_rows_dx). */ \
+ * streamed, or the rows from the first cache line of dx on (fg_rows_dx); \
+ * rows of C channels as rows of FG_WIDE(C) values where that widens them \
+ * (as fg_apply_wide). */                                                   \
+FG_WIDE_FN void fg_bwd_rows_dx_##SUF##ISA(const T *dy, const T *x, T *dx,     \
+                                         ptrdiff_t rows, ptrdiff_t C,         \
+                                         const T *restrict a,                 \
+                                         const T *restrict bc,                \
+                                         const T *restrict muc,               \
+                                         const T *restrict dc, ptrdiff_t q,   \
+                                         int stream);                         \
+FG_WIDE_FN __attribute__((noinline))                                          \
+void fg_bwd_dx_wide_##SUF##ISA(const T *dy, const T *x, T *dx,                 \
+                               ptrdiff_t rows, ptrdiff_t C, ptrdiff_t P,      \
+                               const T *restrict a, const T *restrict bc,     \
+                               const T *restrict muc, const T *restrict dc,   \
+                               int stream) {                                  \
+    T wa[FG_WIDE_MAX], wb[FG_WIDE_MAX], wm[FG_WIDE_MAX], wd[FG_WIDE_MAX];     \
+    const ptrdiff_t k = P / C, n = rows / k * P;                              \
+    ptrdiff_t j;                                                              \
+    for (j = 0; j < P; j++) {                                                 \
+        wa[j] = a[j % C];                                                     \
+        wb[j] = bc[j % C];                                                    \
+        wm[j] = muc[j % C];                                                   \
+        wd[j] = dc[j % C];                                                    \
+    }                                                                         \
+    fg_bwd_rows_dx_##SUF##ISA(dy, x, dx, rows / k, P, wa, wb, wm, wd, 0,      \
+                              stream);                                        \
+    if (rows % k)                                                             \
+        fg_bwd_rows_dx_##SUF##ISA(dy + n, x + n, dx + n, rows % k, C, a, bc,  \
+                                  muc, dc, 0, stream);                        \
+}                                                                             \
 FG_WIDE_FN void fg_bwd_rows_dx_##SUF##ISA(const T *dy, const T *x, T *dx,     \
                                          ptrdiff_t rows, ptrdiff_t C,         \
                                          const T *restrict a,                 \
@@ -916,7 +982,13 @@ FG_WIDE_FN void fg_bwd_rows_dx_##SUF##ISA(const T *dy, const T *x, T *dx,     \
                                          const T *restrict muc,               \
                                          const T *restrict dc, ptrdiff_t q,   \
                                          int stream) {                        \
+    const ptrdiff_t P = FG_WIDE(C, sizeof(fg_vf32##ISA) / sizeof(T));        \
     ptrdiff_t p, c;                                                           \
+    if (q == 0 && P != C && rows >= P / C) {                                  \
+        fg_bwd_dx_wide_##SUF##ISA(dy, x, dx, rows, C, P, a, bc, muc, dc,      \
+                                  stream);                                    \
+        return;                                                               \
+    }                                                                         \
     if (stream) {                                                             \
         for (p = 0; p < rows; p++)                                            \
             fg_nt_dxrow_##SUF(dy + p * C, x + p * C, dx + p * C, C, a, bc,    \

@@ -433,6 +433,39 @@ def test_small_slabs_batch_alone_same_bits(shape, G, dtype, nt):
     check_close(db, rdb, tol, mag=mags["db"])
 
 
+@pytest.mark.parametrize("C,G,spatial", [
+    (3, 1, (224, 5)), (3, 3, (7, 9)), (5, 5, (33,)), (6, 2, (4, 4)),
+    (20, 4, (3, 17)), (40, 8, (31,)), (100, 10, (6, 6)),
+], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channels_last_few_channels(C, G, spatial, dtype):
+    """Channels-last rows of fewer channels than a vector, or not a
+    multiple of one, taken as wider rows: each sample's dx has the bits it
+    has alone and at two threads, and all match the formula."""
+    rng = np.random.default_rng(29)
+    shape = (4, C, *spatial)
+    x, dy, w = make_data(shape, dtype, rng, True)
+    xl, dyl = to_layout(x, True), to_layout(dy, True)
+    _, mean, rstd = fastgn.group_norm(xl, G, w, return_stats=True,
+                                      channels_last=True)
+    dx, dw, db = fastgn.group_norm_backward(dyl, xl, mean, rstd, G, w,
+                                            channels_last=True)
+    for n in range(4):
+        alone = fastgn.group_norm_backward(dyl[n:n + 1], xl[n:n + 1],
+                                           mean[n:n + 1], rstd[n:n + 1], G,
+                                           w, channels_last=True)[0]
+        assert alone.tobytes() == dx[n:n + 1].tobytes()
+    two = fastgn.group_norm_backward(dyl, xl, mean, rstd, G, w,
+                                     channels_last=True, num_threads=2)
+    for a, b in zip(two, (dx, dw, db)):
+        assert a.tobytes() == b.tobytes()
+    rdx, rdw, rdb, mags = ref_backward(dy, x, G, w, 1e-5)
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    check_close(from_layout(dx, True), rdx, tol, mag=mags["dx"])
+    check_close(dw, rdw, tol, mag=mags["dw"])
+    check_close(db, rdb, tol, mag=mags["db"])
+
+
 @pytest.mark.compiled_only
 @pytest.mark.parametrize("shape,G,channels_last", [
     ((3, 8, 40, 41), 2, False),     # a slab per thread, odd run lengths
@@ -441,6 +474,7 @@ def test_small_slabs_batch_alone_same_bits(shape, G, dtype, nt):
     ((1, 16, 64, 64), 1, False),    # one slab split by channel ranges
     ((3, 40, 9, 7), 5, True),       # NHWC, rows of 40 channels
     ((1, 64, 48, 48), 4, True),     # NHWC, one sample split in phases
+    ((2, 3, 40, 41), 3, True),      # NHWC rows of 3 channels, widened
 ], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("nt", [1, 2])
