@@ -1199,11 +1199,11 @@ cdef inline Py_ssize_t _slab_sums(Geometry* g) noexcept nogil:
 
 
 cdef inline Py_ssize_t _tmp_stride(Geometry* g) noexcept nogil:
-    """Doubles between the threads' sums in _backward_block (2 sides of
-    max(Cg, SLAB_SUMS)): whole lines and one more (sharing a line, each
-    slab's sums of 64x64x50 G=64 took the two threads 1.9x the time of
-    one)."""
-    return (2 * _slab_sums(g) + 7) // 8 * 8 + 8
+    """Doubles between the threads' sums: in _backward_block 2 sides of
+    max(Cg, SLAB_SUMS), channels-last a sample's chunk sums (2*C a chunk);
+    whole lines and one more (sharing a line, each slab's sums of 64x64x50
+    G=64 took the two threads 1.9x the time of one)."""
+    return (2 * (g.K * g.C if g.rows else _slab_sums(g)) + 7) // 8 * 8 + 8
 
 
 cdef struct Half:
@@ -1317,12 +1317,13 @@ cdef inline void _bwd_rows_merge(const floating* rstd, const floating* w,
                                  Geometry* g, Py_ssize_t n,
                                  const double* parts, double* ds, double* db,
                                  floating* coef) noexcept nogil:
-    """Phase 2, sample n: its chunks' sums added in order into ds, db (C
-    each), then B, D of each group into coef (2 per group)."""
+    """Phase 2, sample n: its chunks' sums (parts: 2*C a chunk, the
+    sample's first at parts) added in order into ds, db (C each), then B, D
+    of each group into coef (2 per group)."""
     cdef Py_ssize_t k, c, grp
     cdef const double* pk
     for k in range(g.K):
-        pk = parts + 2 * (n * g.K + k) * g.C
+        pk = parts + 2 * k * g.C
         if k == 0:
             for c in range(g.C):
                 ds[c] = pk[c]
@@ -1371,9 +1372,9 @@ cdef inline void _bwd_rows_sample(const floating* dy, const floating* x,
                                   double* ds, double* db, double* parts,
                                   floating* coef, floating* scratch,
                                   Half* h) noexcept nogil:
-    """All three phases of sample n on the calling thread. float16 (h not
-    NULL): the sample converted in the thread's buffers, as
-    _backward_block's slabs."""
+    """All three phases of sample n on the calling thread, its chunks' sums
+    in parts (2*C a chunk). float16 (h not NULL): the sample converted in
+    the thread's buffers, as _backward_block's slabs."""
     cdef Py_ssize_t k, m = g.T * g.C
     cdef const floating* sy = dy + n * m
     cdef const floating* sx = x + n * m
@@ -1384,8 +1385,8 @@ cdef inline void _bwd_rows_sample(const floating* dy, const floating* x,
             hb = _half_in(h, n * m, m)
             sy, sx, sd = hb, hb + h.stride, hb + 2 * h.stride
     for k in range(g.K):
-        _bwd_rows_sums(sy, sx, mean, g, n * g.K + k,
-                       parts + 2 * (n * g.K + k) * g.C, scratch)
+        _bwd_rows_sums(sy, sx, mean, g, n * g.K + k, parts + 2 * k * g.C,
+                       scratch)
     _bwd_rows_merge(rstd, w, g, n, parts, ds + n * g.C, db + n * g.C,
                     coef + 2 * n * g.G)
     for k in range(g.K):
@@ -1480,7 +1481,7 @@ cdef void _backward_impl(const floating* dy, const floating* x,
     cdef double* tmp = NULL
     if nt == 1:
         # No parallel region: entering one took half of a small call.
-        if g.rows:
+        if g.rows:      # parts: a sample's chunk sums
             for n in range(g.N):
                 _bwd_rows_sample(dy, x, mean, rstd, w, g, n, dx, ds, db,
                                  parts, coef, scratch, h)
@@ -1501,7 +1502,7 @@ cdef void _backward_impl(const floating* dy, const floating* x,
         if g.rows and not _split_units(g.N, g.K, g.T * g.C, nt):
             for n in prange(g.N, schedule="static"):
                 _bwd_rows_sample(dy, x, mean, rstd, w, g, n, dx, ds, db,
-                                 parts, coef, mine, h)
+                                 tmp, coef, mine, h)
         elif g.rows:
             for it in prange(g.N * g.K, schedule="static"):
                 n = it // g.K * g.T * g.C
@@ -1509,8 +1510,9 @@ cdef void _backward_impl(const floating* dy, const floating* x,
                                parts + 2 * it * g.C, mine)
             fastgn_barrier()
             for n in prange(g.N, schedule="static"):
-                _bwd_rows_merge(rstd, w, g, n, parts, ds + n * g.C,
-                                db + n * g.C, coef + 2 * n * g.G)
+                _bwd_rows_merge(rstd, w, g, n, parts + 2 * n * g.K * g.C,
+                                ds + n * g.C, db + n * g.C,
+                                coef + 2 * n * g.G)
             fastgn_barrier()
             for it in prange(g.N * g.K, schedule="static"):
                 n = it // g.K * g.T * g.C
@@ -1600,7 +1602,11 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     if half and (not FG_HAVE_F16 or split or hv.stride > HALF_BUF):
         return False
     if g.rows:
-        nparts = 2 * N * g.K * C
+        # every chunk's sums when the phases are shared, else a sample's
+        # a thread (whole-array chunk sums had made 256x256x3x3 NHWC's
+        # temporaries as large as its input, and a loop of calls 7.5x
+        # slower: glibc handed their pages back to the system each call)
+        nparts = 2 * N * g.K * C if split else _tmp_stride(&g) * nt
         ncoef = 2 * N * G + 4 * C * nt + 16    # coef, then thread scratch
     elif split:
         # NCHW slabs shared by channel ranges (each channel's sums are its

@@ -650,6 +650,31 @@ def test_float16_backward_memory(channels_last):
         assert peak < 1.05 * limit + (1 << 16), (nt, peak / x.nbytes)
 
 
+@pytest.mark.compiled_only
+def test_channels_last_backward_temporaries():
+    """Channels-last chunk sums are kept a sample a thread (all of them
+    only when the threads share a sample's phases): beside dx, the per-
+    sample sums of the parameter gradients (2*C doubles a sample). With
+    every chunk's sums as well, 256x256x3x3's temporaries had been the
+    size of its input."""
+    import tracemalloc
+    rng = np.random.default_rng(33)
+    x, dy, w = make_data((64, 256, 3, 3), np.float32, rng, True)
+    x, dy = to_layout(x, True), to_layout(dy, True)
+    _, mean, rstd = fastgn.group_norm(x, 32, w, return_stats=True,
+                                      channels_last=True)
+    for nt in (1, 2):
+        tracemalloc.start()
+        try:
+            fastgn.group_norm_backward(dy, x, mean, rstd, 32, w,
+                                       channels_last=True, num_threads=nt)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        limit = x.nbytes + 2 * 8 * x.shape[0] * x.shape[-1]
+        assert peak < 1.05 * limit + (1 << 16), (nt, peak / x.nbytes)
+
+
 def test_mixed_precision_promotes():
     """float32 input with float64 grad_output gives float64 gradients."""
     rng = np.random.default_rng(13)
