@@ -237,6 +237,66 @@ static inline ptrdiff_t fg_wide(ptrdiff_t C, ptrdiff_t VL) {
         Q += d_ * d_;                                                         \
     }
 
+/* A pass of per-channel sums over `rows` positions of C channels (dy, x;
+ * the moments' pass has no dy): STEP adds the vector at each offset to the
+ * AT lanes a1, a2 (C each; k the channels' vector of KV, mean or shift),
+ * flushed into the float64 sums s1, s2 every FG_ROWBLK rows. Rows of C
+ * channels fewer than VL, or not a multiple of it, are taken as rows of
+ * P = FG_WIDE(C) values (k repeated P / C times; fg_NAME_wide, on the
+ * stack) and each wide column's sums added into its channel's, the rows
+ * left over as they are: 8x3x224x224 channels-last had taken 9x the time
+ * of NCHW, each of its three channels a scalar column. (Inlined beside the
+ * plain pass, GCC 12 compiled the plain one into an endless loop: the
+ * wide one is a function of its own.) */
+#define FG_ROWS_PASS(T, AT, V, VU, SUF, NAME, STEP)                           \
+FG_WIDE_INL void fg_##NAME##_pass_##SUF(const T *dy, const T *x,              \
+                                        ptrdiff_t rows, ptrdiff_t C,          \
+                                        const T *restrict k,                  \
+                                        double *restrict s1,                  \
+                                        double *restrict s2,                  \
+                                        AT *restrict a1, AT *restrict a2) {   \
+    ptrdiff_t p, p0, p1, c;                                                   \
+    (void)dy;                                                                 \
+    for (p0 = 0; p0 < rows; p0 += FG_ROWBLK) {                                \
+        p1 = p0 + FG_ROWBLK < rows ? p0 + FG_ROWBLK : rows;                   \
+        FG_COLS_ALL(T, V, VU, k, a1, a2, STEP)                                \
+        FG_FLUSH2(p0 == 0, s1, s2, a1, a2)                                    \
+    }                                                                         \
+}                                                                             \
+FG_WIDE_FN __attribute__((noinline))                                          \
+void fg_##NAME##_wide_##SUF(const T *dy, const T *x, ptrdiff_t rows,           \
+                            ptrdiff_t C, ptrdiff_t P, const T *restrict k,    \
+                            double *restrict s1, double *restrict s2) {       \
+    double w1[FG_WIDE_MAX], w2[FG_WIDE_MAX];                                  \
+    AT b1[FG_WIDE_MAX], b2[FG_WIDE_MAX];                                      \
+    T wk[FG_WIDE_MAX];                                                        \
+    ptrdiff_t j;                                                              \
+    for (j = 0; j < P; j++) wk[j] = k[j % C];                                 \
+    fg_##NAME##_pass_##SUF(dy, x, rows, P, wk, w1, w2, b1, b2);               \
+    for (j = 0; j < P; j++) {                                                 \
+        s1[j % C] += w1[j];                                                   \
+        s2[j % C] += w2[j];                                                   \
+    }                                                                         \
+}                                                                             \
+FG_WIDE_INL void fg_##NAME##_##SUF(const T *dy, const T *x, ptrdiff_t rows,   \
+                                   ptrdiff_t C, const T *restrict k,          \
+                                   double *restrict s1, double *restrict s2,  \
+                                   AT *restrict a1, AT *restrict a2) {        \
+    const ptrdiff_t P = FG_WIDE(C, sizeof(V) / sizeof(T)), m = P / C;        \
+    const ptrdiff_t n = rows / m * P;                                         \
+    ptrdiff_t c;                                                              \
+    if (m == 1 || rows < m) {                                                 \
+        fg_##NAME##_pass_##SUF(dy, x, rows, C, k, s1, s2, a1, a2);            \
+        return;                                                               \
+    }                                                                         \
+    if (rows % m)                                                             \
+        fg_##NAME##_pass_##SUF(dy ? dy + n : NULL, x + n, rows % m, C, k, s1, \
+                               s2, a1, a2);                                   \
+    else                                                                      \
+        for (c = 0; c < C; c++) s1[c] = s2[c] = 0;                            \
+    fg_##NAME##_wide_##SUF(dy, x, rows / m, C, P, k, s1, s2);                 \
+}
+
 /* OUT = EXPR(VU) over rows [0, rows) of C channels (NHWC), where EXPR uses
  * the vectors u1_..u4_[j_] of the per-channel parameters P1..P4 and the
  * values (type VU) at offset o_. Up to eight vectors of channels, the
@@ -297,54 +357,15 @@ FG_WIDE_INL void fg_rows_affine_##SUF(const T *x, T *y, ptrdiff_t rows,       \
         B += v_;                                                              \
     }
 #define FG_BWD_ROWS_SUMS(T, AT, V, VU, SUF)                                   \
-FG_WIDE_INL void fg_bwd_rows_pass_##SUF(const T *dy, const T *x,              \
-                                        ptrdiff_t rows, ptrdiff_t C,          \
-                                        const T *restrict muc,                \
-                                        double *restrict ds,                  \
-                                        double *restrict db,                  \
-                                        AT *restrict as, AT *restrict ab) {   \
-    ptrdiff_t p, p0, p1, c;                                                   \
-    for (p0 = 0; p0 < rows; p0 += FG_ROWBLK) {                                \
-        p1 = p0 + FG_ROWBLK < rows ? p0 + FG_ROWBLK : rows;                   \
-        FG_COLS_ALL(T, V, VU, muc, as, ab, FG_BWD_ROWS_STEP)                  \
-        FG_FLUSH2(p0 == 0, ds, db, as, ab)                                    \
-    }                                                                         \
-}                                                                             \
-/* The pass over rows of C channels taken as rows of P = FG_WIDE(C) values \
- * (as fg_rows_wide), each wide column's sums added into its channel's. */  \
-FG_WIDE_FN __attribute__((noinline))                                          \
-void fg_bwd_rows_wide_##SUF(const T *dy, const T *x, ptrdiff_t rows,           \
-                            ptrdiff_t C, ptrdiff_t P, const T *restrict muc,  \
-                            double *restrict ds, double *restrict db) {       \
-    double wa[FG_WIDE_MAX], wb[FG_WIDE_MAX];                                  \
-    AT wc[FG_WIDE_MAX], wd[FG_WIDE_MAX];                                      \
-    T wm[FG_WIDE_MAX];                                                        \
-    ptrdiff_t j;                                                              \
-    for (j = 0; j < P; j++) wm[j] = muc[j % C];                               \
-    fg_bwd_rows_pass_##SUF(dy, x, rows, P, wm, wa, wb, wc, wd);               \
-    for (j = 0; j < P; j++) {                                                 \
-        ds[j % C] += wa[j];                                                   \
-        db[j % C] += wb[j];                                                   \
-    }                                                                         \
-}                                                                             \
+FG_ROWS_PASS(T, AT, V, VU, SUF, bwd_rows, FG_BWD_ROWS_STEP)                   \
 FG_WIDE_FN void fg_bwd_rows_sums_##SUF(const T *dy, const T *x,               \
                                        ptrdiff_t rows, ptrdiff_t C,           \
                                        const T *restrict muc,                 \
                                        double *restrict ds,                   \
                                        double *restrict db,                   \
                                        AT *restrict as, AT *restrict ab) {    \
-    const ptrdiff_t P = FG_WIDE(C, sizeof(V) / sizeof(T)), k = P / C;        \
     ptrdiff_t p, c;                                                           \
-    if (k == 1 || rows < k) {                                                 \
-        fg_bwd_rows_pass_##SUF(dy, x, rows, C, muc, ds, db, as, ab);          \
-    } else {                                                                  \
-        if (rows % k)                                                         \
-            fg_bwd_rows_pass_##SUF(dy + rows / k * P, x + rows / k * P,       \
-                                   rows % k, C, muc, ds, db, as, ab);         \
-        else                                                                  \
-            for (c = 0; c < C; c++) ds[c] = db[c] = 0;                        \
-        fg_bwd_rows_wide_##SUF(dy, x, rows / k, C, P, muc, ds, db);           \
-    }                                                                         \
+    fg_bwd_rows_##SUF(dy, x, rows, C, muc, ds, db, as, ab);                   \
     for (c = 0; c < C; c++)                                                   \
         if (FG_OVERFLOWED(AT, ds[c], db[c])) {                                \
             double s = 0, b = 0;                                              \
@@ -374,53 +395,7 @@ FG_WIDE_INL void fg_rows_dx_##SUF(const T *dy, const T *x, T *dx,             \
 
 #define FG_ROWS_MOMENTS(T, AT, V, VU, SUF)                                    \
 /* Pass B: per-channel sums of d = x - kc[c] and d*d into da, dq. */          \
-FG_WIDE_INL void fg_rows_dev_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C,   \
-                                   double *restrict da, double *restrict dq,  \
-                                   AT *restrict acc, AT *restrict acq,        \
-                                   const T *restrict kc) {                    \
-    ptrdiff_t p, p0, p1, c;                                                   \
-    for (p0 = 0; p0 < rows; p0 += FG_ROWBLK) {                                \
-        p1 = p0 + FG_ROWBLK < rows ? p0 + FG_ROWBLK : rows;                   \
-        FG_COLS_ALL(T, V, VU, kc, acc, acq, FG_ROWS_DEV_STEP)                 \
-        FG_FLUSH2(p0 == 0, da, dq, acc, acq)                                  \
-    }                                                                         \
-}                                                                             \
-/* fg_rows_dev on rows of C channels taken as rows of FG_WIDE(C) values    \
- * (their channels' vectors of parameters repeated: VL lanes a step, none  \
- * left to scalar columns), the rows left over as they are; each wide     \
- * column's sums added into its channel's (in column order). */             \
-FG_WIDE_FN __attribute__((noinline))                                          \
-void fg_rows_wide_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C, ptrdiff_t P,  \
-                        double *restrict da, double *restrict dq,             \
-                        const T *restrict kc) {                               \
-    double wa[FG_WIDE_MAX], wq[FG_WIDE_MAX];                                  \
-    AT wc[FG_WIDE_MAX], wd[FG_WIDE_MAX];                                      \
-    T wk[FG_WIDE_MAX];                                                        \
-    ptrdiff_t j;                                                              \
-    for (j = 0; j < P; j++) wk[j] = kc[j % C];                                \
-    fg_rows_dev_##SUF(x, rows, P, wa, wq, wc, wd, wk);                        \
-    for (j = 0; j < P; j++) {                                                 \
-        da[j % C] += wa[j];                                                   \
-        dq[j % C] += wq[j];                                                   \
-    }                                                                         \
-}                                                                             \
-FG_WIDE_INL void fg_rows_devw_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C,  \
-                                    double *restrict da, double *restrict dq, \
-                                    AT *restrict acc, AT *restrict acq,       \
-                                    const T *restrict kc) {                   \
-    const ptrdiff_t P = FG_WIDE(C, sizeof(V) / sizeof(T)), k = P / C;        \
-    ptrdiff_t c;                                                              \
-    if (k == 1 || rows < k) {                                                 \
-        fg_rows_dev_##SUF(x, rows, C, da, dq, acc, acq, kc);                  \
-        return;                                                               \
-    }                                                                         \
-    if (rows % k)                                                             \
-        fg_rows_dev_##SUF(x + rows / k * P, rows % k, C, da, dq, acc, acq,    \
-                          kc);                                                \
-    else                                                                      \
-        for (c = 0; c < C; c++) da[c] = dq[c] = 0;                            \
-    fg_rows_wide_##SUF(x, rows / k, C, P, da, dq, kc);                        \
-}                                                                             \
+FG_ROWS_PASS(T, AT, V, VU, SUF, rows_dev, FG_ROWS_DEV_STEP)                   \
 /* The float64 re-summation: per channel, shifted by kd (float64 lanes). */ \
 FG_WIDE_INL void fg_rows_dev64_##SUF(const T *x, ptrdiff_t rows,             \
                                      ptrdiff_t C, double *restrict da,        \
@@ -467,7 +442,7 @@ FG_WIDE_FN void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows,            \
     }                                                                         \
     for (pass = 0; pass == 0 || again; pass++) {                              \
         again = 0;                                                            \
-        fg_rows_devw_##SUF(x, rows, C, da, dq, acc, acq, kc);                 \
+        fg_rows_dev_##SUF(NULL, x, rows, C, kc, da, dq, acc, acq);            \
         for (g = 0; g < G; g++) {                                             \
             double s = 0, q = 0;                                              \
             for (c = g * Cg; c < (g + 1) * Cg; c++) {                         \
