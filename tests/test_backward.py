@@ -622,12 +622,11 @@ def test_float16_bits_of_float32_route(shape, G, channels_last, nt):
 @pytest.mark.compiled_only
 @pytest.mark.parametrize("channels_last", [False, True],
                          ids=["nchw", "nhwc"])
-def test_float16_backward_memory(channels_last):
+def test_float16_backward_memory(traced_peak, channels_last):
     """The float16 backward converts a unit's slabs (a sample, when
     channels-last) at a time: beside the inputs, dx and at most three
     float32 copies of a sample a thread (whole float32 copies of dy, x and
     dx took 6x the input's bytes)."""
-    import tracemalloc
     rng = np.random.default_rng(32)
     x, dy, w = make_data((8, 64, 56, 56), np.float16, rng, True)
     x, dy = to_layout(x, channels_last), to_layout(dy, channels_last)
@@ -637,40 +636,33 @@ def test_float16_backward_memory(channels_last):
         fastgn.group_norm_backward(dy, x, mean, rstd, 32, w,
                                    channels_last=channels_last,
                                    num_threads=nt)
-        tracemalloc.start()
-        try:
+        with traced_peak() as t:
             fastgn.group_norm_backward(dy, x, mean, rstd, 32, w,
                                        channels_last=channels_last,
                                        num_threads=nt)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        peak = t.peak
         # dx, and at most three float32 copies of a sample a thread
         limit = x.nbytes + nt * 3 * 4 * (x.size // x.shape[0])
         assert peak < 1.05 * limit + (1 << 16), (nt, peak / x.nbytes)
 
 
 @pytest.mark.compiled_only
-def test_channels_last_backward_temporaries():
+def test_channels_last_backward_temporaries(traced_peak):
     """Channels-last chunk sums are kept a sample a thread (all of them
     only when the threads share a sample's phases): beside dx, the per-
     sample sums of the parameter gradients (2*C doubles a sample). With
     every chunk's sums as well, 256x256x3x3's temporaries had been the
     size of its input."""
-    import tracemalloc
     rng = np.random.default_rng(33)
     x, dy, w = make_data((64, 256, 3, 3), np.float32, rng, True)
     x, dy = to_layout(x, True), to_layout(dy, True)
     _, mean, rstd = fastgn.group_norm(x, 32, w, return_stats=True,
                                       channels_last=True)
     for nt in (1, 2):
-        tracemalloc.start()
-        try:
+        with traced_peak() as t:
             fastgn.group_norm_backward(dy, x, mean, rstd, 32, w,
                                        channels_last=True, num_threads=nt)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        peak = t.peak
         limit = x.nbytes + 2 * 8 * x.shape[0] * x.shape[-1]
         assert peak < 1.05 * limit + (1 << 16), (nt, peak / x.nbytes)
 
