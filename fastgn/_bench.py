@@ -56,15 +56,18 @@ SHAPES = [
 SMALL_SHAPE = ((1, 32, 16, 16), 8)      # the small-call latency case
 # Shapes of other uses (no targets): forward and backward against torch,
 # so that a kind of input no target covers cannot fall behind unseen.
+# (NCHW shape, G, what, channels-last)
 OTHER_SHAPES = [
-    ((4096, 64), 1, "LayerNorm(64) over rows"),
-    ((256, 4096), 1, "LayerNorm(4096) over rows"),
-    ((128, 768, 16), 1, "rank 3, runs of 16"),
-    ((64, 64, 50), 64, "InstanceNorm, sequences"),
-    ((8, 64, 56, 56), 64, "InstanceNorm, 56x56"),
-    ((256, 256, 3, 3), 32, "3x3 maps"),
-    ((64, 2048, 7, 7), 32, "7x7 maps, 2048 channels"),
-    ((1, 3, 224, 224), 1, "one RGB image"),
+    ((4096, 64), 1, "LayerNorm(64) over rows", False),
+    ((256, 4096), 1, "LayerNorm(4096) over rows", False),
+    ((128, 768, 16), 1, "rank 3, runs of 16", False),
+    ((64, 64, 50), 64, "InstanceNorm, sequences", False),
+    ((8, 64, 56, 56), 64, "InstanceNorm, 56x56", False),
+    ((64, 256, 3, 3), 256, "InstanceNorm, 3x3 maps", False),
+    ((256, 256, 3, 3), 32, "3x3 maps", False),
+    ((64, 2048, 7, 7), 32, "7x7 maps, 2048 channels", False),
+    ((1, 3, 224, 224), 1, "one RGB image", False),
+    ((8, 3, 224, 224), 3, "RGB images, channels-last", True),
 ]
 L3_BYTES = 32 * 2**20                   # the target machine's L3
 
@@ -481,11 +484,16 @@ def _fastgn(x, G, w, b, t, **kw):
     return lambda: group_norm(x, G, w, b, num_threads=t, **kw)
 
 
-def _torch_forward(env, t, x, w, b, G):
-    """A contender running torch's F.group_norm on (NCHW) x."""
-    F = env.torch.nn.functional
-    xt, wt, bt = map(env.torch.from_numpy, (x, w, b))
-    return Contender(("torch", t), lambda: F.group_norm(xt, G, wt, bt),
+def _torch_forward(env, t, x, w, b, G, channels_last=False):
+    """A contender running torch's F.group_norm on (NCHW) x, in torch's
+    channels_last memory format when asked."""
+    torch = env.torch
+    xt, wt, bt = map(torch.from_numpy, (x, w, b))
+    if channels_last:
+        xt = xt.contiguous(memory_format=torch.channels_last if x.ndim == 4
+                           else torch.channels_last_3d)
+    return Contender(("torch", t),
+                     lambda: torch.nn.functional.group_norm(xt, G, wt, bt),
                      env.torch_threads(t))
 
 
@@ -706,35 +714,41 @@ def section_other(env, shapes, checker, timing_opts):
     """OTHER_SHAPES (``shapes`` is ignored): forward (out of place) and
     backward, fastgn and torch."""
     out = {}
-    for shape, G, _ in OTHER_SHAPES:
+    for shape, G, _, cl in OTHER_SHAPES:
         x, w, b, dy = make_inputs(shape, G)
-        skipped = probe(lambda: group_norm_backward(
-            dy, x, *group_norm(x, G, w, b, return_stats=True)[1:], G, w))
-        if skipped:
-            return {}, skipped
-        _, mean, rstd = group_norm(x, G, w, b, return_stats=True)
         ref = reference(lambda: group_norm(x, G, w, b))
+        _, mean, rstd = group_norm(x, G, w, b, return_stats=True)
         ref_bwd = reference(lambda: group_norm_backward(dy, x, mean, rstd,
                                                         G, w))
+        xn, dyn = x, dy                 # NCHW, as torch takes them
+        if cl:
+            x, dy, ref = map(to_channels_last, (x, dy, ref))
+            ref_bwd = (to_channels_last(ref_bwd[0]),) + tuple(ref_bwd[1:])
+        kw = dict(channels_last=cl)
+        skipped = probe(lambda: group_norm_backward(
+            dy, x, mean, rstd, G, w, **kw))
+        if skipped:
+            return {}, skipped
         cs = []
         for t in env.threads:
-            name = f"{shape_str(shape)} G={G} t={t}"
-            checker.compare(name, group_norm(x, G, w, b, num_threads=t), ref,
-                            TOL["float32"], relative=True)
-            got = group_norm_backward(dy, x, mean, rstd, G, w, num_threads=t)
+            name = f"{shape_str(shape)} G={G}{' NHWC' if cl else ''} t={t}"
+            checker.compare(name, group_norm(x, G, w, b, num_threads=t, **kw),
+                            ref, TOL["float32"], relative=True)
+            got = group_norm_backward(dy, x, mean, rstd, G, w, num_threads=t,
+                                      **kw)
             for gname, g, r in zip(("dx", "dweight", "dbias"), got, ref_bwd):
                 checker.compare(f"backward {gname} {name}", g, r,
                                 TOL["float32"], relative=True)
-            cs.append(Contender(("fwd", t), _fastgn(x, G, w, b, t)))
+            cs.append(Contender(("fwd", t), _fastgn(x, G, w, b, t, **kw)))
             cs.append(Contender(
                 ("bwd", t), lambda t=t: group_norm_backward(
-                    dy, x, mean, rstd, G, w, num_threads=t)))
+                    dy, x, mean, rstd, G, w, num_threads=t, **kw)))
             if env.torch is not None:
-                cs.append(_torch_forward(env, t, x, w, b, G))
-                cs.append(_torch_backward(env, "torch_bwd", t, x, dy, w, b,
-                                          G))
-        out[(shape, G)] = time_interleaved(cs, after_round=env.assert_backend,
-                                           **timing_opts("extra"))
+                cs.append(_torch_forward(env, t, xn, w, b, G, cl))
+                cs.append(_torch_backward(env, "torch_bwd", t, xn, dyn, w, b,
+                                          G, cl))
+        out[(shape, G, cl)] = time_interleaved(
+            cs, after_round=env.assert_backend, **timing_opts("extra"))
     return out, None
 
 
@@ -835,13 +849,14 @@ def table_dtypes(rep, env, res):
 
 
 def table_other(rep, env, res):
-    what = {(shape, G): text for shape, G, text in OTHER_SHAPES}
+    what = {(shape, G, cl): text for shape, G, text, cl in OTHER_SHAPES}
     rows = []
-    for (shape, G), tm in res.items():
+    for key, tm in res.items():
+        shape, G = key[:2]
         for t in env.threads:
             f, bw = tm[("fwd", t)], tm[("bwd", t)]
             tf, tb = tm.get(("torch", t)), tm.get(("torch_bwd", t))
-            rows.append([shape_str(shape), G, what[(shape, G)], t,
+            rows.append([shape_str(shape), G, what[key], t,
                          fmt_ms(f.median_ns), fmt_x(ratio(tf, f)),
                          fmt_ms(bw.median_ns), fmt_x(ratio(tb, bw))])
     rep.table(["shape", "G", "what", "threads", "fwd ms", "fwd vs torch",
