@@ -94,7 +94,7 @@ MISSING_FEATURE = (TypeError, NotImplementedError, AttributeError)
 # main float32 groups / the other groups, min sample length in ms).
 AUTO = dict(min_rounds=5, max_rounds=101, main_budget=1.8, extra_budget=0.35,
             min_sample_ms=1.0)
-QUICK = dict(rounds=3, min_sample_ms=0.2)
+QUICK = dict(rounds=4, min_sample_ms=0.2)    # 4: spreads (noise) computed too
 MAX_INNER = 20000
 
 
@@ -747,7 +747,7 @@ def section_other(env, shapes, checker, timing_opts):
                 cs.append(_torch_forward(env, t, xn, w, b, G, cl))
                 cs.append(_torch_backward(env, "torch_bwd", t, xn, dyn, w, b,
                                           G, cl))
-        out[(shape, G, cl)] = time_interleaved(
+        out[("NHWC" if cl else "NCHW", shape, G)] = time_interleaved(
             cs, after_round=env.assert_backend, **timing_opts("extra"))
     return out, None
 
@@ -849,10 +849,11 @@ def table_dtypes(rep, env, res):
 
 
 def table_other(rep, env, res):
-    what = {(shape, G, cl): text for shape, G, text, cl in OTHER_SHAPES}
+    what = {("NHWC" if cl else "NCHW", shape, G): text
+            for shape, G, text, cl in OTHER_SHAPES}
     rows = []
     for key, tm in res.items():
-        shape, G = key[:2]
+        shape, G = key[1:]
         for t in env.threads:
             f, bw = tm[("fwd", t)], tm[("bwd", t)]
             tf, tb = tm.get(("torch", t)), tm.get(("torch_bwd", t))
