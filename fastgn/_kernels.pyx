@@ -1295,10 +1295,10 @@ cdef inline void _fold_rows(const floating* rstd, Geometry* g, Py_ssize_t u,
 
 cdef inline void _bwd_rows_sums(const floating* dy, const floating* x,
                                 const floating* mean, Geometry* g,
-                                Py_ssize_t it, double* part,
+                                Py_ssize_t it, double* ds, double* db,
                                 floating* scratch) noexcept nogil:
-    """Phase 1, chunk it: its per-channel sums into part (2*C: ds, db);
-    dy, x at the chunk's sample."""
+    """Phase 1, chunk it: its per-channel sums into ds, db (C each); dy, x
+    at the chunk's sample."""
     cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U, c, grp
     cdef Py_ssize_t p1 = min(p0 + g.U, g.T), off = p0 * g.C
     cdef floating* muc = scratch
@@ -1306,11 +1306,11 @@ cdef inline void _bwd_rows_sums(const floating* dy, const floating* x,
         for c in range(grp * g.Cg, (grp + 1) * g.Cg):
             muc[c] = mean[n * g.G + grp]
     if floating is float:
-        fg_bwd_rows_sums_f32(dy + off, x + off, p1 - p0, g.C, muc, part,
-                             part + g.C, muc + g.C, muc + 2 * g.C)
+        fg_bwd_rows_sums_f32(dy + off, x + off, p1 - p0, g.C, muc, ds, db,
+                             muc + g.C, muc + 2 * g.C)
     else:
-        fg_bwd_rows_sums_f64(dy + off, x + off, p1 - p0, g.C, muc, part,
-                             part + g.C, muc + g.C, muc + 2 * g.C)
+        fg_bwd_rows_sums_f64(dy + off, x + off, p1 - p0, g.C, muc, ds, db,
+                             muc + g.C, muc + 2 * g.C)
 
 
 cdef inline void _bwd_rows_merge(const floating* rstd, const floating* w,
@@ -1318,11 +1318,12 @@ cdef inline void _bwd_rows_merge(const floating* rstd, const floating* w,
                                  const double* parts, double* ds, double* db,
                                  floating* coef) noexcept nogil:
     """Phase 2, sample n: its chunks' sums (parts: 2*C a chunk, the
-    sample's first at parts) added in order into ds, db (C each), then B, D
-    of each group into coef (2 per group)."""
+    sample's first at parts; NULL: one chunk, summed into ds, db already)
+    added in order into ds, db (C each), then B, D of each group into coef
+    (2 per group)."""
     cdef Py_ssize_t k, c, grp
     cdef const double* pk
-    for k in range(g.K):
+    for k in range(g.K if parts != NULL else 0):
         pk = parts + 2 * k * g.C
         if k == 0:
             for c in range(g.C):
@@ -1384,9 +1385,14 @@ cdef inline void _bwd_rows_sample(const floating* dy, const floating* x,
         if h != NULL:
             hb = _half_in(h, n * m, m)
             sy, sx, sd = hb, hb + h.stride, hb + 2 * h.stride
-    for k in range(g.K):
-        _bwd_rows_sums(sy, sx, mean, g, n * g.K + k, parts + 2 * k * g.C,
+    if g.K == 1:        # the sample's sums straight into its rows
+        _bwd_rows_sums(sy, sx, mean, g, n, ds + n * g.C, db + n * g.C,
                        scratch)
+        parts = NULL
+    else:
+        for k in range(g.K):
+            _bwd_rows_sums(sy, sx, mean, g, n * g.K + k, parts + 2 * k * g.C,
+                           parts + (2 * k + 1) * g.C, scratch)
     _bwd_rows_merge(rstd, w, g, n, parts, ds + n * g.C, db + n * g.C,
                     coef + 2 * n * g.G)
     for k in range(g.K):
@@ -1507,7 +1513,8 @@ cdef void _backward_impl(const floating* dy, const floating* x,
             for it in prange(g.N * g.K, schedule="static"):
                 n = it // g.K * g.T * g.C
                 _bwd_rows_sums(dy + n, x + n, mean, g, it,
-                               parts + 2 * it * g.C, mine)
+                               parts + 2 * it * g.C,
+                               parts + (2 * it + 1) * g.C, mine)
             fastgn_barrier()
             for n in prange(g.N, schedule="static"):
                 _bwd_rows_merge(rstd, w, g, n, parts + 2 * n * g.K * g.C,
