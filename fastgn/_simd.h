@@ -160,6 +160,15 @@ static inline ptrdiff_t fg_wide(ptrdiff_t C, ptrdiff_t VL) {
     return C % VL == 0 || C / d * VL > FG_WIDE_MAX ? C : C / d * VL;
 }
 #define FG_WIDE(C, VL) fg_wide((C), (ptrdiff_t)(VL))
+/* DST[j] = SRC[j % C] for j < P (a multiple of C): per-channel values
+ * repeated for wide rows, without a division per value (one a value, for
+ * three or four arrays, made the widened calls 1.02-1.06x slower) */
+#define FG_REPEAT(DST, SRC, C, P)                                             \
+    {                                                                         \
+        ptrdiff_t r_, c_;                                                     \
+        for (r_ = 0; r_ < (P); r_ += (C))                                     \
+            for (c_ = 0; c_ < (C); c_++) (DST)[r_ + c_] = (SRC)[c_];          \
+    }
 /* A block's per-channel lane sums A1, A2 (C each) into the float64 sums D1,
  * D2: stored on the first block, added after. */
 #define FG_FLUSH2(FIRST, D1, D2, A1, A2)                                      \
@@ -244,8 +253,7 @@ static inline ptrdiff_t fg_wide(ptrdiff_t C, ptrdiff_t VL) {
  * channels fewer than VL, or not a multiple of it, are taken as rows of
  * P = FG_WIDE(C) values (k repeated P / C times; fg_NAME_wide, on the
  * stack) and each wide column's sums added into its channel's, the rows
- * left over as they are: 8x3x224x224 channels-last had taken 9x the time
- * of NCHW, each of its three channels a scalar column. (Inlined beside the
+ * left over as they are (FG_WIDE). (Inlined beside the
  * plain pass, GCC 12 compiled the plain one into an endless loop: the
  * wide one is a function of its own.) */
 #define FG_ROWS_PASS(T, AT, V, VU, SUF, NAME, STEP)                           \
@@ -271,7 +279,7 @@ void fg_##NAME##_wide_##SUF(const T *dy, const T *x, ptrdiff_t rows,           \
     AT b1[FG_WIDE_MAX], b2[FG_WIDE_MAX];                                      \
     T wk[FG_WIDE_MAX];                                                        \
     ptrdiff_t j;                                                              \
-    for (j = 0; j < P; j++) wk[j] = k[j % C];                                 \
+    FG_REPEAT(wk, k, C, P)                                                    \
     fg_##NAME##_pass_##SUF(dy, x, rows, P, wk, w1, w2, b1, b2);               \
     for (j = 0; j < P; j++) {                                                 \
         s1[j % C] += w1[j];                                                   \
@@ -877,12 +885,9 @@ void fg_apply_wide_##SUF##ISA(const T *x, T *y, ptrdiff_t rows, ptrdiff_t C,   \
                               int act, int stream) {                          \
     T wm[FG_WIDE_MAX], ws[FG_WIDE_MAX], wh[FG_WIDE_MAX];                      \
     const ptrdiff_t k = P / C, n = rows / k * P;                              \
-    ptrdiff_t j;                                                              \
-    for (j = 0; j < P; j++) {                                                 \
-        wm[j] = mhi[j % C];                                                   \
-        ws[j] = sc[j % C];                                                    \
-        wh[j] = sh[j % C];                                                    \
-    }                                                                         \
+    FG_REPEAT(wm, mhi, C, P)                                                  \
+    FG_REPEAT(ws, sc, C, P)                                                   \
+    FG_REPEAT(wh, sh, C, P)                                                   \
     fg_apply_rows_##SUF##ISA(x, y, rows / k, P, wm, ws, wh, 0, act, stream);  \
     if (rows % k)                                                             \
         fg_apply_rows_##SUF##ISA(x + n, y + n, rows % k, C, mhi, sc, sh, 0,   \
@@ -937,13 +942,10 @@ void fg_bwd_dx_wide_##SUF##ISA(const T *dy, const T *x, T *dx,                 \
                                int stream) {                                  \
     T wa[FG_WIDE_MAX], wb[FG_WIDE_MAX], wm[FG_WIDE_MAX], wd[FG_WIDE_MAX];     \
     const ptrdiff_t k = P / C, n = rows / k * P;                              \
-    ptrdiff_t j;                                                              \
-    for (j = 0; j < P; j++) {                                                 \
-        wa[j] = a[j % C];                                                     \
-        wb[j] = bc[j % C];                                                    \
-        wm[j] = muc[j % C];                                                   \
-        wd[j] = dc[j % C];                                                    \
-    }                                                                         \
+    FG_REPEAT(wa, a, C, P)                                                    \
+    FG_REPEAT(wb, bc, C, P)                                                   \
+    FG_REPEAT(wm, muc, C, P)                                                  \
+    FG_REPEAT(wd, dc, C, P)                                                   \
     fg_bwd_rows_dx_##SUF##ISA(dy, x, dx, rows / k, P, wa, wb, wm, wd, 0,      \
                               stream);                                        \
     if (rows % k)                                                             \
