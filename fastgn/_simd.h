@@ -48,6 +48,17 @@
 #define FG_INLINE __attribute__((always_inline))
 #define FG_SIMD_REDUCE(...) _Pragma(FG_STR(omp simd reduction(+:__VA_ARGS__)))
 #define FG_STR(x) #x
+/* v as computed, opaque to what follows: GCC split one vector's fused
+ * (x - m) * s + h into a product and a masked add for the relu after it,
+ * where the slab's other vectors kept the FMA, so that the bits depended on
+ * where a vector started. */
+#if defined(__GNUC__) && defined(__x86_64__)
+#define FG_OPAQUE(v) __asm__("" : "+v"(v))
+#elif defined(__GNUC__) && defined(__aarch64__)
+#define FG_OPAQUE(v) __asm__("" : "+w"(v))
+#else
+#define FG_OPAQUE(v) ((void)0)
+#endif
 
 /* Moments of a chunk (a few thousand values) or a small slab: a shift K (a
  * value of type T near the mean), then sums of d = x - K and d*d; mean =
@@ -1831,6 +1842,83 @@ FG_ROWS_PARAMS(double, f64)
             *(VU *)(yc + HW - VL) = OP(V, VI, v);                             \
         }                                                                     \
     }
+/* A small slab's apply (no activation, or relu) where its Cg channels fit
+ * one vector and it holds one at least (Cg <= VL <= L): each channel's
+ * scale and shift are a lane of one vector (scv, shv), which every lane
+ * picks its channel's from by a permute. The lanes' channels: (p + 0.5) /
+ * HW rounded down for position p (FG_PERM_CH; computed in T for p < L,
+ * HW < 128, so within Cg * 2^-23 of the quotient, which lies 0.5 / HW at
+ * least from an integer). Stores on whole lines from y's first boundary
+ * a on, after a first vector [0, VL) and before a last [L - VL, L), all
+ * three loaded before any store (in place too). FG_SMALL_BODY's
+ * arithmetic, so the same bits. A loop per channel run had its own
+ * parameters, a last vector and stores across lines apiece. */
+#define FG_PERM_CH(VI, p) __builtin_convertvector((pos + (p)) * r, VI)
+#define FG_PERM_AT(VI, xv, p)                                                 \
+    ((xv) - mhi) * __builtin_shuffle(scv, FG_PERM_CH(VI, p)) +                \
+        __builtin_shuffle(shv, FG_PERM_CH(VI, p))
+#define FG_PERM_ST(V, VU, VI, OP, at, xv)                                     \
+    {                                                                         \
+        V v_ = FG_PERM_AT(VI, xv, (fg_t)(at));                                \
+        FG_OPAQUE(v_);                                                        \
+        *(VU *)(y + (at)) = OP(V, VI, v_);                                    \
+    }
+#define FG_PERM_LOOP(V, VU, VI, OP)                                           \
+    {                                                                         \
+        const int whole = a && a + VL <= L;     /* a vector from a on */      \
+        const V v0 = *(const VU *)x, vl = *(const VU *)(x + L - VL);          \
+        const V va = whole ? (V) * (const VU *)(x + a) : v0;                  \
+        i = 0;                                                                \
+        if (a) {                                                              \
+            FG_PERM_ST(V, VU, VI, OP, 0, v0)                                  \
+            i = VL;                                                           \
+        }                                                                     \
+        if (whole) {                                                          \
+            FG_PERM_ST(V, VU, VI, OP, a, va)                                  \
+            i = a + VL;                                                       \
+        }                                                                     \
+        for (; i + VL <= L; i += VL)                                          \
+            FG_PERM_ST(V, VU, VI, OP, i, *(const VU *)(x + i))                \
+        if (i < L)                                                            \
+            FG_PERM_ST(V, VU, VI, OP, L - VL, vl)                             \
+    }
+#define FG_PERM_AFFINE(T, V, VU, VI, SUF)                                     \
+FG_WIDE_FN void fg_perm_affine_##SUF(const T *x, T *y, ptrdiff_t L,           \
+                                     ptrdiff_t Cg, ptrdiff_t HW, const T *w,  \
+                                     const T *b, T mhi, T mlo, T rs,          \
+                                     int relu) {                              \
+    typedef T fg_t;                                                           \
+    enum { VL = sizeof(V) / sizeof(T) };                                      \
+    const ptrdiff_t a = FG_TO_LINE(y) % VL;                                   \
+    const T r = (T)1 / (T)HW;                                                 \
+    V scv = {0}, shv = {0}, pos;                                              \
+    ptrdiff_t c, i;                                                           \
+    for (c = 0; c < VL; c++) pos[c] = (T)c + (T)0.5;                          \
+    for (c = 0; c < Cg; c++) {                                                \
+        const T sc = w[c] * rs;                                               \
+        scv[c] = sc;                                                          \
+        shv[c] = b[c] - mlo * sc;                                             \
+    }                                                                         \
+    if (relu)                                                                 \
+        FG_PERM_LOOP(V, VU, VI, FG_VRELU)                                     \
+    else                                                                      \
+        FG_PERM_LOOP(V, VU, VI, FG_VNOACT)                                    \
+}
+
+/* float32 only, and not SSE2's (no variable permute; nor AVX2's of four
+ * float64 lanes) */
+#define FG_PERM_AFFINE_64(ISA)                                                \
+    FG_PERM_AFFINE(float, fg_vf32##ISA, fg_vf32u##ISA, fg_vi32##ISA, f32##ISA)
+#define FG_PERM_AFFINE_32(ISA) FG_PERM_AFFINE_64(ISA)
+#define FG_PERM_AFFINE_16(ISA)                                                \
+FG_WIDE_FN __attribute__((unused)) void fg_perm_affine_f32##ISA(              \
+    const float *x, float *y, ptrdiff_t L, ptrdiff_t Cg, ptrdiff_t HW,        \
+    const float *w, const float *b, float mhi, float mlo, float rs,           \
+    int relu) {                                                               \
+    (void)x; (void)y; (void)L; (void)Cg; (void)HW; (void)w; (void)b;         \
+    (void)mhi; (void)mlo; (void)rs; (void)relu;                               \
+}
+
 /* The apply of nb rank-2 groups of L values each (HW == 1: every value its
  * own weight), mean mh[g] + ml[g] and rstd rf[g]: whole vectors from each
  * group's start, its last vector ending at its end, loaded before the
@@ -2231,8 +2319,13 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
     ptrdiff_t bs = 1024 / L, g0, g, i, c;                                     \
     const int runs = HW * sizeof(T) >= sizeof(fg_vf32##ISA) &&               \
                      HW * sizeof(T) < 512;   /* else FG_LINE_RUN peels */    \
+    /* channels to a vector (fg_perm_affine: float32, AVX2 or AVX-512) */   \
+    const ptrdiff_t PL = sizeof(fg_vf32##ISA) / sizeof(float);                \
+    const int perm = sizeof(T) == sizeof(float) &&                           \
+                     sizeof(fg_vf32##ISA) >= 32 && HW > 1 && Cg <= PL &&      \
+                     L >= PL && !runs;                                        \
     /* the activation applied with the affine; silu and gelu come after */   \
-    const int fused = act >= 2 && runs ? 0 : act, act0 = act;                 \
+    const int fused = act >= 2 && (runs || perm) ? 0 : act, act0 = act;       \
     double a[FG_SMALL_BLK], s[FG_SMALL_BLK], q[FG_SMALL_BLK];                 \
     double mean[FG_SMALL_BLK], rstd[FG_SMALL_BLK];                            \
     T k[FG_SMALL_BLK];                                                        \
@@ -2269,7 +2362,12 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
             const T mhi = (T)mean[g], mlo = (T)(mean[g] - (double)mhi);       \
             const T rs = (T)rstd[g];                                          \
             const int act = fused;                                            \
-            if (act <= 1 && runs)                                             \
+            if (act <= 1 && perm)                                             \
+                fg_perm_affine_f32##ISA((const float *)xg, (float *)yg, L,    \
+                                        Cg, HW, (const float *)wg,            \
+                                        (const float *)bg, (float)mhi,        \
+                                        (float)mlo, (float)rs, act);          \
+            else if (act <= 1 && runs)                                        \
                 fg_runs_affine_##SUF##ISA(xg, yg, Cg, HW, wg, bg, mhi, mlo,   \
                                           rs, act);                           \
             else                                                              \
@@ -2668,6 +2766,7 @@ FG_WIDE_FN void fg_small_slabs_f16##ISA(const unsigned short *x,              \
                    f32##ISA)                                                  \
     FG_RUNS_AFFINE(double, fg_vf64##ISA, fg_vf64u##ISA, fg_vi64##ISA,         \
                    f64##ISA)                                                  \
+    FG_PERM_AFFINE_##VB(ISA)                                                  \
     FG_FLAT_SLABS_##VB(ISA)                                                   \
     FG_SMALL_SLABS(float, float, f32, ISA)                                    \
     FG_SMALL_SLABS(double, double, f64, ISA)                                  \
