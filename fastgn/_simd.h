@@ -1542,6 +1542,7 @@ FG_WIDE_FN void fg_bwd_slabs_##SUF##ISA(const T *dy, const T *x, T *dx,       \
     ptrdiff_t nb = bytes > FG_BWD_SLAB_MAX ? 1 : FG_BWD_SLAB_BYTES / bytes;    \
     ptrdiff_t g0, g;                                                          \
     T B[FG_BWD_NB], D[FG_BWD_NB];                                             \
+    const int perm = !stream && FG_PERM_OK(T, sizeof(fg_vf32##ISA), Cg, HW);  \
     if (sizeof(T) == sizeof(float) && Cg == 1 && bytes <= FG_BWD_SLAB_MAX) {  \
         (HW * sizeof(float) < sizeof(fg_vf32##ISA) ? fg_bwd_tiny##ISA         \
                                                     : fg_bwd_ones##ISA)(      \
@@ -1567,10 +1568,19 @@ FG_WIDE_FN void fg_bwd_slabs_##SUF##ISA(const T *dy, const T *x, T *dx,       \
                              ts + g * Cg, tb + g * Cg, rstd[g0 + g], Cg,      \
                              first);                                          \
         for (g = 0; g < k; g++)                                               \
-            fg_bwd_dx_##SUF##ISA(dy + o + g * L, x + o + g * L,               \
-                                 dx + o + g * L, Cg, HW, rstd[g0 + g],        \
-                                 w + (g0 + g) * Cg, B[g], mean[g0 + g], D[g], \
-                                 stream);                                     \
+            if (perm)                                                         \
+                fg_perm_dx_f32##ISA((const float *)dy + o + g * L,            \
+                                    (const float *)x + o + g * L,             \
+                                    (float *)dx + o + g * L, L, Cg, HW,       \
+                                    (float)rstd[g0 + g],                      \
+                                    (const float *)w + (g0 + g) * Cg,         \
+                                    (float)B[g], (float)mean[g0 + g],         \
+                                    (float)D[g]);                             \
+            else                                                              \
+                fg_bwd_dx_##SUF##ISA(dy + o + g * L, x + o + g * L,           \
+                                     dx + o + g * L, Cg, HW, rstd[g0 + g],    \
+                                     w + (g0 + g) * Cg, B[g], mean[g0 + g],   \
+                                     D[g], stream);                           \
     }                                                                         \
 }
 
@@ -1842,82 +1852,124 @@ FG_ROWS_PARAMS(double, f64)
             *(VU *)(yc + HW - VL) = OP(V, VI, v);                             \
         }                                                                     \
     }
-/* A small slab's apply (no activation, or relu) where its Cg channels fit
- * one vector and it holds one at least (Cg <= VL <= L): each channel's
- * scale and shift are a lane of one vector (scv, shv), which every lane
- * picks its channel's from by a permute. The lanes' channels: (p + 0.5) /
- * HW rounded down for position p (FG_PERM_CH; computed in T for p < L,
- * HW < 128, so within Cg * 2^-23 of the quotient, which lies 0.5 / HW at
- * least from an integer). Stores on whole lines from y's first boundary
- * a on, after a first vector [0, VL) and before a last [L - VL, L), all
- * three loaded before any store (in place too). FG_SMALL_BODY's
- * arithmetic, so the same bits. A loop per channel run had its own
- * parameters, a last vector and stores across lines apiece. */
-#define FG_PERM_CH(VI, p) __builtin_convertvector((pos + (p)) * r, VI)
-#define FG_PERM_AT(VI, xv, p)                                                 \
-    ((xv) - mhi) * __builtin_shuffle(scv, FG_PERM_CH(VI, p)) +                \
-        __builtin_shuffle(shv, FG_PERM_CH(VI, p))
-#define FG_PERM_ST(V, VU, VI, OP, at, xv)                                     \
+/* A small slab's apply (no activation, or relu) or its backward's dx where
+ * its Cg channels fit one float32 vector and it holds one at least (Cg <=
+ * VL <= L): each channel's parameter is a lane of one vector, which every
+ * lane picks its channel's from by a permute. The lanes' channels: (p +
+ * 0.5) / HW rounded down for position p (FG_PERM_CH; for p < L, HW < 128:
+ * within Cg * 2^-23 of the quotient, which lies 0.5 / HW at least from an
+ * integer). Stores on whole lines from the output's first boundary a on,
+ * after a first vector [0, VL) and before a last [L - VL, L), both
+ * computed before any store (in place too). Each value's arithmetic is
+ * that of the loops per channel, so are the bits. Those loops had their
+ * own parameters, a last vector and stores across lines apiece, for runs
+ * of a few values. */
+#define FG_PERM_CH(p)                                                         \
+    __builtin_convertvector((pos + (float)(p)) * r, fg_pi_t)
+#define FG_PERM_LD(p, at) (*(const fg_pu_t *)((p) + (at)))
+/* out[at .. at + VL) = F(at), from y's first line boundary a on, as above;
+ * F a vector of the inputs at `at`, opaque (FG_OPAQUE: GCC split one
+ * vector's FMA into a product and a masked add for the relu after it,
+ * where the others kept theirs, so that the bits depended on where a
+ * vector started) */
+#define FG_PERM_RUN(out, F)                                                   \
     {                                                                         \
-        V v_ = FG_PERM_AT(VI, xv, (fg_t)(at));                                \
-        FG_OPAQUE(v_);                                                        \
-        *(VU *)(y + (at)) = OP(V, VI, v_);                                    \
-    }
-#define FG_PERM_LOOP(V, VU, VI, OP)                                           \
-    {                                                                         \
+        const ptrdiff_t a = FG_TO_LINE(out) % VL;                             \
         const int whole = a && a + VL <= L;     /* a vector from a on */      \
-        const V v0 = *(const VU *)x, vl = *(const VU *)(x + L - VL);          \
-        const V va = whole ? (V) * (const VU *)(x + a) : v0;                  \
-        i = 0;                                                                \
+        const fg_pv_t r0 = F(0), rl = F(L - VL);                              \
+        const fg_pv_t ra = whole ? F(a) : r0;                                 \
+        ptrdiff_t i = 0;                                                      \
         if (a) {                                                              \
-            FG_PERM_ST(V, VU, VI, OP, 0, v0)                                  \
+            *(fg_pu_t *)(out) = r0;                                           \
             i = VL;                                                           \
         }                                                                     \
         if (whole) {                                                          \
-            FG_PERM_ST(V, VU, VI, OP, a, va)                                  \
+            *(fg_pu_t *)((out) + a) = ra;                                     \
             i = a + VL;                                                       \
         }                                                                     \
-        for (; i + VL <= L; i += VL)                                          \
-            FG_PERM_ST(V, VU, VI, OP, i, *(const VU *)(x + i))                \
-        if (i < L)                                                            \
-            FG_PERM_ST(V, VU, VI, OP, L - VL, vl)                             \
+        for (; i + VL <= L; i += VL) *(fg_pu_t *)((out) + i) = F(i);          \
+        if (i < L) *(fg_pu_t *)((out) + L - VL) = rl;                         \
     }
-#define FG_PERM_AFFINE(T, V, VU, VI, SUF)                                     \
-FG_WIDE_FN void fg_perm_affine_##SUF(const T *x, T *y, ptrdiff_t L,           \
-                                     ptrdiff_t Cg, ptrdiff_t HW, const T *w,  \
-                                     const T *b, T mhi, T mlo, T rs,          \
-                                     int relu) {                              \
-    typedef T fg_t;                                                           \
-    enum { VL = sizeof(V) / sizeof(T) };                                      \
-    const ptrdiff_t a = FG_TO_LINE(y) % VL;                                   \
-    const T r = (T)1 / (T)HW;                                                 \
-    V scv = {0}, shv = {0}, pos;                                              \
-    ptrdiff_t c, i;                                                           \
-    for (c = 0; c < VL; c++) pos[c] = (T)c + (T)0.5;                          \
+#define FG_PERM_AFF(at)                                                       \
+    ({                                                                        \
+        const fg_pi_t ch_ = FG_PERM_CH(at);                                   \
+        fg_pv_t v_ = (FG_PERM_LD(x, at) - mhi) * __builtin_shuffle(scv, ch_) \
+                     + __builtin_shuffle(shv, ch_);                           \
+        FG_OPAQUE(v_);                                                        \
+        v_;                                                                   \
+    })
+#define FG_PERM_RELU(at)                                                      \
+    ({                                                                        \
+        const fg_pv_t u_ = FG_PERM_AFF(at);                                   \
+        FG_VRELU(fg_pv_t, fg_pi_t, u_);                                       \
+    })
+#define FG_PERM_DX(at)                                                        \
+    ({                                                                        \
+        fg_pv_t v_ = __builtin_shuffle(av, FG_PERM_CH(at)) *                  \
+                     FG_PERM_LD(dy, at) + B * (FG_PERM_LD(x, at) - mu) + D;   \
+        FG_OPAQUE(v_);                                                        \
+        v_;                                                                   \
+    })
+/* The slab's types and constants: positions' offsets (pos), 1 / HW (r). */
+#define FG_PERM_SETUP(ISA)                                                    \
+    typedef fg_vf32##ISA fg_pv_t;                                             \
+    typedef fg_vf32u##ISA fg_pu_t;                                            \
+    typedef fg_vi32##ISA fg_pi_t;                                             \
+    enum { VL = sizeof(fg_pv_t) / sizeof(float) };                            \
+    const float r = 1.0f / (float)HW;                                         \
+    fg_pv_t pos;                                                              \
+    ptrdiff_t c;                                                              \
+    for (c = 0; c < VL; c++) pos[c] = (float)c + 0.5f;
+#define FG_PERM_FNS(ISA)                                                      \
+FG_WIDE_FN void fg_perm_affine_f32##ISA(const float *x, float *y,             \
+                                        ptrdiff_t L, ptrdiff_t Cg,            \
+                                        ptrdiff_t HW, const float *w,         \
+                                        const float *b, float mhi,            \
+                                        float mlo, float rs, int relu) {      \
+    FG_PERM_SETUP(ISA)                                                        \
+    fg_pv_t scv = {0}, shv = {0};                                             \
     for (c = 0; c < Cg; c++) {                                                \
-        const T sc = w[c] * rs;                                               \
+        const float sc = w[c] * rs;                                           \
         scv[c] = sc;                                                          \
         shv[c] = b[c] - mlo * sc;                                             \
     }                                                                         \
     if (relu)                                                                 \
-        FG_PERM_LOOP(V, VU, VI, FG_VRELU)                                     \
+        FG_PERM_RUN(y, FG_PERM_RELU)                                          \
     else                                                                      \
-        FG_PERM_LOOP(V, VU, VI, FG_VNOACT)                                    \
+        FG_PERM_RUN(y, FG_PERM_AFF)                                           \
+}                                                                             \
+FG_WIDE_FN void fg_perm_dx_f32##ISA(const float *dy, const float *x,          \
+                                    float *dx, ptrdiff_t L, ptrdiff_t Cg,     \
+                                    ptrdiff_t HW, float rs, const float *w,   \
+                                    float B, float mu, float D) {             \
+    FG_PERM_SETUP(ISA)                                                        \
+    fg_pv_t av = {0};                                                         \
+    for (c = 0; c < Cg; c++) av[c] = w[c] * rs;                               \
+    FG_PERM_RUN(dx, FG_PERM_DX)                                               \
 }
-
-/* float32 only, and not SSE2's (no variable permute; nor AVX2's of four
- * float64 lanes) */
-#define FG_PERM_AFFINE_64(ISA)                                                \
-    FG_PERM_AFFINE(float, fg_vf32##ISA, fg_vf32u##ISA, fg_vi32##ISA, f32##ISA)
-#define FG_PERM_AFFINE_32(ISA) FG_PERM_AFFINE_64(ISA)
-#define FG_PERM_AFFINE_16(ISA)                                                \
+/* Not SSE2's: no variable permute. */
+#define FG_PERM_FNS_64(ISA) FG_PERM_FNS(ISA)
+#define FG_PERM_FNS_32(ISA) FG_PERM_FNS(ISA)
+#define FG_PERM_FNS_16(ISA)                                                   \
 FG_WIDE_FN __attribute__((unused)) void fg_perm_affine_f32##ISA(              \
     const float *x, float *y, ptrdiff_t L, ptrdiff_t Cg, ptrdiff_t HW,        \
     const float *w, const float *b, float mhi, float mlo, float rs,           \
     int relu) {                                                               \
     (void)x; (void)y; (void)L; (void)Cg; (void)HW; (void)w; (void)b;         \
     (void)mhi; (void)mlo; (void)rs; (void)relu;                               \
+}                                                                             \
+FG_WIDE_FN __attribute__((unused)) void fg_perm_dx_f32##ISA(                  \
+    const float *dy, const float *x, float *dx, ptrdiff_t L, ptrdiff_t Cg,    \
+    ptrdiff_t HW, float rs, const float *w, float B, float mu, float D) {     \
+    (void)dy; (void)x; (void)dx; (void)L; (void)Cg; (void)HW; (void)rs;      \
+    (void)w; (void)B; (void)mu; (void)D;                                      \
 }
+/* Whether fg_perm_* take a slab: float32, AVX2 or AVX-512 (VB bytes), the
+ * channel runs shorter than a vector. */
+#define FG_PERM_OK(T, VB, Cg, HW)                                             \
+    (sizeof(T) == sizeof(float) && (VB) >= 32 && (HW) > 1 &&                 \
+     (HW) * 4 < (ptrdiff_t)(VB) && (Cg) * 4 <= (ptrdiff_t)(VB) &&             \
+     (Cg) * (HW) * 4 >= (ptrdiff_t)(VB))
 
 /* The apply of nb rank-2 groups of L values each (HW == 1: every value its
  * own weight), mean mh[g] + ml[g] and rstd rf[g]: whole vectors from each
@@ -2319,11 +2371,7 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
     ptrdiff_t bs = 1024 / L, g0, g, i, c;                                     \
     const int runs = HW * sizeof(T) >= sizeof(fg_vf32##ISA) &&               \
                      HW * sizeof(T) < 512;   /* else FG_LINE_RUN peels */    \
-    /* channels to a vector (fg_perm_affine: float32, AVX2 or AVX-512) */   \
-    const ptrdiff_t PL = sizeof(fg_vf32##ISA) / sizeof(float);                \
-    const int perm = sizeof(T) == sizeof(float) &&                           \
-                     sizeof(fg_vf32##ISA) >= 32 && HW > 1 && Cg <= PL &&      \
-                     L >= PL && !runs;                                        \
+    const int perm = FG_PERM_OK(T, sizeof(fg_vf32##ISA), Cg, HW);            \
     /* the activation applied with the affine; silu and gelu come after */   \
     const int fused = act >= 2 && (runs || perm) ? 0 : act, act0 = act;       \
     double a[FG_SMALL_BLK], s[FG_SMALL_BLK], q[FG_SMALL_BLK];                 \
@@ -2751,6 +2799,7 @@ FG_WIDE_FN void fg_small_slabs_f16##ISA(const unsigned short *x,              \
     FG_VRUNS(float, fg_vf32##ISA, fg_vf32u##ISA, fg_vi32##ISA, f32##ISA)      \
     FG_VRUNS(double, fg_vf64##ISA, fg_vf64u##ISA, fg_vi64##ISA, f64##ISA)     \
     FG_VRUN_DEV64_##VB(ISA)                                                   \
+    FG_PERM_FNS_##VB(ISA)                                                     \
     FG_MOMENTS(float, float, float, f32, ISA, FG_SAME)                        \
     FG_MOMENTS(double, double, double, f64, ISA, FG_SAME)                     \
     FG_BWD_SUMS(float, float, f32, ISA)                                       \
@@ -2766,7 +2815,6 @@ FG_WIDE_FN void fg_small_slabs_f16##ISA(const unsigned short *x,              \
                    f32##ISA)                                                  \
     FG_RUNS_AFFINE(double, fg_vf64##ISA, fg_vf64u##ISA, fg_vi64##ISA,         \
                    f64##ISA)                                                  \
-    FG_PERM_AFFINE_##VB(ISA)                                                  \
     FG_FLAT_SLABS_##VB(ISA)                                                   \
     FG_SMALL_SLABS(float, float, f32, ISA)                                    \
     FG_SMALL_SLABS(double, double, f64, ISA)                                  \

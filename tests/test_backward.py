@@ -523,12 +523,17 @@ def test_streaming_dx_same_bits(shape, G, channels_last, dtype, nt):
     ((2, 16, 9, 11), 4, True),      # rows of one line (float32)
     ((2, 4, 60, 70), 2, False),     # NCHW channel runs of 4200 values
     ((3, 10, 50), 10, False),       # slabs of one channel, several a step
+    ((3, 24, 3, 3), 3, False),      # runs under a vector: 8 channels of 9
+    ((2, 48, 2, 2), 3, False),      # 16 channels of 4
+    ((3, 12, 1, 5), 3, False),      # a slab of 20 values
+    ((2, 9, 2, 3), 3, False),       # 3 channels of 6
 ], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_dx_at_every_offset(shape, G, channels_last, dtype):
     """dx is written from its first cache-line boundary on (NCHW runs
-    peeled, channels-last vectors rotated): a dx at every offset within a
-    line gets the same bits."""
+    peeled, channels-last vectors rotated, runs shorter than a vector by
+    whole vectors of the slab): a dx at every offset within a line gets the
+    same bits."""
     rng = np.random.default_rng(19)
     x, dy, w = make_data(shape, dtype, rng, True)
     xl, dyl = to_layout(x, channels_last), to_layout(dy, channels_last)
