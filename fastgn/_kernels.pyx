@@ -83,6 +83,10 @@ cdef extern from "_simd.h" nogil:
                           double*)
     void fg_acc_rows(double*, double*, const double*, const double*, double,
                      Py_ssize_t, int)
+    void fg_acc_groups_f32(double*, double*, const double*, const double*,
+                           const float*, Py_ssize_t, Py_ssize_t, int)
+    void fg_acc_groups_f64(double*, double*, const double*, const double*,
+                           const double*, Py_ssize_t, Py_ssize_t, int)
     void fg_bwd_slabs_f32(const float*, const float*, float*, Py_ssize_t,
                           Py_ssize_t, Py_ssize_t, const float*, const float*,
                           const float*, double*, double*, double*, Py_ssize_t,
@@ -100,12 +104,12 @@ cdef extern from "_simd.h" nogil:
     void fg_bwd_small_f64(const double*, const double*, double*, Py_ssize_t,
                           Py_ssize_t, const double*, const double*,
                           const double*, double*, double*, int)
-    void fg_param_grads_f32(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                            Py_ssize_t, Py_ssize_t, const double*,
-                            const double*, float*, float*)
-    void fg_param_grads_f64(const double*, Py_ssize_t, Py_ssize_t,
-                            Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*,
-                            const double*, double*, double*)
+    void fg_param_grads_f32(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                            Py_ssize_t, const double*, const double*, float*,
+                            float*)
+    void fg_param_grads_f64(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                            Py_ssize_t, const double*, const double*,
+                            double*, double*)
     void fg_bwd_rows_sums_f32(const float*, const float*, Py_ssize_t,
                               Py_ssize_t, const float*, double*, double*,
                               float*, float*)
@@ -1200,10 +1204,11 @@ cdef inline Py_ssize_t _slab_sums(Geometry* g) noexcept nogil:
 
 cdef inline Py_ssize_t _tmp_stride(Geometry* g) noexcept nogil:
     """Doubles between the threads' sums: in _backward_block 2 sides of
-    max(Cg, SLAB_SUMS), channels-last a sample's chunk sums (2*C a chunk);
-    whole lines and one more (sharing a line, each slab's sums of 64x64x50
-    G=64 took the two threads 1.9x the time of one)."""
-    return (2 * (g.K * g.C if g.rows else _slab_sums(g)) + 7) // 8 * 8 + 8
+    max(Cg, SLAB_SUMS), channels-last a sample's sums and its chunks' (2*C
+    each); whole lines and one more (sharing a line, each slab's sums of
+    64x64x50 G=64 took the two threads 1.9x the time of one)."""
+    return (2 * ((g.K + 1) * g.C if g.rows else _slab_sums(g)) + 7) // 8 * 8 \
+        + 8
 
 
 cdef struct Half:
@@ -1284,6 +1289,23 @@ cdef inline void _fold_rows(const floating* rstd, Geometry* g, Py_ssize_t u,
         o = n * g.C + c0
         fg_acc_rows(ds + k * g.C + c0, db + k * g.C + c0, ps + o,
                     ps + g.N * g.C + o, rstd[n * g.G + grp], g.Cg, n == n0)
+
+
+cdef inline void _fold_samples(const floating* rstd, Geometry* g,
+                               Py_ssize_t k, Py_ssize_t RB, const double* ps,
+                               double* ds, double* db) noexcept nogil:
+    """Row block k's samples' rows of sums ps (ds then db, N rows of C
+    each) added into its rows of ds, db as _bwd_rows_block adds them."""
+    cdef Py_ssize_t n, n0 = k * RB
+    for n in range(n0, min(g.N, n0 + RB)):
+        if floating is float:
+            fg_acc_groups_f32(ds + k * g.C, db + k * g.C, ps + n * g.C,
+                              ps + (g.N + n) * g.C, rstd + n * g.G, g.G,
+                              g.Cg, n == n0)
+        else:
+            fg_acc_groups_f64(ds + k * g.C, db + k * g.C, ps + n * g.C,
+                              ps + (g.N + n) * g.C, rstd + n * g.G, g.G,
+                              g.Cg, n == n0)
 
 
 # Channels-last (or HW == 1 with large groups): like the forward, a sample
@@ -1373,9 +1395,10 @@ cdef inline void _bwd_rows_sample(const floating* dy, const floating* x,
                                   double* ds, double* db, double* parts,
                                   floating* coef, floating* scratch,
                                   Half* h) noexcept nogil:
-    """All three phases of sample n on the calling thread, its chunks' sums
-    in parts (2*C a chunk). float16 (h not NULL): the sample converted in
-    the thread's buffers, as _backward_block's slabs."""
+    """All three phases of sample n on the calling thread, its sums in ds,
+    db (C each), its chunks' in parts (2*C a chunk). float16 (h not NULL):
+    the sample converted in the thread's buffers, as _backward_block's
+    slabs."""
     cdef Py_ssize_t k, m = g.T * g.C
     cdef const floating* sy = dy + n * m
     cdef const floating* sx = x + n * m
@@ -1385,21 +1408,42 @@ cdef inline void _bwd_rows_sample(const floating* dy, const floating* x,
         if h != NULL:
             hb = _half_in(h, n * m, m)
             sy, sx, sd = hb, hb + h.stride, hb + 2 * h.stride
-    if g.K == 1:        # the sample's sums straight into its rows
-        _bwd_rows_sums(sy, sx, mean, g, n, ds + n * g.C, db + n * g.C,
-                       scratch)
+    if g.K == 1:        # the sample's sums straight into ds, db
+        _bwd_rows_sums(sy, sx, mean, g, n, ds, db, scratch)
         parts = NULL
     else:
         for k in range(g.K):
             _bwd_rows_sums(sy, sx, mean, g, n * g.K + k, parts + 2 * k * g.C,
                            parts + (2 * k + 1) * g.C, scratch)
-    _bwd_rows_merge(rstd, w, g, n, parts, ds + n * g.C, db + n * g.C,
-                    coef + 2 * n * g.G)
+    _bwd_rows_merge(rstd, w, g, n, parts, ds, db, coef + 2 * n * g.G)
     for k in range(g.K):
         _bwd_rows_dx(sy, sx, mean, rstd, w, g, n * g.K + k, coef, sd, scratch)
     if floating is float:
         if h != NULL:
             _half_out(h, hb, n * m, m)
+
+
+cdef inline void _bwd_rows_block(const floating* dy, const floating* x,
+                                 const floating* mean, const floating* rstd,
+                                 const floating* w, Geometry* g, Py_ssize_t k,
+                                 Py_ssize_t RB, floating* dx, double* ds,
+                                 double* db, double* tmp, floating* coef,
+                                 floating* scratch, Half* h) noexcept nogil:
+    """Row block k (samples k*RB ..) of the channels-last backward, a sample
+    at a time (_bwd_rows_sample; its sums, then its chunks', in the thread's
+    tmp), each sample's sums added into the block's rows ds, db (C each)
+    scaled by its rstd. Rows per sample (N of C) had made 128x256x2x2's
+    temporaries as large as its input, their pages faulted in every call."""
+    cdef Py_ssize_t n, n0 = k * RB
+    for n in range(n0, min(g.N, n0 + RB)):
+        _bwd_rows_sample(dy, x, mean, rstd, w, g, n, dx, tmp, tmp + g.C,
+                         tmp + 2 * g.C, coef, scratch, h)
+        if floating is float:
+            fg_acc_groups_f32(ds, db, tmp, tmp + g.C, rstd + n * g.G, g.G,
+                              g.Cg, n == n0)
+        else:
+            fg_acc_groups_f64(ds, db, tmp, tmp + g.C, rstd + n * g.G, g.G,
+                              g.Cg, n == n0)
 
 
 cdef inline void _backward_rows(const floating* dy, const floating* x,
@@ -1441,23 +1485,17 @@ cdef inline void _backward_rows(const floating* dy, const floating* x,
             _half_out(h, hb, n0 * g.C, m)
 
 
-cdef inline void _param_grads(const floating* rstd, Geometry* g,
-                              Py_ssize_t RB, Py_ssize_t R, Py_ssize_t blk,
+cdef inline void _param_grads(Geometry* g, Py_ssize_t R, Py_ssize_t blk,
                               Py_ssize_t nblk, double* ds, double* db,
                               floating* dw, floating* dbias) noexcept nogil:
     """dweight, dbias of block blk of nblk blocks of whole groups, from the
-    rows of ds, db (R row blocks when RB > 0, else one per sample) added in
-    order."""
+    R row blocks' rows of ds, db added in order."""
     if floating is float:
-        fg_param_grads_f32(<const float*>NULL if RB > 0 else rstd,
-                           R if RB > 0 else g.N, g.C, g.G,
-                           blk * g.G // nblk, (blk + 1) * g.G // nblk,
-                           ds, db, dw, dbias)
+        fg_param_grads_f32(R, g.C, g.G, blk * g.G // nblk,
+                           (blk + 1) * g.G // nblk, ds, db, dw, dbias)
     else:
-        fg_param_grads_f64(<const double*>NULL if RB > 0 else rstd,
-                           R if RB > 0 else g.N, g.C, g.G,
-                           blk * g.G // nblk, (blk + 1) * g.G // nblk,
-                           ds, db, dw, dbias)
+        fg_param_grads_f64(R, g.C, g.G, blk * g.G // nblk,
+                           (blk + 1) * g.G // nblk, ds, db, dw, dbias)
 
 
 cdef void _backward_impl(const floating* dy, const floating* x,
@@ -1469,10 +1507,12 @@ cdef void _backward_impl(const floating* dy, const floating* x,
                          floating* scratch, Half* h, int nt) noexcept nogil:
     """The parameter gradients' sums go in rows of C (ds, db), one per
     block of RB samples (RB from N alone, so the order of the sums never
-    depends on the thread count), added up in block order; channels-last
-    (g.rows, RB == 0) one row per sample. Paths: rank-2 (HW == 1,
-    _backward_rows); g.rows: channels-last (chunk sums in parts, B and D
-    in coef, 4*C values of scratch per thread); P > 0: NCHW slabs shared
+    depends on the thread count), added up in block order. Paths: rank-2
+    (HW == 1, _backward_rows); g.rows: channels-last (a sample's sums and
+    its chunk sums in parts, B and D in coef, 4*C values of scratch per
+    thread; _bwd_rows_block; samples whose phases the threads share: every
+    chunk's sums, then every sample's, in parts, folded into the blocks'
+    rows after, _fold_samples); P > 0: NCHW slabs shared
     among the threads in P channel ranges each (per-sample rows of sums in
     parts, folded into the blocks' rows after; B, D of each slab in coef);
     else R*GR units of a block's samples and a range of groups
@@ -1481,16 +1521,17 @@ cdef void _backward_impl(const floating* dy, const floating* x,
     slabs not split."""
     cdef Py_ssize_t S = g.N * g.G, s, blk, k, n, it, u
     cdef Py_ssize_t nblk = min(g.G, 64)    # blocks of whole groups
-    cdef Py_ssize_t R = (g.N + RB - 1) // RB if RB > 0 else 0
+    cdef Py_ssize_t R = (g.N + RB - 1) // RB
     cdef Py_ssize_t NC = g.N * g.C
     cdef floating* mine = NULL
     cdef double* tmp = NULL
     if nt == 1:
         # No parallel region: entering one took half of a small call.
-        if g.rows:      # parts: a sample's chunk sums
-            for n in range(g.N):
-                _bwd_rows_sample(dy, x, mean, rstd, w, g, n, dx, ds, db,
-                                 parts, coef, scratch, h)
+        if g.rows:      # parts: a sample's sums and its chunks'
+            for k in range(R):
+                _bwd_rows_block(dy, x, mean, rstd, w, g, k, RB, dx,
+                                ds + k * g.C, db + k * g.C, parts, coef,
+                                scratch, h)
         elif g.HW == 1:
             for k in range(R):
                 _backward_rows(dy, x, mean, rstd, w, g, k, RB, dx,
@@ -1500,15 +1541,16 @@ cdef void _backward_impl(const floating* dy, const floating* x,
                 _backward_block(dy, x, mean, rstd, w, g, u, RB, GR, dx, ds,
                                 db, parts, h)
         for blk in range(nblk):
-            _param_grads(rstd, g, RB, R, blk, nblk, ds, db, dw, dbias)
+            _param_grads(g, R, blk, nblk, ds, db, dw, dbias)
         return
     with parallel(num_threads=nt):
         mine = scratch + omp_get_thread_num() * 4 * g.C if g.rows else NULL
         tmp = parts + omp_get_thread_num() * _tmp_stride(g)
         if g.rows and not _split_units(g.N, g.K, g.T * g.C, nt):
-            for n in prange(g.N, schedule="static"):
-                _bwd_rows_sample(dy, x, mean, rstd, w, g, n, dx, ds, db,
-                                 tmp, coef, mine, h)
+            for k in prange(R, schedule="static"):
+                _bwd_rows_block(dy, x, mean, rstd, w, g, k, RB, dx,
+                                ds + k * g.C, db + k * g.C, tmp, coef, mine,
+                                h)
         elif g.rows:
             for it in prange(g.N * g.K, schedule="static"):
                 n = it // g.K * g.T * g.C
@@ -1516,15 +1558,19 @@ cdef void _backward_impl(const floating* dy, const floating* x,
                                parts + 2 * it * g.C,
                                parts + (2 * it + 1) * g.C, mine)
             fastgn_barrier()
+            # each sample's sums after the chunks' (NC each side)
             for n in prange(g.N, schedule="static"):
                 _bwd_rows_merge(rstd, w, g, n, parts + 2 * n * g.K * g.C,
-                                ds + n * g.C, db + n * g.C,
+                                parts + 2 * g.K * NC + n * g.C,
+                                parts + (2 * g.K + 1) * NC + n * g.C,
                                 coef + 2 * n * g.G)
             fastgn_barrier()
             for it in prange(g.N * g.K, schedule="static"):
                 n = it // g.K * g.T * g.C
                 _bwd_rows_dx(dy + n, x + n, mean, rstd, w, g, it, coef,
                              dx + n, mine)
+            for k in prange(R, schedule="static"):
+                _fold_samples(rstd, g, k, RB, parts + 2 * g.K * NC, ds, db)
         elif g.HW == 1:
             for k in prange(R, schedule="static"):
                 _backward_rows(dy, x, mean, rstd, w, g, k, RB, dx,
@@ -1556,7 +1602,7 @@ cdef void _backward_impl(const floating* dy, const floating* x,
                                 db, tmp, h)
         fastgn_barrier()
         for blk in prange(nblk, schedule="static"):
-            _param_grads(rstd, g, RB, R, blk, nblk, ds, db, dw, dbias)
+            _param_grads(g, R, blk, nblk, ds, db, dw, dbias)
 
 
 def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
@@ -1578,10 +1624,11 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
                                  cnp.PyArray_TYPE(x), True) \
         if weight is None else weight
     # Partial sums per block of RB samples (RB from N alone, so the order
-    # of the sums never depends on the thread count); channels-last: per
-    # sample. NCHW slabs had kept a row per sample too, which the other
-    # thread then read for the parameter gradients: 256x256x3x3 at two
-    # threads took 1.08x one thread's time.
+    # of the sums never depends on the thread count); channels-last
+    # samples whose phases the threads share: per sample. NCHW slabs had
+    # kept a row per sample too, which the other thread then read for the
+    # parameter gradients: 256x256x3x3 at two threads took 1.08x one
+    # thread's time.
     cdef Py_ssize_t RB = max(1, min(ROW_BLOCK, N // 16))
     cdef bint f32 = half or cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
     cdef int nt = num_threads
@@ -1589,9 +1636,6 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     cdef Half hv
     cdef Half* h = NULL
     _geometry(&g, N, C, HW, G, channels_last and HW > 1)
-    if g.rows:
-        RB = 0
-    rows = (N + RB - 1) // RB if RB else N
     # dx streamed when it alone exceeds the forward's threshold: the
     # backward's three arrays measured slower streamed up to 12 MiB each
     # (1.05-1.15x the time), faster from 24 MiB (0.7-0.89x)
@@ -1603,6 +1647,7 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
     # chunks, NCHW slabs' channel ranges)
     cdef bint split = _split_units(N, g.K, g.T * C, nt) if g.rows else \
         HW > 1 and _split_units(N * G, g.Cg, g.T, nt)
+    rows = (N + RB - 1) // RB
     # float16: a unit is a sample (channels-last), a row block (rank 2) or
     # at least a slab
     hv.stride = g.T * C if g.rows else RB * C if HW == 1 else g.T
@@ -1613,7 +1658,7 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean,
         # a thread (whole-array chunk sums had made 256x256x3x3 NHWC's
         # temporaries as large as its input, and a loop of calls 7.5x
         # slower: glibc handed their pages back to the system each call)
-        nparts = 2 * N * g.K * C if split else _tmp_stride(&g) * nt
+        nparts = 2 * N * (g.K + 1) * C if split else _tmp_stride(&g) * nt
         ncoef = 2 * N * G + 4 * C * nt + 16    # coef, then thread scratch
     elif split:
         # NCHW slabs shared by channel ranges (each channel's sums are its

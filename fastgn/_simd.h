@@ -1340,7 +1340,7 @@ FG_WIDE_FN void fg_bwd_sums_##SUF##ISA(const T *dy, const T *x, ptrdiff_t Cg, \
 #define FG_BWD_NB 16
 /* A slab's m channel sums into its row block's: rs*ds and db stored (the
  * block's first sample) or added; the parameter gradients are the blocks'
- * rows added in order (fg_param_grads, rstd NULL). */
+ * rows added in order (fg_param_grads). */
 #define FG_ACC_ROWS(ISA)                                                      \
 FG_WIDE_FN void fg_acc_rows##ISA(double *bs, double *bb, const double *ds,    \
                                   const double *db, double rs, ptrdiff_t m,   \
@@ -1356,6 +1356,21 @@ FG_WIDE_FN void fg_acc_rows##ISA(double *bs, double *bb, const double *ds,    \
             bs[c] = bs[c] + rs * ds[c];                                       \
             bb[c] = bb[c] + db[c];                                            \
         }                                                                     \
+}                                                                             \
+FG_ACC_GROUPS(float, f32, ISA)                                                \
+FG_ACC_GROUPS(double, f64, ISA)
+/* A sample's per-channel sums ds, db (G groups of Cg) into its row block's
+ * rows bs, bb, each group's scaled by its rstd rs[g]: fg_acc_rows a group,
+ * one call a sample. */
+#define FG_ACC_GROUPS(T, SUF, ISA)                                            \
+FG_WIDE_FN void fg_acc_groups_##SUF##ISA(double *bs, double *bb,              \
+                                         const double *ds, const double *db,  \
+                                         const T *rs, ptrdiff_t G,            \
+                                         ptrdiff_t Cg, int first) {           \
+    ptrdiff_t g;                                                              \
+    for (g = 0; g < G; g++)                                                   \
+        fg_acc_rows##ISA(bs + g * Cg, bb + g * Cg, ds + g * Cg, db + g * Cg,  \
+                         (double)rs[g], Cg, first);                           \
 }
 /* fg_bwd_coefs: B, D of dx = w*rstd*dy + B*(x - mean) + D for one group,
  * from its channels' sums ds = sum dy*(x - mean), db = sum dy (M values).
@@ -1660,54 +1675,39 @@ FG_WIDE_FN void fg_bwd_small_##SUF##ISA(const T *dy, const T *x, T *dx,       \
     }                                                                         \
 }
 
-/* dweight, dbias of groups [g0, g1): sums over n (ascending) of
- * rstd[n, g] * ds[n, c] and db[n, c] (N rows of C), rows read in order;
- * rstd == NULL: of ds and db as they are (the small-group backward's row
- * blocks, already weighted). Channels go at most FG_PGT at a time with their
- * sums in registers across the rows (summing into row 0 in memory cost a
- * load and a store per value and row): tiles within one group (one rstd per
- * row) when groups have at least 8 channels, else tiles across groups with
- * a group index per channel. */
-#define FG_PG_ROWS(M, R)                                                      \
+/* dweight, dbias of groups [g0, g1): sums over the N rows (ascending) of
+ * ds and db (C each; the row blocks' sums, already weighted by rstd).
+ * Channels go FG_PGT at a time with their sums in registers across the
+ * rows (summing into row 0 in memory cost a load and a store per value
+ * and row). */
+#define FG_PG_ROWS(M)                                                         \
     for (n = 1; n < N; n++) {                                                 \
         const double *restrict sn = ds + n * C + c0;                          \
         const double *restrict bn = db + n * C + c0;                          \
         for (l = 0; l < (M); l++) {                                           \
-            as[l] = as[l] + (R) * sn[l];                                      \
+            as[l] = as[l] + sn[l];                                            \
             ab[l] = ab[l] + bn[l];                                            \
         }                                                                     \
     }
 #define FG_PARAM_GRADS(T, SUF)                                                \
-FG_CLONES void fg_param_grads_##SUF(const T *rstd, ptrdiff_t N, ptrdiff_t C,  \
-                                    ptrdiff_t G, ptrdiff_t g0, ptrdiff_t g1,  \
+FG_CLONES void fg_param_grads_##SUF(ptrdiff_t N, ptrdiff_t C, ptrdiff_t G,    \
+                                    ptrdiff_t g0, ptrdiff_t g1,               \
                                     const double *ds, const double *db,       \
                                     T *dw, T *dbias) {                        \
     const ptrdiff_t Cg = C / G;                                               \
-    const int one = rstd && Cg >= 8;    /* tiles within one group */          \
-    ptrdiff_t c0, c1, n, l, m, g;                                             \
+    ptrdiff_t c0, c1, n, l, m;                                                \
     for (c0 = g0 * Cg; c0 < g1 * Cg; c0 = c1) {                               \
         double as[FG_PGT], ab[FG_PGT];                                        \
-        ptrdiff_t gi[FG_PGT];                                                 \
-        g = c0 / Cg;                                                          \
-        c1 = c0 + FG_PGT;                                                     \
-        if (one && c1 > (g + 1) * Cg) c1 = (g + 1) * Cg;                      \
-        if (c1 > g1 * Cg) c1 = g1 * Cg;                                       \
+        c1 = c0 + FG_PGT < g1 * Cg ? c0 + FG_PGT : g1 * Cg;                   \
         m = c1 - c0;                                                          \
         for (l = 0; l < m; l++) {                                             \
-            gi[l] = (c0 + l) / Cg;                                            \
-            as[l] = rstd ? rstd[gi[l]] * ds[c0 + l] : ds[c0 + l];             \
+            as[l] = ds[c0 + l];                                               \
             ab[l] = db[c0 + l];                                               \
         }                                                                     \
-        if (!rstd && m == FG_PGT) {                                           \
-            FG_PG_ROWS(FG_PGT, 1.0)                                           \
-        } else if (!rstd) {                                                   \
-            FG_PG_ROWS(m, 1.0)                                                \
-        } else if (one && m == FG_PGT) {                                      \
-            FG_PG_ROWS(FG_PGT, rstd[n * G + g])                               \
-        } else if (one) {                                                     \
-            FG_PG_ROWS(m, rstd[n * G + g])                                    \
+        if (m == FG_PGT) {                                                    \
+            FG_PG_ROWS(FG_PGT)                                                \
         } else {                                                              \
-            FG_PG_ROWS(m, rstd[n * G + gi[l]])                                \
+            FG_PG_ROWS(m)                                                     \
         }                                                                     \
         for (l = 0; l < m; l++) {                                             \
             dw[c0 + l] = (T)as[l];                                            \
@@ -2885,6 +2885,11 @@ static void fg_set_level(int cap) {
     else                                                                      \
         fg_bwd_flat_v3(__VA_ARGS__);
 #define FG_PICK_TYPED(T, SUF)                                                 \
+void fg_acc_groups_##SUF(double *bs, double *bb, const double *ds,            \
+                         const double *db, const T *rs, ptrdiff_t G,          \
+                         ptrdiff_t Cg, int first) {                           \
+    FG_PICK(fg_acc_groups_##SUF, (bs, bb, ds, db, rs, G, Cg, first))          \
+}                                                                             \
 void fg_moments_##SUF(const T *x, ptrdiff_t len, int ahead, double eps,       \
                      double *out) {                                           \
     FG_PICK(fg_moments_##SUF, (x, len, ahead, eps, out))                      \
@@ -2963,6 +2968,7 @@ void fg_acc_rows(double *bs, double *bb, const double *ds, const double *db,
                  double rs, ptrdiff_t m, int first) {
     FG_PICK(fg_acc_rows, (bs, bb, ds, db, rs, m, first))
 }
+
 FG_PICK_TYPED(float, f32)
 FG_PICK_TYPED(double, f64)
 /* float16 read and written in registers where a copy with F16C runs. */

@@ -654,10 +654,11 @@ def test_float16_backward_memory(traced_peak, channels_last):
 @pytest.mark.compiled_only
 def test_channels_last_backward_temporaries(traced_peak):
     """Channels-last chunk sums are kept a sample a thread (all of them
-    only when the threads share a sample's phases): beside dx, the per-
-    sample sums of the parameter gradients (2*C doubles a sample). With
-    every chunk's sums as well, 256x256x3x3's temporaries had been the
-    size of its input."""
+    only when the threads share a sample's phases), the parameter
+    gradients' sums a row block of samples: beside dx, well under the
+    per-sample sums (2*C doubles a sample) that 128x256x2x2 had paid
+    page faults for in every call (6x the time). With every chunk's sums
+    as well, 256x256x3x3's temporaries had been the size of its input."""
     rng = np.random.default_rng(33)
     x, dy, w = make_data((64, 256, 3, 3), np.float32, rng, True)
     x, dy = to_layout(x, True), to_layout(dy, True)
@@ -668,8 +669,9 @@ def test_channels_last_backward_temporaries(traced_peak):
             fastgn.group_norm_backward(dy, x, mean, rstd, 32, w,
                                        channels_last=True, num_threads=nt)
         peak = t.peak
-        limit = x.nbytes + 2 * 8 * x.shape[0] * x.shape[-1]
-        assert peak < 1.05 * limit + (1 << 16), (nt, peak / x.nbytes)
+        per_sample = 2 * 8 * x.shape[0] * x.shape[-1]
+        limit = 1.05 * x.nbytes + 0.3 * per_sample + (1 << 16)
+        assert peak < limit, (nt, peak / x.nbytes)
 
 
 def test_mixed_precision_promotes():
