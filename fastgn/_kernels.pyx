@@ -83,6 +83,12 @@ cdef extern from "_simd.h" nogil:
                           double*)
     void fg_acc_rows(double*, double*, const double*, const double*, double,
                      Py_ssize_t, int)
+    void fg_bwd_coefs_groups_f32(const float*, const float*, const double*,
+                                 const double*, Py_ssize_t, Py_ssize_t,
+                                 double, float*)
+    void fg_bwd_coefs_groups_f64(const double*, const double*,
+                                 const double*, const double*, Py_ssize_t,
+                                 Py_ssize_t, double, double*)
     void fg_acc_groups_f32(double*, double*, const double*, const double*,
                            const float*, Py_ssize_t, Py_ssize_t, int)
     void fg_acc_groups_f64(double*, double*, const double*, const double*,
@@ -1343,7 +1349,7 @@ cdef inline void _bwd_rows_merge(const floating* rstd, const floating* w,
     sample's first at parts; NULL: one chunk, summed into ds, db already)
     added in order into ds, db (C each), then B, D of each group into coef
     (2 per group)."""
-    cdef Py_ssize_t k, c, grp
+    cdef Py_ssize_t k, c
     cdef const double* pk
     for k in range(g.K if parts != NULL else 0):
         pk = parts + 2 * k * g.C
@@ -1355,10 +1361,12 @@ cdef inline void _bwd_rows_merge(const floating* rstd, const floating* w,
             for c in range(g.C):
                 ds[c] += pk[c]
                 db[c] += pk[g.C + c]
-    for grp in range(g.G):
-        _bwd_coefs(w + grp * g.Cg, rstd[n * g.G + grp], ds + grp * g.Cg,
-                   db + grp * g.Cg, g.Cg, <double>(g.Cg * g.T),
-                   &coef[2 * grp], &coef[2 * grp + 1])
+    if floating is float:
+        fg_bwd_coefs_groups_f32(w, rstd + n * g.G, ds, db, g.G, g.Cg,
+                                <double>(g.Cg * g.T), coef)
+    else:
+        fg_bwd_coefs_groups_f64(w, rstd + n * g.G, ds, db, g.G, g.Cg,
+                                <double>(g.Cg * g.T), coef)
 
 
 cdef inline void _bwd_rows_dx(const floating* dy, const floating* x,
