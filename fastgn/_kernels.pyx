@@ -89,6 +89,10 @@ cdef extern from "_simd.h" nogil:
     void fg_bwd_coefs_groups_f64(const double*, const double*,
                                  const double*, const double*, Py_ssize_t,
                                  Py_ssize_t, double, double*)
+    void fg_finish_f32(const double*, Py_ssize_t, double, double*, float*,
+                       float*)
+    void fg_finish_f64(const double*, Py_ssize_t, double, double*, double*,
+                       double*)
     void fg_acc_groups_f32(double*, double*, const double*, const double*,
                            const float*, Py_ssize_t, Py_ssize_t, int)
     void fg_acc_groups_f64(double*, double*, const double*, const double*,
@@ -845,10 +849,20 @@ cdef inline void _rows_sample(const floating* x, floating* y,
     float16 (x16, y16) a chunk at a time through the thread's buffer."""
     cdef Py_ssize_t k, j, grp
     cdef bint back = g.T * g.C * <Py_ssize_t>sizeof(floating) > L2_BYTES
+    cdef Py_ssize_t s0 = n * g.G
     for k in range(g.K):
         _rows_moments(x, g, n * g.K + k, eps, scratch,
                       &parts[(n * g.K + k) * g.G], x16)
-    for grp in range(g.G):
+    if g.K == 1:
+        if floating is float:
+            fg_finish_f32(<double*>&parts[s0], g.G, eps, stats + 2 * s0,
+                          NULL if mean_out == NULL else mean_out + s0,
+                          NULL if rstd_out == NULL else rstd_out + s0)
+        else:
+            fg_finish_f64(<double*>&parts[s0], g.G, eps, stats + 2 * s0,
+                          NULL if mean_out == NULL else mean_out + s0,
+                          NULL if rstd_out == NULL else rstd_out + s0)
+    for grp in range(g.G if g.K > 1 else 0):
         _merge_slab(&parts[n * g.K * g.G + grp], g.K, g.G, n * g.G + grp,
                     eps, stats, mean_out, rstd_out)
     for j in range(g.K):
