@@ -304,6 +304,32 @@ def test_in_place_channel_runs_same_bits(rng, oracle, dtype, hw):
     assert_close(y, oracle(x, 3, w, b)[0], dtype)
 
 
+def assert_every_offset(oracle, x, G, w, b, dtype, in_place=False, **kw):
+    """group_norm(x, ...) into an output at every offset within a cache
+    line (and, with ``in_place``, into x's values there) gets the bits of
+    the first, which matches the oracle; nothing outside it is written."""
+    per_line = 64 // dtype.itemsize
+    buf = np.empty(x.size + 2 * per_line, dtype)
+    start = (-buf.ctypes.data % 64) // dtype.itemsize
+    want = None
+    for k in range(per_line):
+        buf.fill(-7.0)
+        y = buf[start + k:start + k + x.size].reshape(x.shape)
+        assert gn(x, G, w, b, out=y, **kw) is y
+        assert (buf[:start + k] == -7.0).all()
+        assert (buf[start + k + x.size:] == -7.0).all()
+        if want is None:
+            want = y.copy()
+            ref = oracle(x, G, w, b, **kw)[0]
+            assert_close(want, ref, dtype, scale=4.0)
+        else:
+            np.testing.assert_array_equal(y, want, err_msg=f"offset {k}")
+        if in_place:
+            y[...] = x
+            assert gn(y, G, w, b, out=y, **kw) is y
+            np.testing.assert_array_equal(y, want, err_msg=f"in place {k}")
+
+
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
 @pytest.mark.parametrize("Cg,hw", [(8, (3, 3)), (16, (1, 2)), (2, (2, 4)),
                                    (4, (1, 5)), (16, (3, 5)), (3, (2, 3)),
@@ -320,25 +346,8 @@ def test_small_maps_output_at_every_offset(rng, oracle, dtype, Cg, hw,
     G = 3
     x = data(rng, (5, Cg * G) + hw, dtype, offset=20.0)
     w, b = params(rng, Cg * G, "both", dtype)
-    per_line = 64 // dtype.itemsize
-    buf = np.empty(x.size + 2 * per_line, dtype)
-    start = (-buf.ctypes.data % 64) // dtype.itemsize
-    want = None
-    for k in range(per_line):
-        buf.fill(-7.0)
-        y = buf[start + k:start + k + x.size].reshape(x.shape)
-        assert gn(x, G, w, b, activation=activation, out=y) is y
-        assert (buf[:start + k] == -7.0).all()
-        assert (buf[start + k + x.size:] == -7.0).all()
-        if want is None:
-            want = y.copy()
-            ref = oracle(x, G, w, b, activation=activation)[0]
-            assert_close(want, ref, dtype, scale=4.0)
-        else:
-            np.testing.assert_array_equal(y, want, err_msg=f"offset {k}")
-        y[...] = x
-        assert gn(y, G, w, b, activation=activation, out=y) is y
-        np.testing.assert_array_equal(y, want, err_msg=f"in place {k}")
+    assert_every_offset(oracle, x, G, w, b, dtype, in_place=True,
+                        activation=activation)
 
 
 @pytest.mark.parametrize("Cg", [4, 8, 12, 16, 17, 20, 24, 31, 32, 33, 48, 63, 64])
@@ -936,24 +945,8 @@ def test_channels_last_output_at_every_offset(rng, oracle, dtype, C, G,
     a line gets the bits of an aligned one."""
     x = data(rng, (3, 5, 7, C), dtype, offset=3.0)
     w, b = params(rng, C, "both", dtype)
-    kw = dict(channels_last=True, activation=activation)
-    per_line = 64 // dtype.itemsize
-    buf = np.empty(x.size + 2 * per_line, dtype)
-    start = (-buf.ctypes.data % 64) // dtype.itemsize
-    want = None
-    for k in range(per_line):
-        buf.fill(-7.0)
-        y = buf[start + k:start + k + x.size].reshape(x.shape)
-        assert gn(x, G, w, b, out=y, **kw) is y
-        assert (buf[:start + k] == -7.0).all()
-        assert (buf[start + k + x.size:] == -7.0).all()
-        if want is None:
-            want = y.copy()
-            ref = oracle(x, G, w, b, channels_last=True,
-                         activation=activation)[0]
-            assert_close(want, ref, dtype, scale=4.0)
-        else:
-            np.testing.assert_array_equal(y, want, err_msg=f"offset {k}")
+    assert_every_offset(oracle, x, G, w, b, dtype, channels_last=True,
+                        activation=activation)
 
 
 @pytest.mark.compiled_only
