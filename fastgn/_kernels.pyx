@@ -1297,25 +1297,12 @@ cdef void _backward_block(const floating* dy, const floating* x,
                              db + o, tmp, cap, n == n0, g.stream)
 
 
-cdef inline void _fold_rows(const floating* rstd, Geometry* g, Py_ssize_t u,
-                            Py_ssize_t RB, const double* ps, double* ds,
-                            double* db) noexcept nogil:
-    """Group u % G of row block u // G: the per-sample rows of sums ps (ds
-    then db, N rows of C each) added into the block's rows as
-    _backward_block adds them (the same bits)."""
-    cdef Py_ssize_t k = u // g.G, grp = u % g.G, n, o
-    cdef Py_ssize_t n0 = k * RB, c0 = grp * g.Cg
-    for n in range(n0, min(g.N, n0 + RB)):
-        o = n * g.C + c0
-        fg_acc_rows(ds + k * g.C + c0, db + k * g.C + c0, ps + o,
-                    ps + g.N * g.C + o, rstd[n * g.G + grp], g.Cg, n == n0)
-
-
 cdef inline void _fold_samples(const floating* rstd, Geometry* g,
                                Py_ssize_t k, Py_ssize_t RB, const double* ps,
                                double* ds, double* db) noexcept nogil:
     """Row block k's samples' rows of sums ps (ds then db, N rows of C
-    each) added into its rows of ds, db as _bwd_rows_block adds them."""
+    each) added into its rows of ds, db as _bwd_rows_block and
+    _backward_block add them (the same bits)."""
     cdef Py_ssize_t n, n0 = k * RB
     for n in range(n0, min(g.N, n0 + RB)):
         if floating is float:
@@ -1616,8 +1603,8 @@ cdef void _backward_impl(const floating* dy, const floating* x,
                 k = it % P
                 _bwd_slab_dx(dy, x, mean, rstd, w, g, s, k * g.Cg // P,
                              (k + 1) * g.Cg // P, coef + 2 * s, dx)
-            for u in prange(R * g.G, schedule="static"):
-                _fold_rows(rstd, g, u, RB, parts, ds, db)
+            for k in prange(R, schedule="static"):
+                _fold_samples(rstd, g, k, RB, parts, ds, db)
         else:
             for u in prange(R * GR, schedule="static"):
                 _backward_block(dy, x, mean, rstd, w, g, u, RB, GR, dx, ds,
