@@ -1117,6 +1117,29 @@ FG_WIDE_INL fg_vf64##ISA fg_vsums_t##ISA(const fg_vf64##ISA *a) {             \
     const __m512d b3 = fg_pairsum##ISA((__m512d)a[6], (__m512d)a[7], 1);      \
     return (fg_vf64##ISA)fg_pairsum##ISA(fg_pairsum##ISA(b0, b1, 0),          \
                                          fg_pairsum##ISA(b2, b3, 0), 0);      \
+}                                                                             \
+/* fg_vsums_t32: the same for 16 float32 vectors (pairs of lanes, of      \
+ * 64-bit pairs, then of 128-bit blocks twice), sums kept in float32. */    \
+FG_WIDE_INL __m512 fg_pairsum32##ISA(__m512 x, __m512 y, int step) {          \
+    const __m512d u = _mm512_castps_pd(x), v = _mm512_castps_pd(y);           \
+    return step == 0 ? _mm512_add_ps(_mm512_unpacklo_ps(x, y),                \
+                                     _mm512_unpackhi_ps(x, y))                \
+         : step == 1 ? _mm512_add_ps(                                         \
+                           _mm512_castpd_ps(_mm512_unpacklo_pd(u, v)),        \
+                           _mm512_castpd_ps(_mm512_unpackhi_pd(u, v)))        \
+         : _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x88),                    \
+                         _mm512_shuffle_f32x4(x, y, 0xDD));                   \
+}                                                                             \
+FG_WIDE_INL fg_vf32##ISA fg_vsums_t32##ISA(const fg_vf32##ISA *a) {           \
+    __m512 b[8], c[4];                                                        \
+    int i;                                                                    \
+    for (i = 0; i < 8; i++)                                                   \
+        b[i] = fg_pairsum32##ISA((__m512)a[2 * i], (__m512)a[2 * i + 1], 0);  \
+    for (i = 0; i < 4; i++)                                                   \
+        c[i] = fg_pairsum32##ISA(b[2 * i], b[2 * i + 1], 1);                  \
+    return (fg_vf32##ISA)fg_pairsum32##ISA(                                   \
+        fg_pairsum32##ISA(c[0], c[1], 2), fg_pairsum32##ISA(c[2], c[3], 2),   \
+        2);                                                                   \
 }
 #define FG_VSUMS_32(ISA)                                                      \
 FG_VTAIL(ISA)                                                                 \
@@ -1136,6 +1159,25 @@ FG_WIDE_INL fg_vf64##ISA fg_vsums_t##ISA(const fg_vf64##ISA *a) {             \
     const __m256d b1 = _mm256_hadd_pd((__m256d)a[2], (__m256d)a[3]);         \
     return (fg_vf64##ISA)_mm256_add_pd(_mm256_permute2f128_pd(b0, b1, 0x20),  \
                                        _mm256_permute2f128_pd(b0, b1, 0x31)); \
+}                                                                             \
+FG_WIDE_INL __m256 fg_pairsum32##ISA(__m256 x, __m256 y, int step) {          \
+    const __m256d u = _mm256_castps_pd(x), v = _mm256_castps_pd(y);           \
+    return step == 0 ? _mm256_add_ps(_mm256_unpacklo_ps(x, y),                \
+                                     _mm256_unpackhi_ps(x, y))                \
+         : step == 1 ? _mm256_add_ps(                                         \
+                           _mm256_castpd_ps(_mm256_unpacklo_pd(u, v)),        \
+                           _mm256_castpd_ps(_mm256_unpackhi_pd(u, v)))        \
+         : _mm256_add_ps(_mm256_permute2f128_ps(x, y, 0x20),                  \
+                         _mm256_permute2f128_ps(x, y, 0x31));                 \
+}                                                                             \
+FG_WIDE_INL fg_vf32##ISA fg_vsums_t32##ISA(const fg_vf32##ISA *a) {           \
+    __m256 b[4];                                                              \
+    int i;                                                                    \
+    for (i = 0; i < 4; i++)                                                   \
+        b[i] = fg_pairsum32##ISA((__m256)a[2 * i], (__m256)a[2 * i + 1], 0);  \
+    return (fg_vf32##ISA)fg_pairsum32##ISA(fg_pairsum32##ISA(b[0], b[1], 1),  \
+                                           fg_pairsum32##ISA(b[2], b[3], 1),  \
+                                           2);                                \
 }                                                                             \
 FG_WIDE_INL double fg_vsum_f32##ISA(fg_vf32##ISA v) {                         \
     return fg_f8sum##ISA(v);                                                  \
@@ -1160,6 +1202,15 @@ FG_WIDE_INL double fg_vsum_f64##ISA(fg_vf64##ISA v) {                         \
 }                                                                             \
 FG_WIDE_INL fg_vf64##ISA fg_vsums_t##ISA(const fg_vf64##ISA *a) {             \
     return (fg_vf64##ISA){a[0][0] + a[0][1], a[1][0] + a[1][1]};              \
+}                                                                             \
+FG_WIDE_INL fg_vf32##ISA fg_vsums_t32##ISA(const fg_vf32##ISA *a) {           \
+    const fg_vi32##ISA lo = {0, 4, 1, 5}, hi = {2, 6, 3, 7};                  \
+    const fg_vi32##ISA l2 = {0, 1, 4, 5}, h2 = {2, 3, 6, 7};                  \
+    const fg_vf32##ISA b0 = __builtin_shuffle(a[0], a[1], lo) +               \
+                            __builtin_shuffle(a[0], a[1], hi);                \
+    const fg_vf32##ISA b1 = __builtin_shuffle(a[2], a[3], lo) +               \
+                            __builtin_shuffle(a[2], a[3], hi);                \
+    return __builtin_shuffle(b0, b1, l2) + __builtin_shuffle(b0, b1, h2);     \
 }
 
 /* The tail of a backward run (len - j values after its whole vectors) as
@@ -1310,9 +1361,8 @@ FG_WIDE_INL void fg_vrun_bwd_##SUF(const T *g, const T *p,                    \
  * most FG_BWD_BLK values, as in fg_moments, added up in float64);
  * then dx = a*dy + B*(x - mean) + D. */
 #define FG_BWD_BLK 8192
-/* float32 channel runs shorter than this go fg_runs_bwd64's way: the
- * backward of 3x3 maps took 0.62-0.64x the time, 4x4 0.85x, 5x5 0.98x;
- * runs of 49-50 values 1.09-1.38x (their float32 vectors cover them). */
+/* float32 channel runs shorter than this go fg_runs_bwd_vl's way (runs of
+ * 36-50 values took 1.01-1.02x the time that way). */
 #define FG_BWD_SHORT 32
 
 /* Float32 lanes overflow where |dy * (x - mean)| sums pass ~3e38: such a
@@ -1321,14 +1371,134 @@ FG_WIDE_INL void fg_vrun_bwd_##SUF(const T *g, const T *p,                    \
 #define FG_OVERFLOWED(AT, s, b)                                               \
     (sizeof(AT) < sizeof(double) && !((fabs(s) <= 1e300) & (fabs(b) <= 1e300)))
 
+/* The backward's sums of ng consecutive slabs' Cg float32 channel runs of
+ * HW < FG_BWD_SHORT values each (slab g's mean mean[g]) into ds, db:
+ * float32 lanes per run, the lane sums of VL runs at a time in one float32
+ * transposing tree (fg_vsums_t32, across slabs), then widened. A run
+ * shorter than a vector takes one vector from its start with the lanes of
+ * the next runs off in dy and in the product (so nothing of theirs, not
+ * even an infinity, enters), copied through a buffer where it would pass
+ * the block's end, so each run's lanes, and bits, do not depend on where
+ * the block ends; a longer run its whole vectors and a last one masked as
+ * FG_TAIL_VEC's. Runs whose float32 sums overflowed are summed again in
+ * float64 lanes. With every value widened to float64 first and a float64
+ * tree per VLD runs, the backward took 1.2-1.45x the time (AVX-512, AVX2:
+ * 2x2 to 5x5 maps, 4x6, 128x768x16 G=32; 1.4-2.3x at the SSE2 level). */
+#define FG_RUNS_BWD_VL(ISA)                                                   \
+FG_WIDE_INL void fg_runs_tree##ISA(const fg_vf32##ISA *sv,                   \
+                                   const fg_vf32##ISA *bv, double *ds,        \
+                                   double *db, ptrdiff_t n) {                 \
+    enum { VL = sizeof(fg_vf32##ISA) / sizeof(float),                         \
+           VLD = sizeof(fg_vf64##ISA) / sizeof(double) };                     \
+    const fg_vf32##ISA st = fg_vsums_t32##ISA(sv), bt = fg_vsums_t32##ISA(bv);\
+    fg_vf64##ISA lo, hi;                                                      \
+    double s[VL], b[VL];                                                      \
+    ptrdiff_t c;                                                              \
+    fg_split##ISA(st, &lo, &hi);                                              \
+    *(fg_vf64u##ISA *)s = lo;                                                 \
+    *(fg_vf64u##ISA *)(s + VLD) = hi;                                         \
+    fg_split##ISA(bt, &lo, &hi);                                              \
+    *(fg_vf64u##ISA *)b = lo;                                                 \
+    *(fg_vf64u##ISA *)(b + VLD) = hi;                                         \
+    if (n == VL) {                                                            \
+        *(fg_vf64u##ISA *)ds = *(fg_vf64u##ISA *)s;                           \
+        *(fg_vf64u##ISA *)(ds + VLD) = *(fg_vf64u##ISA *)(s + VLD);           \
+        *(fg_vf64u##ISA *)db = *(fg_vf64u##ISA *)b;                           \
+        *(fg_vf64u##ISA *)(db + VLD) = *(fg_vf64u##ISA *)(b + VLD);           \
+    } else                                                                    \
+        for (c = 0; c < n; c++) {                                             \
+            ds[c] = s[c];                                                     \
+            db[c] = b[c];                                                     \
+        }                                                                     \
+}                                                                             \
+FG_WIDE_INL void fg_runs_bwd_vl##ISA(const float *dy, const float *x,         \
+                                     ptrdiff_t ng, ptrdiff_t Cg,              \
+                                     ptrdiff_t HW, const float *mean,         \
+                                     double *ds, double *db) {                \
+    enum { VL = sizeof(fg_vf32##ISA) / sizeof(float) };                       \
+    const ptrdiff_t end = ng * Cg * HW - VL;                                  \
+    fg_vf32##ISA sv[VL], bv[VL], v, s0, b0, bad = {0};                        \
+    ptrdiff_t g, c, j, o, f = 0, at = 0;                                      \
+    fg_vi32##ISA on, first;                                                   \
+    FG_LAST_LANES(on, float, VL, HW % VL)                                     \
+    FG_LAST_LANES(first, float, VL, HW < VL ? VL - HW : 0)                    \
+    first = ~first;                                                           \
+    if (HW < VL)    /* the run in its first lanes, the others off */          \
+        FG_RUNS_EACH(ISA, {                                                   \
+            const float *gp = dy + o, *pp = x + o;                            \
+            float tg[VL] = {0}, tx[VL] = {0};                                 \
+            if (o > end) {  /* the vector would pass the block's end */       \
+                __builtin_memcpy(tg, gp, HW * sizeof(float));                 \
+                __builtin_memcpy(tx, pp, HW * sizeof(float));                 \
+                gp = tg;                                                      \
+                pp = tx;                                                      \
+            }                                                                 \
+            b0 = FG_MASKED(fg_vf32##ISA, fg_vi32##ISA,                        \
+                           *(const fg_vf32u##ISA *)gp, first);                \
+            s0 = FG_MASKED(fg_vf32##ISA, fg_vi32##ISA,                        \
+                           b0 * (*(const fg_vf32u##ISA *)pp - mu), first);    \
+        })                                                                    \
+    else                                                                      \
+        FG_RUNS_EACH(ISA, {                                                   \
+            const float *gp = dy + o, *pp = x + o;                            \
+            b0 = *(const fg_vf32u##ISA *)gp;                                  \
+            s0 = b0 * (*(const fg_vf32u##ISA *)pp - mu);                      \
+            for (j = VL; j + VL <= HW; j += VL) {                             \
+                v = *(const fg_vf32u##ISA *)(gp + j);                         \
+                s0 += v * (*(const fg_vf32u##ISA *)(pp + j) - mu);            \
+                b0 += v;                                                      \
+            }                                                                 \
+            if (j < HW) {                                                     \
+                v = FG_MASKED(fg_vf32##ISA, fg_vi32##ISA,                     \
+                              *(const fg_vf32u##ISA *)(gp + HW - VL), on);    \
+                s0 += v * (*(const fg_vf32u##ISA *)(pp + HW - VL) - mu);      \
+                b0 += v;                                                      \
+            }                                                                 \
+        })                                                                    \
+    if (f) {                                                                  \
+        for (c = f; c < VL; c++)                                              \
+            sv[c] = bv[c] = (fg_vf32##ISA){0};                                \
+        fg_runs_tree##ISA(sv, bv, ds + at, db + at, f);                       \
+    }                                                                         \
+    if (fg_vsum_f32##ISA(bad) == 0)                                           \
+        return;                                                               \
+    for (c = 0; c < ng * Cg; c++)                                             \
+        if (FG_OVERFLOWED(float, ds[c], db[c]))                               \
+            fg_vrun_bwd64_f32##ISA(dy + c * HW, x + c * HW, HW,               \
+                                   mean[c / Cg], ds + c, db + c);             \
+}
+/* fg_runs_bwd_vl's loop over the runs: the code given sets s0, b0 for the
+ * run at o (its slab's mean mu); they go into the next tree, each full
+ * tree into ds, db; bad gathers NaN from any lane that overflowed. */
+#define FG_RUNS_EACH(ISA, ...)                                                \
+    for (g = 0; g < ng; g++) {                                                \
+        const float mu = mean[g];                                             \
+        for (c = 0; c < Cg; c++) {                                            \
+            o = (g * Cg + c) * HW;                                            \
+            __VA_ARGS__                                                       \
+            sv[f] = s0;                                                       \
+            bv[f] = b0;                                                       \
+            bad += s0 * 0 + b0 * 0;                                           \
+            if (++f == VL) {                                                  \
+                fg_runs_tree##ISA(sv, bv, ds + at, db + at, VL);              \
+                at += VL;                                                     \
+                f = 0;                                                        \
+            }                                                                 \
+        }                                                                     \
+    }
+
+/* Whether fg_runs_bwd_vl takes the runs: float32, HW < FG_BWD_SHORT. */
+#define FG_RUNS_VL(T, HW) (sizeof(T) == sizeof(float) && (HW) < FG_BWD_SHORT)
 /* One NCHW slab: Cg channels of HW values each. */
 #define FG_BWD_SUMS(T, AT, SUF, ISA)                                          \
 FG_WIDE_FN void fg_bwd_sums_##SUF##ISA(const T *dy, const T *x, ptrdiff_t Cg, \
                                        ptrdiff_t HW, T mu, double *ds,        \
                                        double *db) {                          \
     ptrdiff_t c, b0;                                                          \
-    if (sizeof(T) == sizeof(float) && HW < FG_BWD_SHORT) {                    \
-        fg_runs_bwd64_##SUF##ISA(dy, x, Cg, HW, mu, ds, db);                  \
+    if (FG_RUNS_VL(T, HW)) {                            \
+        const float m = (float)mu;                                            \
+        fg_runs_bwd_vl##ISA((const float *)dy, (const float *)x, 1, Cg, HW,   \
+                            &m, ds, db);                                      \
         return;                                                               \
     }                                                                         \
     for (c = 0; c < Cg; c++) {                                                \
@@ -1599,6 +1769,7 @@ FG_WIDE_FN void fg_bwd_slabs_##SUF##ISA(const T *dy, const T *x, T *dx,       \
     ptrdiff_t g0, g;                                                          \
     T B[FG_BWD_NB], D[FG_BWD_NB];                                             \
     const int perm = !stream && FG_PERM_OK(T, sizeof(fg_vf32##ISA), Cg, HW);  \
+    const int vl = FG_RUNS_VL(T, HW);                   \
     if (sizeof(T) == sizeof(float) && Cg == 1 && bytes <= FG_BWD_SLAB_MAX) {  \
         (HW * sizeof(float) < sizeof(fg_vf32##ISA) ? fg_bwd_tiny##ISA         \
                                                     : fg_bwd_ones##ISA)(      \
@@ -1612,9 +1783,14 @@ FG_WIDE_FN void fg_bwd_slabs_##SUF##ISA(const T *dy, const T *x, T *dx,       \
     for (g0 = 0; g0 < ng; g0 += nb) {                                         \
         const ptrdiff_t k = ng - g0 < nb ? ng - g0 : nb, o = g0 * L;          \
         double *ts = tmp, *tb = tmp + k * Cg;                                 \
-        for (g = 0; g < k; g++)                                               \
-            fg_bwd_sums_##SUF##ISA(dy + o + g * L, x + o + g * L, Cg, HW,     \
-                                   mean[g0 + g], ts + g * Cg, tb + g * Cg);   \
+        if (vl)     /* the k slabs' runs in one call: whole trees */          \
+            fg_runs_bwd_vl##ISA((const float *)dy + o, (const float *)x + o,  \
+                                k, Cg, HW, (const float *)mean + g0, ts, tb); \
+        else                                                                  \
+            for (g = 0; g < k; g++)                                           \
+                fg_bwd_sums_##SUF##ISA(dy + o + g * L, x + o + g * L, Cg, HW, \
+                                       mean[g0 + g], ts + g * Cg,             \
+                                       tb + g * Cg);                          \
         for (g = 0; g < k; g++)                                               \
             fg_bwd_coefs_##SUF##ISA(w + (g0 + g) * Cg, rstd[g0 + g],          \
                                     ts + g * Cg, tb + g * Cg, Cg, M, B + g,   \
@@ -2569,32 +2745,6 @@ FG_WIDE_INL void fg_runs_dev64_f32##ISA(const float *p, ptrdiff_t nb,         \
                                  tq + g);                                     \
     }, s, q)                                                                  \
 }                                                                             \
-/* The backward's sums for nb consecutive short runs of len values (one    \
- * channel each, 3x3 maps), dy*(x - mu) into s and dy into q: float64      \
- * lanes per run, their lane sums VL runs at a time through one transposing \
- * tree. Run by run, runs shorter than a float32 vector were summed value  \
- * by value, and reducing their empty vectors cost as much again           \
- * (256x256x3x3: the sums were 63% of the backward). */                     \
-FG_WIDE_INL void fg_runs_bwd64_f32##ISA(const float *dy, const float *p,     \
-                                        ptrdiff_t nb, ptrdiff_t len,          \
-                                        double mu, double *s, double *q) {    \
-    enum { VL = sizeof(fg_vf64##ISA) / sizeof(double) };                      \
-    ptrdiff_t g0, g, j;                                                       \
-    fg_vf64##ISA v;                                                           \
-    FG_RUNS_TREES(ISA, nb, {                                                  \
-        const float *gc = dy + (g0 + g) * len;                                \
-        const float *pc = p + (g0 + g) * len;                                 \
-        for (j = 0; WIDEN && j + VL <= len; j += VL) {                        \
-            v = FG_WIDEN(ISA, gc + j);                                        \
-            sv[g] += v * (FG_WIDEN(ISA, pc + j) - mu);                        \
-            qv[g] += v;                                                       \
-        }                                                                     \
-        for (; j < len; j++) {                                                \
-            ts[g] += (double)gc[j] * ((double)pc[j] - mu);                    \
-            tq[g] += gc[j];                                                   \
-        }                                                                     \
-    }, s, q)                                                                  \
-}                                                                             \
 /* The backward's sums of dy*(x - mu) and dy in float64 lanes. */            \
 FG_WIDE_INL void fg_vrun_bwd64_f32##ISA(const float *g,                       \
                                                     const float *p,           \
@@ -2635,11 +2785,6 @@ FG_WIDE_INL void fg_runs_dev64_f64##ISA(const double *p, ptrdiff_t nb,        \
                                         ptrdiff_t len, double *k, double *s,  \
                                         double *q) {                          \
     (void)p; (void)nb; (void)len; (void)k; (void)s; (void)q;                  \
-}                                                                             \
-FG_WIDE_INL void fg_runs_bwd64_f64##ISA(const double *g, const double *p,     \
-                                        ptrdiff_t nc, ptrdiff_t len,          \
-                                        double mu, double *ds, double *db) {  \
-    (void)g; (void)p; (void)nc; (void)len; (void)mu; (void)ds; (void)db;      \
 }
 
 /* float16 data read and written in registers (F16C, AVX-512), in the AVX2
@@ -2843,6 +2988,7 @@ FG_WIDE_FN void fg_small_slabs_f16##ISA(const unsigned short *x,              \
     FG_PERM_FNS_##VB(ISA)                                                     \
     FG_MOMENTS(float, float, float, f32, ISA, FG_SAME)                        \
     FG_MOMENTS(double, double, double, f64, ISA, FG_SAME)                     \
+    FG_RUNS_BWD_VL(ISA)                                                       \
     FG_BWD_SUMS(float, float, f32, ISA)                                       \
     FG_BWD_SUMS(double, double, f64, ISA)                                     \
     FG_ACC_ROWS(ISA)                                                          \

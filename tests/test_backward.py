@@ -175,6 +175,50 @@ def test_rank2_infinite_input_counted_once(Cg):
             np.testing.assert_array_equal(np.isinf(a), np.isinf(b))
 
 
+@pytest.mark.parametrize("shape,G", [
+    ((3, 8, 3, 3), 2),          # runs of 9: under an AVX-512 vector
+    ((3, 64, 2, 2), 8),         # runs of 4, several to a vector
+    ((2, 6, 3, 3), 6),          # slabs of one run under a vector
+    ((3, 16, 4, 4), 4),         # one vector (AVX-512), two (AVX2)
+    ((3, 8, 5, 5), 2),          # a vector and a masked last one
+    ((3, 8, 7, 7), 2),
+], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nonfinite_x_stays_in_its_slab(shape, G, dtype):
+    """An infinite or NaN x (with the clean stats passed in), at a slab's
+    first, a middle and its last value, gives the gradients' infinities and
+    NaNs of float64 data, and every other slab's dx and every other
+    channel's dweight, dbias keep the bits of the clean input: runs summed
+    by vectors that reach into the next runs add nothing from them."""
+    rng = np.random.default_rng(sum(shape) + G)
+    x, dy, w = make_data(shape, dtype, rng, True)
+    _, mean, rstd = fastgn.group_norm(x, G, w, return_stats=True)
+    clean = fastgn.group_norm_backward(dy, x, mean, rstd, G, w)
+    N, C = shape[:2]
+    Cg = C // G
+    L = Cg * int(np.prod(shape[2:]))
+    for n, g, pos, val in [(1, 1, 0, np.inf), (1, 1, L // 2, np.nan),
+                           (1, 1, L - 1, -np.inf), (0, G - 1, 0, np.nan),
+                           (N - 1, 0, L - 1, np.inf)]:
+        xi = x.copy()
+        xi.reshape(N, G, L)[n, g, pos] = val
+        got = fastgn.group_norm_backward(dy, xi, mean, rstd, G, w)
+        ref = fastgn.group_norm_backward(*(a.astype(np.float64) for a in (
+            dy, xi, mean, rstd)), G, w.astype(np.float64))
+        for a, b in zip(got, ref):
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+            np.testing.assert_array_equal(np.isinf(a), np.isinf(b))
+        slab = np.zeros((N, G), bool)
+        slab[n, g] = True
+        keep = ~np.repeat(slab, Cg, axis=1)
+        assert got[0][keep].tobytes() == clean[0][keep].tobytes()
+        c = np.isfinite(xi[n].reshape(C, -1)).all(axis=1)
+        assert got[1][c].tobytes() == clean[1][c].tobytes()
+        assert got[2][c].tobytes() == clean[2][c].tobytes()
+        # (the poisoned channel's sums are taken again in float64)
+        np.testing.assert_allclose(got[2], clean[2], rtol=1e-6)
+
+
 def test_weight_none_equals_ones():
     rng = np.random.default_rng(1)
     x, dy, _ = make_data((2, 6, 4, 4), np.float64, rng, False)
