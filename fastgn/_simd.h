@@ -1704,9 +1704,10 @@ FG_WIDE_INL void fg_bwd_ones##ISA(const float *dy, const float *x, float *dx, \
         fg_sfence();                                                          \
 }
 #define FG_BWD_SLABS(T, SUF, ISA)                                             \
-FG_WIDE_FN void fg_bwd_coefs_##SUF##ISA(const T *w, double rs,               \
-                                        const double *ds, const double *db,   \
-                                        ptrdiff_t Cg, double M, T *B, T *D) { \
+FG_WIDE_INL void fg_bwd_coefs_in_##SUF##ISA(const T *w, double rs,          \
+                                            const double *ds,                 \
+                                            const double *db, ptrdiff_t Cg,   \
+                                            double M, T *B, T *D) {           \
     double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;    \
     ptrdiff_t c = 0;                                                          \
     for (; c + 4 <= Cg; c += 4) {                                             \
@@ -1726,6 +1727,11 @@ FG_WIDE_FN void fg_bwd_coefs_##SUF##ISA(const T *w, double rs,               \
     *B = (T)(-rs * rs * rs * ((a0 + a1) + (a2 + a3)) / M);                    \
     *D = (T)(-rs * ((b0 + b1) + (b2 + b3)) / M);                              \
 }                                                                             \
+FG_WIDE_FN void fg_bwd_coefs_##SUF##ISA(const T *w, double rs,               \
+                                        const double *ds, const double *db,   \
+                                        ptrdiff_t Cg, double M, T *B, T *D) { \
+    fg_bwd_coefs_in_##SUF##ISA(w, rs, ds, db, Cg, M, B, D);                   \
+}                                                                             \
 /* B, D of a sample's G groups into coef (pairs): one call a sample (a     \
  * call a group took a seventh of the channels-last backward of 2x2 maps) */ \
 FG_WIDE_FN void fg_bwd_coefs_groups_##SUF##ISA(const T *w, const T *rstd,     \
@@ -1735,9 +1741,9 @@ FG_WIDE_FN void fg_bwd_coefs_groups_##SUF##ISA(const T *w, const T *rstd,     \
                                                T *coef) {                     \
     ptrdiff_t g;                                                              \
     for (g = 0; g < G; g++)                                                   \
-        fg_bwd_coefs_##SUF##ISA(w + g * Cg, rstd[g], ds + g * Cg,             \
-                                db + g * Cg, Cg, M, coef + 2 * g,             \
-                                coef + 2 * g + 1);                            \
+        fg_bwd_coefs_in_##SUF##ISA(w + g * Cg, rstd[g], ds + g * Cg,          \
+                                   db + g * Cg, Cg, M, coef + 2 * g,          \
+                                   coef + 2 * g + 1);                         \
 }                                                                             \
 FG_WIDE_FN void fg_bwd_dx_##SUF##ISA(const T *dy, const T *x, T *dx,         \
                                      ptrdiff_t Cg, ptrdiff_t HW, T rs,        \
