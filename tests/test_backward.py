@@ -154,6 +154,18 @@ def test_rank2_groups_of_one_to_four_vectors(Cg, G, N):
     check_close(db, rdb, 1e-6, mag=mags["db"])
 
 
+def backward_nonfinite_as_float64(dy, x, mean, rstd, G, w):
+    """The backward's gradients, after checking that their infinities and
+    NaNs are those of the same call on float64 copies."""
+    got = fastgn.group_norm_backward(dy, x, mean, rstd, G, w)
+    ref = fastgn.group_norm_backward(*(a.astype(np.float64) for a in (
+        dy, x, mean, rstd)), G, w.astype(np.float64))
+    for a, b in zip(got, ref):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        np.testing.assert_array_equal(np.isinf(a), np.isinf(b))
+    return got
+
+
 @pytest.mark.parametrize("Cg", [12, 20, 33])
 def test_rank2_infinite_input_counted_once(Cg):
     """An infinite x at any position of a rank-2 group (with finite stats
@@ -167,12 +179,7 @@ def test_rank2_infinite_input_counted_once(Cg):
     for c in range(Cg):
         xi = x.copy()
         xi[1, c] = np.inf
-        got = fastgn.group_norm_backward(dy, xi, mean, rstd, G, w)
-        ref = fastgn.group_norm_backward(*(a.astype(np.float64) for a in (
-            dy, xi, mean, rstd)), G, w.astype(np.float64))
-        for a, b in zip(got, ref):
-            np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
-            np.testing.assert_array_equal(np.isinf(a), np.isinf(b))
+        backward_nonfinite_as_float64(dy, xi, mean, rstd, G, w)
 
 
 @pytest.mark.parametrize("shape,G", [
@@ -202,12 +209,7 @@ def test_nonfinite_x_stays_in_its_slab(shape, G, dtype):
                            (N - 1, 0, L - 1, np.inf)]:
         xi = x.copy()
         xi.reshape(N, G, L)[n, g, pos] = val
-        got = fastgn.group_norm_backward(dy, xi, mean, rstd, G, w)
-        ref = fastgn.group_norm_backward(*(a.astype(np.float64) for a in (
-            dy, xi, mean, rstd)), G, w.astype(np.float64))
-        for a, b in zip(got, ref):
-            np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
-            np.testing.assert_array_equal(np.isinf(a), np.isinf(b))
+        got = backward_nonfinite_as_float64(dy, xi, mean, rstd, G, w)
         slab = np.zeros((N, G), bool)
         slab[n, g] = True
         keep = ~np.repeat(slab, Cg, axis=1)
