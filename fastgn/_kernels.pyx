@@ -139,6 +139,16 @@ cdef extern from "_simd.h" nogil:
     void fg_rows_params_f64(const double*, const double*, const double*,
                             Py_ssize_t, Py_ssize_t, Py_ssize_t, double*,
                             double*, double*)
+    void fg_bwd_rows_one_f32(const float*, const float*, float*, Py_ssize_t,
+                             Py_ssize_t, Py_ssize_t, const float*,
+                             const float*, const float*, double*, double*,
+                             double*, double*, int, float*, float*,
+                             Py_ssize_t, int)
+    void fg_bwd_rows_one_f64(const double*, const double*, double*,
+                             Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                             const double*, const double*, const double*,
+                             double*, double*, double*, double*, int,
+                             double*, double*, Py_ssize_t, int)
     void fg_rows_dx_params_f32(const float*, const float*, const float*,
                                const float*, Py_ssize_t, Py_ssize_t,
                                Py_ssize_t, float*, float*, float*, float*)
@@ -1403,11 +1413,13 @@ cdef inline void _bwd_rows_sample(const floating* dy, const floating* x,
                                   Geometry* g, Py_ssize_t n, floating* dx,
                                   double* ds, double* db, double* parts,
                                   floating* coef, floating* scratch,
-                                  Half* h) noexcept nogil:
+                                  Half* h, double* bs, double* bb,
+                                  int first) noexcept nogil:
     """All three phases of sample n on the calling thread, its sums in ds,
-    db (C each), its chunks' in parts (2*C a chunk). float16 (h not NULL):
-    the sample converted in the thread's buffers, as _backward_block's
-    slabs."""
+    db (C each), its chunks' in parts (2*C a chunk), then added into its
+    row block's rows bs, bb (stored if first; fg_acc_groups). float16 (h
+    not NULL): the sample converted in the thread's buffers, as
+    _backward_block's slabs."""
     cdef Py_ssize_t k, m = g.T * g.C
     cdef const floating* sy = dy + n * m
     cdef const floating* sx = x + n * m
@@ -1417,16 +1429,30 @@ cdef inline void _bwd_rows_sample(const floating* dy, const floating* x,
         if h != NULL:
             hb = _half_in(h, n * m, m)
             sy, sx, sd = hb, hb + h.stride, hb + 2 * h.stride
-    if g.K == 1:        # the sample's sums straight into ds, db
-        _bwd_rows_sums(sy, sx, mean, g, n, ds, db, scratch)
-        parts = NULL
+    cdef Py_ssize_t s0 = n * g.G
+    if g.K == 1:        # one call: its phases and the row sums
+        if floating is float:
+            fg_bwd_rows_one_f32(sy, sx, sd, g.T, g.G, g.Cg, mean + s0,
+                                rstd + s0, w, ds, db, bs, bb, first,
+                                coef + 2 * s0, scratch,
+                                _rotation(sd, g.C, g.stream), g.stream)
+        else:
+            fg_bwd_rows_one_f64(sy, sx, sd, g.T, g.G, g.Cg, mean + s0,
+                                rstd + s0, w, ds, db, bs, bb, first,
+                                coef + 2 * s0, scratch,
+                                _rotation(sd, g.C, g.stream), g.stream)
     else:
         for k in range(g.K):
             _bwd_rows_sums(sy, sx, mean, g, n * g.K + k, parts + 2 * k * g.C,
                            parts + (2 * k + 1) * g.C, scratch)
-    _bwd_rows_merge(rstd, w, g, n, parts, ds, db, coef + 2 * n * g.G)
-    for k in range(g.K):
-        _bwd_rows_dx(sy, sx, mean, rstd, w, g, n * g.K + k, coef, sd, scratch)
+        _bwd_rows_merge(rstd, w, g, n, parts, ds, db, coef + 2 * s0)
+        for k in range(g.K):
+            _bwd_rows_dx(sy, sx, mean, rstd, w, g, n * g.K + k, coef, sd,
+                         scratch)
+        if floating is float:
+            fg_acc_groups_f32(bs, bb, ds, db, rstd + s0, g.G, g.Cg, first)
+        else:
+            fg_acc_groups_f64(bs, bb, ds, db, rstd + s0, g.G, g.Cg, first)
     if floating is float:
         if h != NULL:
             _half_out(h, hb, n * m, m)
@@ -1446,13 +1472,7 @@ cdef inline void _bwd_rows_block(const floating* dy, const floating* x,
     cdef Py_ssize_t n, n0 = k * RB
     for n in range(n0, min(g.N, n0 + RB)):
         _bwd_rows_sample(dy, x, mean, rstd, w, g, n, dx, tmp, tmp + g.C,
-                         tmp + 2 * g.C, coef, scratch, h)
-        if floating is float:
-            fg_acc_groups_f32(ds, db, tmp, tmp + g.C, rstd + n * g.G, g.G,
-                              g.Cg, n == n0)
-        else:
-            fg_acc_groups_f64(ds, db, tmp, tmp + g.C, rstd + n * g.G, g.G,
-                              g.Cg, n == n0)
+                         tmp + 2 * g.C, coef, scratch, h, ds, db, n == n0)
 
 
 cdef inline void _backward_rows(const floating* dy, const floating* x,
