@@ -65,6 +65,7 @@ OTHER_SHAPES = [
     ((8, 64, 56, 56), 64, "InstanceNorm, 56x56", False),
     ((64, 256, 3, 3), 256, "InstanceNorm, 3x3 maps", False),
     ((256, 256, 3, 3), 32, "3x3 maps", False),
+    ((256, 256, 3, 3), 32, "3x3 maps, channels-last", True),
     ((128, 256, 2, 2), 32, "2x2 maps, channels-last", True),
     ((64, 2048, 7, 7), 32, "7x7 maps, 2048 channels", False),
     ((1, 3, 224, 224), 1, "one RGB image", False),
