@@ -1751,6 +1751,21 @@ FG_WIDE_FN void fg_bwd_dx_##SUF##ISA(const T *dy, const T *x, T *dx,         \
                                      const T *w, T B, T mu, T D,              \
                                      int stream) {                            \
     ptrdiff_t c, i;                                                           \
+    if (sizeof(T) == sizeof(float) && !stream &&                              \
+        (HW * sizeof(T)) % sizeof(fg_vf32##ISA) == 0 &&                       \
+        HW * sizeof(T) <= 4 * sizeof(fg_vf32##ISA)) {  /* whole vectors */    \
+        enum { VL = sizeof(fg_vf32##ISA) / sizeof(float) };                   \
+        const float *g = (const float *)dy, *p = (const float *)x;            \
+        for (c = 0; c < Cg; c++) {                                            \
+            const float a = (float)(w[c] * rs);                               \
+            for (i = c * HW; i < c * HW + HW; i += VL)                        \
+                *(fg_vf32u##ISA *)((float *)dx + i) =                         \
+                    a * *(const fg_vf32u##ISA *)(g + i) +                     \
+                    (float)B * (*(const fg_vf32u##ISA *)(p + i) - (float)mu)  \
+                    + (float)D;                                               \
+        }                                                                     \
+        return;                                                               \
+    }                                                                         \
     for (c = 0; c < Cg; c++) {                                                \
         const T a = w[c] * rs, *g = dy + c * HW, *p = x + c * HW;             \
         T *o = dx + c * HW;                                                   \
