@@ -1495,7 +1495,7 @@ FG_WIDE_FN void fg_bwd_sums_##SUF##ISA(const T *dy, const T *x, ptrdiff_t Cg, \
                                        ptrdiff_t HW, T mu, double *ds,        \
                                        double *db) {                          \
     ptrdiff_t c, b0;                                                          \
-    if (FG_RUNS_VL(T, HW)) {                            \
+    if (FG_RUNS_VL(T, HW)) {                                                  \
         const float m = (float)mu;                                            \
         fg_runs_bwd_vl##ISA((const float *)dy, (const float *)x, 1, Cg, HW,   \
                             &m, ds, db);                                      \
@@ -1538,22 +1538,24 @@ FG_WIDE_FN void fg_bwd_sums_##SUF##ISA(const T *dy, const T *x, ptrdiff_t Cg, \
 #define FG_BWD_NB 16
 /* A slab's m channel sums into its row block's: rs*ds and db stored (the
  * block's first sample) or added; the parameter gradients are the blocks'
- * rows added in order (fg_param_grads). */
+ * rows added in order (fg_param_grads). FG_ACC_RUN: the loops (c). */
+#define FG_ACC_RUN(bs, bb, ds, db, rs, m, first)                               \
+    if (first)                                                                \
+        FG_SIMD for (c = 0; c < (m); c++) {                                   \
+            (bs)[c] = (rs) * (ds)[c];                                         \
+            (bb)[c] = (db)[c];                                                \
+        }                                                                     \
+    else                                                                      \
+        FG_SIMD for (c = 0; c < (m); c++) {                                   \
+            (bs)[c] = (bs)[c] + (rs) * (ds)[c];                               \
+            (bb)[c] = (bb)[c] + (db)[c];                                      \
+        }
 #define FG_ACC_ROWS(ISA)                                                      \
 FG_WIDE_FN void fg_acc_rows##ISA(double *bs, double *bb, const double *ds,    \
                                   const double *db, double rs, ptrdiff_t m,   \
                                   int first) {                                \
     ptrdiff_t c;                                                              \
-    if (first)                                                                \
-        FG_SIMD for (c = 0; c < m; c++) {                                     \
-            bs[c] = rs * ds[c];                                               \
-            bb[c] = db[c];                                                    \
-        }                                                                     \
-    else                                                                      \
-        FG_SIMD for (c = 0; c < m; c++) {                                     \
-            bs[c] = bs[c] + rs * ds[c];                                       \
-            bb[c] = bb[c] + db[c];                                            \
-        }                                                                     \
+    FG_ACC_RUN(bs, bb, ds, db, rs, m, first)                                  \
 }                                                                             \
 FG_ACC_GROUPS(float, f32, ISA)                                                \
 FG_ACC_GROUPS(double, f64, ISA)
@@ -1791,7 +1793,7 @@ FG_WIDE_FN void fg_bwd_slabs_##SUF##ISA(const T *dy, const T *x, T *dx,       \
     ptrdiff_t g0, g;                                                          \
     T B[FG_BWD_NB], D[FG_BWD_NB];                                             \
     const int perm = !stream && FG_PERM_OK(T, sizeof(fg_vf32##ISA), Cg, HW);  \
-    const int vl = FG_RUNS_VL(T, HW);                   \
+    const int vl = FG_RUNS_VL(T, HW);                                         \
     if (sizeof(T) == sizeof(float) && Cg == 1 && bytes <= FG_BWD_SLAB_MAX) {  \
         (HW * sizeof(float) < sizeof(fg_vf32##ISA) ? fg_bwd_tiny##ISA         \
                                                     : fg_bwd_ones##ISA)(      \
@@ -1976,14 +1978,6 @@ FG_PARAM_GRADS(double, f64)
             BODY                                                              \
         }                                                                     \
     }
-/* The channels-last backward of one sample of `rows` positions (its G
- * groups' mean, rstd; one chunk): its per-channel sums ds, db, its groups'
- * B, D into coef (pairs), its sums into its row block's rows bs, bb
- * (rstd*ds and db stored if first, else added) and dx, the per-channel
- * vectors rotated by q (fg_bwd_rows_dx). scratch: 4*C values. One call a
- * sample with one loop over the groups, where the groups' means, their
- * coefficients, the rows' sums and dx's vectors had taken a loop each
- * (2x2 and 3x3 maps of 256 channels: 36% of the backward). */
 /* FN, fg_bwd_rows_groups' phase PH, with the common group sizes as
  * constants, so that the loops over a group's channels compile to straight
  * vector code (channels-last backward of 2x2 and 3x3 maps, 32 groups of
@@ -1999,6 +1993,14 @@ FG_PARAM_GRADS(double, f64)
     default: FN(PH, G, Cg, mean, rstd, w, ds, db, bs, bb, first, coef, a, q,  \
                 iM);                                                          \
     }
+/* The channels-last backward of one sample of `rows` positions (its G
+ * groups' mean, rstd; one chunk): its per-channel sums ds, db, its groups'
+ * B, D into coef (pairs), its sums into its row block's rows bs, bb
+ * (rstd*ds and db stored if first, else added) and dx, the per-channel
+ * vectors rotated by q (fg_bwd_rows_dx). scratch: 4*C values. One call a
+ * sample with one loop over the groups, where the groups' means, their
+ * coefficients, the rows' sums and dx's vectors had taken a loop each
+ * (2x2 and 3x3 maps of 256 channels: 36% of the backward). */
 #define FG_BWD_ROWS_ONE(T, SUF, ISA)                                          \
 /* fg_bwd_rows_one's loops over the groups: the channels' means into a       \
  * (phase 0); the coefficients, dx's vectors and the row sums (phase 1). */ \
@@ -2030,22 +2032,8 @@ FG_WIDE_INL void fg_bwd_rows_groups_##SUF##ISA(int phase, ptrdiff_t G,        \
         fg_bwd_coefs_in_##SUF##ISA(w + g * Cg, rs, sg, bg, Cg, iM, &B, &D);   \
         coef[2 * g] = B;                                                      \
         coef[2 * g + 1] = D;                                                  \
-        FG_ROTATED_RUNS(g * Cg, (g + 1) * Cg, {                               \
-            a[t] = w[c] * rs;                                                 \
-            muc[t] = mu;                                                      \
-            bc[t] = B;                                                        \
-            dc[t] = D;                                                        \
-        })                                                                    \
-        if (first)                                                            \
-            FG_SIMD for (c = 0; c < Cg; c++) {                                \
-                ps[c] = drs * sg[c];                                          \
-                pb[c] = bg[c];                                                \
-            }                                                                 \
-        else                                                                  \
-            FG_SIMD for (c = 0; c < Cg; c++) {                                \
-                ps[c] = ps[c] + drs * sg[c];                                  \
-                pb[c] = pb[c] + bg[c];                                        \
-            }                                                                 \
+        FG_DX_VECTORS(g, rs, mu, B, D)                                        \
+        FG_ACC_RUN(ps, pb, sg, bg, drs, Cg, first)                            \
     }                                                                         \
 }                                                                             \
 FG_WIDE_FN void fg_bwd_rows_one_##SUF##ISA(const T *dy, const T *x, T *dx,    \
@@ -2065,6 +2053,15 @@ FG_WIDE_FN void fg_bwd_rows_one_##SUF##ISA(const T *dy, const T *x, T *dx,    \
     fg_bwd_rows_dx_##SUF##ISA(dy, x, dx, rows, C, a, a + C, a + 2 * C,        \
                               a + 3 * C, q, stream);                          \
 }
+/* Group g's entries of dx's per-channel vectors a = w*rstd, muc, bc, dc,
+ * rotated by q (FG_ROTATED_RUNS). */
+#define FG_DX_VECTORS(g, rs, mu, B, D)                                        \
+    FG_ROTATED_RUNS((g) * Cg, ((g) + 1) * Cg, {                               \
+        a[t] = w[c] * (rs);                                                   \
+        muc[t] = (mu);                                                        \
+        bc[t] = (B);                                                          \
+        dc[t] = (D);                                                          \
+    })
 #define FG_ROWS_PARAMS(T, SUF)                                                \
 /* Forward: y = (x - mhi) * sc + sh from each group's float64 mean and its  \
  * rstd (st: pairs per group), the mean as hi + lo. */                       \
@@ -2098,12 +2095,7 @@ static void fg_rows_dx_params_##SUF(const T *mean, const T *rstd,            \
     for (g = 0; g < G; g++) {                                                 \
         const T rs = rstd[g], mu = mean[g];                                   \
         const T B = coef[2 * g], D = coef[2 * g + 1];                         \
-        FG_ROTATED_RUNS(g * Cg, (g + 1) * Cg, {                               \
-            a[t] = w[c] * rs;                                                 \
-            muc[t] = mu;                                                      \
-            bc[t] = B;                                                        \
-            dc[t] = D;                                                        \
-        })                                                                    \
+        FG_DX_VECTORS(g, rs, mu, B, D)                                        \
     }                                                                         \
 }
 FG_ROWS_PARAMS(float, f32)
