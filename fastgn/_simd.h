@@ -1364,6 +1364,14 @@ FG_WIDE_INL void fg_vrun_bwd_##SUF(const T *g, const T *p,                    \
 /* float32 channel runs shorter than this go fg_runs_bwd_vl's way (runs of
  * 36-50 values took 1.01-1.02x the time that way). */
 #define FG_BWD_SHORT 32
+/* fg_runs_bwd_vl's runs of a vector or more at AVX-512 (a line or more
+ * each) request dy and x this many values (4 KiB) ahead. Without, the
+ * hardware's prefetch of 128x768x16 G=1 depended on where fg_bwd_slabs'
+ * code landed (1.00x or 1.06-1.18x the time, warm or cold, the same
+ * instructions); with, 0.94-1.05x warm, 0.95-0.99x cold; cold 4x4 maps
+ * 0.83x, 5x5 0.91x, warm ones 1.00-1.05x. At AVX2 and SSE2 it cost
+ * 1.02-1.08x (benchmarks/ab.py --repeats 2, against 36222a2). */
+#define FG_RUNS_AHEAD 1024
 
 /* Float32 lanes overflow where |dy * (x - mean)| sums pass ~3e38: such a
  * run is summed again in float64 lanes (fg_vrun_bwd64; a NaN sum may come
@@ -1441,6 +1449,10 @@ FG_WIDE_INL void fg_runs_bwd_vl##ISA(const float *dy, const float *x,         \
     else                                                                      \
         FG_RUNS_EACH(ISA, {                                                   \
             const float *gp = dy + o, *pp = x + o;                            \
+            if (sizeof(fg_vf32##ISA) == 64) {   /* a line or more a run */    \
+                __builtin_prefetch(gp + FG_RUNS_AHEAD);                       \
+                __builtin_prefetch(pp + FG_RUNS_AHEAD);                       \
+            }                                                                 \
             b0 = *(const fg_vf32u##ISA *)gp;                                  \
             s0 = b0 * (*(const fg_vf32u##ISA *)pp - mu);                      \
             for (j = VL; j + VL <= HW; j += VL) {                             \
@@ -1754,17 +1766,26 @@ FG_WIDE_FN void fg_bwd_dx_##SUF##ISA(const T *dy, const T *x, T *dx,         \
                                      int stream) {                            \
     ptrdiff_t c, i;                                                           \
     if (sizeof(T) == sizeof(float) && !stream &&                              \
-        (HW * sizeof(T)) % sizeof(fg_vf32##ISA) == 0 &&                       \
-        HW * sizeof(T) <= 4 * sizeof(fg_vf32##ISA)) {  /* whole vectors */    \
+        HW * sizeof(T) >= sizeof(fg_vf32##ISA) &&                             \
+        HW * sizeof(T) <= 4 * sizeof(fg_vf32##ISA) &&                         \
+        HW * sizeof(T) % sizeof(fg_vf32##ISA) * 4 <= sizeof(fg_vf32##ISA)) {  \
+        /* whole vectors, the rest (at most a quarter vector: longer rests    \
+         * took 1.01-1.09x the time value by value) one by one */             \
         enum { VL = sizeof(fg_vf32##ISA) / sizeof(float) };                   \
         const float *g = (const float *)dy, *p = (const float *)x;            \
+        float *o = (float *)dx;                                               \
+        const ptrdiff_t nv = HW / VL * VL;                                    \
         for (c = 0; c < Cg; c++) {                                            \
             const float a = (float)(w[c] * rs);                               \
-            for (i = c * HW; i < c * HW + HW; i += VL)                        \
-                *(fg_vf32u##ISA *)((float *)dx + i) =                         \
+            for (i = c * HW; i < c * HW + nv; i += VL)                        \
+                *(fg_vf32u##ISA *)(o + i) =                                   \
                     a * *(const fg_vf32u##ISA *)(g + i) +                     \
                     (float)B * (*(const fg_vf32u##ISA *)(p + i) - (float)mu)  \
                     + (float)D;                                               \
+            if (nv < HW)                                                      \
+                for (; i < c * HW + HW; i++)                                  \
+                    o[i] = a * g[i] + (float)B * (p[i] - (float)mu)           \
+                           + (float)D;                                        \
         }                                                                     \
         return;                                                               \
     }                                                                         \
