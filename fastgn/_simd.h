@@ -701,57 +701,64 @@ static void fg_sfence(void) { _mm_sfence(); }
  * same way: the same bits whichever store is used. */
 /* O[i] = SCALAR for i < n: SCALAR to O's first 16-byte boundary, then
  * VECTOR (the same expression on the SSE type) streamed, SCALAR after.
- * PF (NULL or a pointer of O's type): PF[i] is requested into L2 with the
- * store of each 64 bytes, a line at a time (all of a run's lines at once
- * before its stores measured 1.03-1.27x the time of no requests). */
-#define FG_NT_RUN(V, VL, STREAM, O, PF, SCALAR, VECTOR)                       \
-    const __typeof__(*(O)) *const pf_ = (PF);                                 \
+ * REQ runs with the store of each 64 bytes: the callers request there the
+ * same values of the next slab into L2 (FG_REQ), a line at a time (all of
+ * a run's lines at once before its stores measured 1.03-1.27x the time of
+ * no requests). */
+#define FG_REQ(p) __builtin_prefetch((p) + i, 0, 2)     /* p[i], in the loop */
+#define FG_NT_RUN(V, VL, STREAM, O, REQ, SCALAR, VECTOR)                      \
     ptrdiff_t i = 0;                                                          \
     for (; i < n && ((size_t)(O + i) & 15); i++) O[i] = SCALAR;               \
     for (; i + VL <= n; i += VL) {                                            \
         V v = VECTOR;                                                         \
-        if (pf_ && (i & (64 / (ptrdiff_t)sizeof(*(O)) - 1)) < VL)             \
-            __builtin_prefetch(pf_ + i, 0, 2);                                \
+        if ((i & (64 / (ptrdiff_t)sizeof(*(O)) - 1)) < VL) {                  \
+            REQ;                                                              \
+        }                                                                     \
         STREAM(O + i, v);                                                     \
     }                                                                         \
     for (; i < n; i++) O[i] = SCALAR;
 #else
 #define FG_HAVE_NT 0
-#define FG_NT_RUN(V, VL, STREAM, O, PF, SCALAR, VECTOR)                       \
+#define FG_NT_RUN(V, VL, STREAM, O, REQ, SCALAR, VECTOR)                      \
     ptrdiff_t i;                                                              \
-    (void)(PF);                                                               \
     FG_SIMD for (i = 0; i < n; i++) O[i] = SCALAR;
 #endif
-#define FG_NT_LOOP(V, VL, LOAD, STREAM, PF, M, S, H, VM, VS, VH)              \
-    FG_NT_RUN(V, VL, STREAM, yp, PF, (xp[i] - M) * S + H,                     \
+#define FG_NT_LOOP(V, VL, LOAD, STREAM, REQ, M, S, H, VM, VS, VH)             \
+    FG_NT_RUN(V, VL, STREAM, yp, REQ, (xp[i] - M) * S + H,                    \
               (LOAD(xp + i) - VM) * VS + VH)
 /* The backward's dx = a*dy + B*(x - mu) + D, streamed the same way: scalars
- * (fg_nt_dx, an NCHW channel run) or per-channel vectors (fg_nt_dxrow). */
-#define FG_NT_DX_LOOP(V, VL, LOAD, STREAM, A, B, M, D, VA, VB, VM, VD)        \
-    FG_NT_RUN(V, VL, STREAM, o, NULL, A * g[i] + B * (p[i] - M) + D,          \
+ * (fg_nt_dx, an NCHW channel run; dy and x `ahead` values on requested
+ * unless it is 0) or per-channel vectors (fg_nt_dxrow). */
+#define FG_NT_DX_LOOP(V, VL, LOAD, STREAM, REQ, A, B, M, D, VA, VB, VM, VD)   \
+    FG_NT_RUN(V, VL, STREAM, o, REQ, A * g[i] + B * (p[i] - M) + D,           \
               VA * LOAD(g + i) + VB * (LOAD(p + i) - VM) + VD)
 #define FG_NT_DEF(T, V, VL, LOAD, STREAM, SUF)                                \
 static inline FG_INLINE void fg_nt_dx_##SUF(const T *g, const T *p, T *o,     \
                                             ptrdiff_t n, T a, T b, T mu,      \
-                                            T d) {                            \
-    FG_NT_DX_LOOP(V, VL, LOAD, STREAM, a, b, mu, d, a, b, mu, d)              \
+                                            T d, ptrdiff_t ahead) {           \
+    FG_NT_DX_LOOP(V, VL, LOAD, STREAM,                                        \
+                  if (ahead) {                                                \
+                      FG_REQ(g + ahead);                                      \
+                      FG_REQ(p + ahead);                                      \
+                  },                                                          \
+                  a, b, mu, d, a, b, mu, d)                                   \
 }                                                                             \
 static inline FG_INLINE void fg_nt_dxrow_##SUF(const T *g, const T *p, T *o,  \
                                                ptrdiff_t n, const T *a,       \
                                                const T *b, const T *mu,       \
                                                const T *d) {                  \
-    FG_NT_DX_LOOP(V, VL, LOAD, STREAM, a[i], b[i], mu[i], d[i], LOAD(a + i),  \
-                  LOAD(b + i), LOAD(mu + i), LOAD(d + i))                     \
+    FG_NT_DX_LOOP(V, VL, LOAD, STREAM, (void)0, a[i], b[i], mu[i], d[i],      \
+                  LOAD(a + i), LOAD(b + i), LOAD(mu + i), LOAD(d + i))        \
 }                                                                             \
 static inline FG_INLINE void fg_nt_affine_##SUF(const T *xp, T *yp,          \
                                                 ptrdiff_t n, T m, T s, T h,   \
                                                 const T *pf) {                \
-    FG_NT_LOOP(V, VL, LOAD, STREAM, pf, m, s, h, m, s, h)                     \
+    FG_NT_LOOP(V, VL, LOAD, STREAM, if (pf) FG_REQ(pf), m, s, h, m, s, h)     \
 }                                                                             \
 static inline FG_INLINE void fg_nt_row_##SUF(const T *xp, T *yp, ptrdiff_t n, \
                                              const T *m, const T *s,          \
                                              const T *h) {                    \
-    FG_NT_LOOP(V, VL, LOAD, STREAM, NULL, m[i], s[i], h[i], LOAD(m + i),      \
+    FG_NT_LOOP(V, VL, LOAD, STREAM, (void)0, m[i], s[i], h[i], LOAD(m + i),   \
                LOAD(s + i), LOAD(h + i))                                      \
 }
 #if FG_HAVE_NT
@@ -1552,6 +1559,13 @@ FG_WIDE_FN void fg_bwd_sums_##SUF##ISA(const T *dy, const T *x, ptrdiff_t Cg, \
  * of 64x64x50 spent 27% of its backward waiting on the divisions, and ran
  * at 0.64x PyTorch's speed. The split path (slabs shared among threads)
  * calls the same pieces one at a time: the same bits. */
+/* Streamed dx requests the next block's dy and x as it goes (float32:
+ * 32x256x28x28 0.90-0.98x the time, cold 0.90-0.93x, 64x128x56x56
+ * 0.90-0.93x, 8x256x64x64 0.89-0.96x, 2x128x32x32x32 0.93-1.02x; float64
+ * took 0.90-0.99x on 64x64 maps but 1.03-1.10x on 28x28 at one thread,
+ * and goes without). */
+#define FG_BWD_AHEAD(T, n)                                                    \
+    (stream && sizeof(T) == sizeof(float) && g0 + k < ng ? (n) : 0)
 #define FG_BWD_SLAB_BYTES 16384
 #define FG_BWD_SLAB_MAX 2048
 #define FG_BWD_NB 16
@@ -1617,7 +1631,7 @@ FG_WIDE_INL void fg_bwd_one##ISA(const float *dy, const float *x, float *dx,  \
     ps[s] = first ? drs * ds : ps[s] + drs * ds;                              \
     pb[s] = first ? db : pb[s] + db;                                          \
     if (stream) {                                                             \
-        fg_nt_dx_f32(gp, pp, op, L, a, B, mu, D);                             \
+        fg_nt_dx_f32(gp, pp, op, L, a, B, mu, D, 0);                          \
         return;                                                               \
     }                                                                         \
     for (i = 0; i + VL <= L; i += VL)                                         \
@@ -1770,7 +1784,7 @@ FG_WIDE_FN void fg_bwd_coefs_groups_##SUF##ISA(const T *w, const T *rstd,     \
 FG_WIDE_FN void fg_bwd_dx_##SUF##ISA(const T *dy, const T *x, T *dx,         \
                                      ptrdiff_t Cg, ptrdiff_t HW, T rs,        \
                                      const T *w, T B, T mu, T D,              \
-                                     int stream) {                            \
+                                     int stream, ptrdiff_t ahead) {           \
     ptrdiff_t c, i;                                                           \
     if (sizeof(T) == sizeof(float) && !stream &&                              \
         HW * sizeof(T) >= sizeof(fg_vf32##ISA) &&                             \
@@ -1800,7 +1814,7 @@ FG_WIDE_FN void fg_bwd_dx_##SUF##ISA(const T *dy, const T *x, T *dx,         \
         const T a = w[c] * rs, *g = dy + c * HW, *p = x + c * HW;             \
         T *o = dx + c * HW;                                                   \
         if (stream)                                                           \
-            fg_nt_dx_##SUF(g, p, o, HW, a, B, mu, D);                         \
+            fg_nt_dx_##SUF(g, p, o, HW, a, B, mu, D, ahead);                  \
         else                                                                  \
             FG_LINE_RUN(o, HW, o[i] = a * g[i] + B * (p[i] - mu) + D)         \
     }                                                                         \
@@ -1864,7 +1878,7 @@ FG_WIDE_FN void fg_bwd_slabs_##SUF##ISA(const T *dy, const T *x, T *dx,       \
                 fg_bwd_dx_##SUF##ISA(dy + o + g * L, x + o + g * L,           \
                                      dx + o + g * L, Cg, HW, rstd[g0 + g],    \
                                      w + (g0 + g) * Cg, B[g], mean[g0 + g],   \
-                                     D[g], stream);                           \
+                                     D[g], stream, FG_BWD_AHEAD(T, k * L));   \
     }                                                                         \
 }
 
@@ -3232,7 +3246,7 @@ void fg_bwd_coefs_groups_##SUF(const T *w, const T *rstd, const double *ds,   \
 void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,            \
                      ptrdiff_t HW, T rs, const T *w, T B, T mu, T D,          \
                      int stream) {                                            \
-    FG_PICK(fg_bwd_dx_##SUF, (dy, x, dx, Cg, HW, rs, w, B, mu, D, stream))    \
+    FG_PICK(fg_bwd_dx_##SUF, (dy, x, dx, Cg, HW, rs, w, B, mu, D, stream, 0)) \
 }                                                                             \
 void fg_bwd_slabs_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t ng,         \
                         ptrdiff_t Cg, ptrdiff_t HW, const T *mean,            \
