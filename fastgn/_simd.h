@@ -709,11 +709,16 @@ static void fg_sfence(void) { _mm_sfence(); }
 #define FG_NT_RUN(V, VL, STREAM, O, REQ, SCALAR, VECTOR)                      \
     ptrdiff_t i = 0;                                                          \
     for (; i < n && ((size_t)(O + i) & 15); i++) O[i] = SCALAR;               \
+    while (i + 4 * VL <= n) {       /* 64 bytes a step, one request */      \
+        int j_;                                                               \
+        REQ;                                                                  \
+        for (j_ = 0; j_ < 4; j_++, i += VL) {                                 \
+            V v = VECTOR;                                                     \
+            STREAM(O + i, v);                                                 \
+        }                                                                     \
+    }                                                                         \
     for (; i + VL <= n; i += VL) {                                            \
         V v = VECTOR;                                                         \
-        if ((i & (64 / (ptrdiff_t)sizeof(*(O)) - 1)) < VL) {                  \
-            REQ;                                                              \
-        }                                                                     \
         STREAM(O + i, v);                                                     \
     }                                                                         \
     for (; i < n; i++) O[i] = SCALAR;
@@ -736,12 +741,13 @@ static void fg_sfence(void) { _mm_sfence(); }
 static inline FG_INLINE void fg_nt_dx_##SUF(const T *g, const T *p, T *o,     \
                                             ptrdiff_t n, T a, T b, T mu,      \
                                             T d, ptrdiff_t ahead) {           \
-    FG_NT_DX_LOOP(V, VL, LOAD, STREAM,                                        \
-                  if (ahead) {                                                \
-                      FG_REQ(g + ahead);                                      \
-                      FG_REQ(p + ahead);                                      \
-                  },                                                          \
-                  a, b, mu, d, a, b, mu, d)                                   \
+    if (ahead) {                                                              \
+        FG_NT_DX_LOOP(V, VL, LOAD, STREAM,                                    \
+                      { FG_REQ(g + ahead); FG_REQ(p + ahead); },              \
+                      a, b, mu, d, a, b, mu, d)                               \
+    } else {                                                                  \
+        FG_NT_DX_LOOP(V, VL, LOAD, STREAM, (void)0, a, b, mu, d, a, b, mu, d) \
+    }                                                                         \
 }                                                                             \
 static inline FG_INLINE void fg_nt_dxrow_##SUF(const T *g, const T *p, T *o,  \
                                                ptrdiff_t n, const T *a,       \
@@ -753,7 +759,11 @@ static inline FG_INLINE void fg_nt_dxrow_##SUF(const T *g, const T *p, T *o,  \
 static inline FG_INLINE void fg_nt_affine_##SUF(const T *xp, T *yp,          \
                                                 ptrdiff_t n, T m, T s, T h,   \
                                                 const T *pf) {                \
-    FG_NT_LOOP(V, VL, LOAD, STREAM, if (pf) FG_REQ(pf), m, s, h, m, s, h)     \
+    if (pf) {                                                                 \
+        FG_NT_LOOP(V, VL, LOAD, STREAM, FG_REQ(pf), m, s, h, m, s, h)         \
+    } else {                                                                  \
+        FG_NT_LOOP(V, VL, LOAD, STREAM, (void)0, m, s, h, m, s, h)            \
+    }                                                                         \
 }                                                                             \
 static inline FG_INLINE void fg_nt_row_##SUF(const T *xp, T *yp, ptrdiff_t n, \
                                              const T *m, const T *s,          \
