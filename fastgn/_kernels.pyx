@@ -51,10 +51,10 @@ cdef extern from "_simd.h" nogil:
                            const double*, int, int, const double*)
     void fg_apply_rows_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
                            const float*, const float*, const float*,
-                           Py_ssize_t, int, int)
+                           Py_ssize_t, int, int, Py_ssize_t)
     void fg_apply_rows_f64(const double*, double*, Py_ssize_t, Py_ssize_t,
                            const double*, const double*, const double*,
-                           Py_ssize_t, int, int)
+                           Py_ssize_t, int, int, Py_ssize_t)
     void fg_small_slabs_f32(const float*, float*, Py_ssize_t, Py_ssize_t,
                             Py_ssize_t, const float*, const float*, double,
                             int, int, float*, float*)
@@ -818,10 +818,12 @@ cdef inline void _rows_apply(const floating* x, floating* y, Geometry* g,
                              Py_ssize_t it, const double* stats,
                              const floating* w, const floating* b, int act,
                              char* scratch, const char* x16=NULL,
-                             char* y16=NULL) noexcept nogil:
+                             char* y16=NULL,
+                             Py_ssize_t ahead=0) noexcept nogil:
     """Chunk it's apply; float16 (x16, y16; x, y are NULL) normalized in the
     thread's buffer (converted there again unless g.keep) and converted
-    out."""
+    out. Streamed, the values ``ahead`` on in x (the next sample's, or 0:
+    none) are requested as it goes."""
     cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U
     cdef Py_ssize_t p1 = min(p0 + g.U, g.T)
     cdef Py_ssize_t off = (n * g.T + p0) * g.C, q
@@ -840,10 +842,12 @@ cdef inline void _rows_apply(const floating* x, floating* y, Geometry* g,
     stats = stats + 2 * n * g.G
     if floating is float:
         fg_rows_params_f32(stats, w, b, g.G, g.Cg, q, mhi, sc, sh)
-        fg_apply_rows_f32(x, y, p1 - p0, g.C, mhi, sc, sh, q, act, g.stream)
+        fg_apply_rows_f32(x, y, p1 - p0, g.C, mhi, sc, sh, q, act, g.stream,
+                          ahead)
     else:
         fg_rows_params_f64(stats, w, b, g.G, g.Cg, q, mhi, sc, sh)
-        fg_apply_rows_f64(x, y, p1 - p0, g.C, mhi, sc, sh, q, act, g.stream)
+        fg_apply_rows_f64(x, y, p1 - p0, g.C, mhi, sc, sh, q, act, g.stream,
+                          ahead)
     if y16 != NULL:
         fg_f32_to_f16(buf, y16 + 2 * off, (p1 - p0) * g.C)
 
@@ -856,7 +860,7 @@ cdef inline void _rows_sample(const floating* x, floating* y,
                               const char* x16, char* y16) noexcept nogil:
     """One whole sample on the calling thread (hot in L2 when it fits);
     float16 (x16, y16) a chunk at a time through the thread's buffer."""
-    cdef Py_ssize_t k, j, grp
+    cdef Py_ssize_t k, j, grp, ahead
     cdef bint back = g.T * g.C * <Py_ssize_t>sizeof(floating) > L2_BYTES
     cdef Py_ssize_t s0 = n * g.G
     for k in range(g.K):
@@ -876,8 +880,16 @@ cdef inline void _rows_sample(const floating* x, floating* y,
                     eps, stats, mean_out, rstd_out)
     for j in range(g.K):
         k = g.K - 1 - j if back else j     # see _slab
+        # streamed: the chunk before is requested (applied next, back) or,
+        # in a sample that fits L2, the next sample's rows
+        ahead = 0
+        if g.stream and x16 == NULL:
+            if back:
+                ahead = -g.U * g.C if k > 0 else 0
+            elif n + 1 < g.N:
+                ahead = g.T * g.C
         _rows_apply(x, y, g, n * g.K + k, stats, w, b, act, scratch, x16,
-                    y16)
+                    y16, ahead)
 
 
 cdef void _forward_rows(const floating* x, floating* y, const floating* w,

@@ -767,9 +767,14 @@ static inline FG_INLINE void fg_nt_affine_##SUF(const T *xp, T *yp,          \
 }                                                                             \
 static inline FG_INLINE void fg_nt_row_##SUF(const T *xp, T *yp, ptrdiff_t n, \
                                              const T *m, const T *s,          \
-                                             const T *h) {                    \
-    FG_NT_LOOP(V, VL, LOAD, STREAM, (void)0, m[i], s[i], h[i], LOAD(m + i),   \
-               LOAD(s + i), LOAD(h + i))                                      \
+                                             const T *h, ptrdiff_t ahead) {   \
+    if (ahead) {                                                              \
+        FG_NT_LOOP(V, VL, LOAD, STREAM, FG_REQ(xp + ahead), m[i], s[i], h[i], \
+                   LOAD(m + i), LOAD(s + i), LOAD(h + i))                     \
+    } else {                                                                  \
+        FG_NT_LOOP(V, VL, LOAD, STREAM, (void)0, m[i], s[i], h[i],            \
+                   LOAD(m + i), LOAD(s + i), LOAD(h + i))                     \
+    }                                                                         \
 }
 #if FG_HAVE_NT
 FG_NT_DEF(float, __m128, 4, _mm_loadu_ps, _mm_stream_ps, f32)
@@ -937,7 +942,8 @@ FG_WIDE_FN void fg_apply_rows_##SUF##ISA(const T *x, T *y, ptrdiff_t rows,    \
                                         ptrdiff_t C, const T *restrict mhi,   \
                                         const T *restrict sc,                 \
                                         const T *restrict sh, ptrdiff_t q,    \
-                                        int act, int stream);                 \
+                                        int act, int stream,                  \
+                                        ptrdiff_t ahead);                     \
 /* Rows of C channels as rows of P = FG_WIDE(C) values (parameters repeated \
  * P / C times), the rows left over as they are: each value's arithmetic  \
  * is the same. */                                                          \
@@ -945,32 +951,35 @@ FG_WIDE_FN __attribute__((noinline))                                          \
 void fg_apply_wide_##SUF##ISA(const T *x, T *y, ptrdiff_t rows, ptrdiff_t C,   \
                               ptrdiff_t P, const T *restrict mhi,             \
                               const T *restrict sc, const T *restrict sh,     \
-                              int act, int stream) {                          \
+                              int act, int stream, ptrdiff_t ahead) {         \
     T wm[FG_WIDE_MAX], ws[FG_WIDE_MAX], wh[FG_WIDE_MAX];                      \
     const ptrdiff_t k = P / C, n = rows / k * P;                              \
     FG_REPEAT(wm, mhi, C, P)                                                  \
     FG_REPEAT(ws, sc, C, P)                                                   \
     FG_REPEAT(wh, sh, C, P)                                                   \
-    fg_apply_rows_##SUF##ISA(x, y, rows / k, P, wm, ws, wh, 0, act, stream);  \
+    fg_apply_rows_##SUF##ISA(x, y, rows / k, P, wm, ws, wh, 0, act, stream,   \
+                             ahead);                                          \
     if (rows % k)                                                             \
         fg_apply_rows_##SUF##ISA(x + n, y + n, rows % k, C, mhi, sc, sh, 0,   \
-                                 act, stream);                                \
+                                 act, stream, ahead);                         \
 }                                                                             \
 FG_WIDE_FN void fg_apply_rows_##SUF##ISA(const T *x, T *y, ptrdiff_t rows,    \
                                         ptrdiff_t C, const T *restrict mhi,   \
                                         const T *restrict sc,                 \
                                         const T *restrict sh, ptrdiff_t q,    \
-                                        int act, int stream) {                \
+                                        int act, int stream,                  \
+                                        ptrdiff_t ahead) {                    \
     typedef T fg_t;                                                           \
     const ptrdiff_t P = FG_WIDE(C, sizeof(fg_vf32##ISA) / sizeof(T));        \
     ptrdiff_t p, i;                                                           \
     if (q == 0 && P != C && rows >= P / C) {                                  \
-        fg_apply_wide_##SUF##ISA(x, y, rows, C, P, mhi, sc, sh, act, stream); \
+        fg_apply_wide_##SUF##ISA(x, y, rows, C, P, mhi, sc, sh, act, stream,  \
+                                 ahead);                                      \
         return;                                                               \
     }                                                                         \
     if (stream) {                                                             \
         for (p = 0; p < rows; p++)                                            \
-            fg_nt_row_##SUF(x + p * C, y + p * C, C, mhi, sc, sh);            \
+            fg_nt_row_##SUF(x + p * C, y + p * C, C, mhi, sc, sh, ahead);     \
         fg_sfence();                                                          \
         return;                                                               \
     }                                                                         \
@@ -3312,9 +3321,9 @@ void fg_bwd_rows_one_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t rows,    \
 }                                                                             \
 void fg_apply_rows_##SUF(const T *x, T *y, ptrdiff_t rows, ptrdiff_t C,       \
                          const T *mhi, const T *sc, const T *sh, ptrdiff_t q, \
-                         int act, int stream) {                               \
+                         int act, int stream, ptrdiff_t ahead) {              \
     FG_PICK(fg_apply_rows_##SUF, (x, y, rows, C, mhi, sc, sh, q, act,         \
-                                  stream))                                    \
+                                  stream, ahead))                             \
 }                                                                             \
 void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows, ptrdiff_t C,           \
                            ptrdiff_t G, double eps, double *dscr, T *acc,     \
