@@ -607,6 +607,50 @@ def test_dx_at_every_offset(shape, G, channels_last, dtype):
         assert dx.tobytes() == want.tobytes(), k
 
 
+@pytest.mark.compiled_only
+@pytest.mark.parametrize("shape,G", [
+    ((2, 4, 60, 70), 2),            # channel runs of 4200 values
+    ((3, 8, 9, 11), 2),             # runs of 99
+    ((2, 6, 8, 10), 3),             # runs of 80: five float32 vectors
+    ((2, 4, 7, 10), 2),             # runs of 70
+    ((2, 4, 5, 7), 2),              # runs of 35
+], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inputs_at_every_offset(shape, G, dtype):
+    """The sums read dy and x by aligned lines where both start at the same
+    offset within one (joining two lines a vector): dy and x at every
+    offset, the same or not, give the bits of aligned ones."""
+    rng = np.random.default_rng(23)
+    x, dy, w = make_data(shape, dtype, rng, True)
+    _, mean, rstd = fastgn.group_norm(x, G, w, return_stats=True)
+    kern = fastgn._api._kern
+    N, C, HW = shape[0], shape[1], int(np.prod(shape[2:]))
+    per_line = 64 // x.itemsize
+
+    def at(a, k):
+        buf = np.full(a.size + 2 * per_line, np.nan, dtype)
+        start = (-buf.ctypes.data % 64) // a.itemsize
+        out = buf[start + k:start + k + a.size].reshape(a.shape)
+        out[...] = a
+        return out
+
+    def run(dyk, xk):
+        dx = np.empty_like(x)
+        dw, db = np.empty(C, dtype), np.empty(C, dtype)
+        kern.backward(dyk, xk, mean, rstd, w, N, C, HW, G, False, dx, dw,
+                      db, 1)
+        return dx.tobytes() + dw.tobytes() + db.tobytes()
+
+    want = run(at(dy, 0), at(x, 0))
+    for k in range(1, per_line):
+        assert run(at(dy, k), at(x, k)) == want, k
+        assert run(at(dy, k), at(x, (k + 3) % per_line)) == want, k
+    rdx = ref_backward(dy, x, G, w, 1e-5)
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    got = fastgn.group_norm_backward(at(dy, 4), at(x, 4), mean, rstd, G, w)
+    check_close(got[0], rdx[0], tol, mag=rdx[3]["dx"])
+
+
 @pytest.mark.parametrize("channels_last", [False, True],
                          ids=["nchw", "nhwc"])
 def test_float16(channels_last):
