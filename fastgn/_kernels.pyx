@@ -72,10 +72,10 @@ cdef extern from "_simd.h" nogil:
                          Py_ssize_t, double, double*, double*)
     void fg_bwd_dx_f32(const float*, const float*, float*, Py_ssize_t,
                        Py_ssize_t, float, const float*, float, float, float,
-                       int)
+                       int, Py_ssize_t)
     void fg_bwd_dx_f64(const double*, const double*, double*, Py_ssize_t,
                        Py_ssize_t, double, const double*, double, double,
-                       double, int)
+                       double, int, Py_ssize_t)
     void fg_bwd_coefs_f32(const float*, double, const double*, const double*,
                           Py_ssize_t, double, float*, float*)
     void fg_bwd_coefs_f64(const double*, double, const double*,
@@ -1229,10 +1229,10 @@ cdef inline void _bwd_slab_dx(const floating* dy, const floating* x,
     cdef Py_ssize_t off = (s // g.G) * g.C * g.HW + c * g.HW
     if floating is float:
         fg_bwd_dx_f32(dy + off, x + off, dx + off, c1 - c0, g.HW, rstd[s],
-                      w + c, coef[0], mean[s], coef[1], g.stream)
+                      w + c, coef[0], mean[s], coef[1], g.stream, 0)
     else:
         fg_bwd_dx_f64(dy + off, x + off, dx + off, c1 - c0, g.HW, rstd[s],
-                      w + c, coef[0], mean[s], coef[1], g.stream)
+                      w + c, coef[0], mean[s], coef[1], g.stream, 0)
 
 
 cdef Py_ssize_t SLAB_SUMS = 256    # at least, a side of the thread's sums

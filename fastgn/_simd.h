@@ -3356,8 +3356,9 @@ void fg_bwd_coefs_groups_##SUF(const T *w, const T *rstd, const double *ds,   \
 }                                                                             \
 void fg_bwd_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t Cg,            \
                      ptrdiff_t HW, T rs, const T *w, T B, T mu, T D,          \
-                     int stream) {                                            \
-    FG_PICK(fg_bwd_dx_##SUF, (dy, x, dx, Cg, HW, rs, w, B, mu, D, stream, 0)) \
+                     int stream, ptrdiff_t ahead) {                           \
+    FG_PICK(fg_bwd_dx_##SUF, (dy, x, dx, Cg, HW, rs, w, B, mu, D, stream,     \
+                              ahead))                                         \
 }                                                                             \
 void fg_bwd_slabs_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t ng,         \
                         ptrdiff_t Cg, ptrdiff_t HW, const T *mean,            \
