@@ -701,10 +701,11 @@ static void fg_sfence(void) { _mm_sfence(); }
  * same way: the same bits whichever store is used. */
 /* O[i] = SCALAR for i < n: SCALAR to O's first 16-byte boundary, then
  * VECTOR (the same expression on the SSE type) streamed, SCALAR after.
- * REQ runs with the store of each 64 bytes: the callers request there the
- * same values of the next slab into L2 (FG_REQ), a line at a time (all of
- * a run's lines at once before its stores measured 1.03-1.27x the time of
- * no requests). */
+ * REQ runs with the store of each 64 bytes: the callers request there,
+ * into L2 (FG_REQ), the line they read next at the same offset (the next
+ * slab's, sample's or chunk's; the backward's next block of dy and x), a
+ * line at a time (all of a run's lines at once before its stores measured
+ * 1.03-1.27x the time of no requests). */
 #define FG_REQ(p) __builtin_prefetch((p) + i, 0, 2)     /* p[i], in the loop */
 #define FG_NT_RUN(V, VL, STREAM, O, REQ, SCALAR, VECTOR)                      \
     ptrdiff_t i = 0;                                                          \
