@@ -532,7 +532,7 @@ cdef inline void _one_slab(const floating* x, floating* y, Geometry* g,
                            char* y16) noexcept nogil:
     """Slab s of x into y. Written with streaming stores: the next slab is
     requested line by line during this one's apply, overlapping its reads
-    with these writes (32x256x28x28 0.77-0.87x the time, cold or warm; the
+    with these writes (32x256x28x28 0.75-0.87x the time, cold or warm; the
     slab after next measured 0.98-1.06x the next's)."""
     cdef Py_ssize_t off = s * g.T
     if floating is float:
@@ -822,8 +822,8 @@ cdef inline void _rows_apply(const floating* x, floating* y, Geometry* g,
                              Py_ssize_t ahead=0) noexcept nogil:
     """Chunk it's apply; float16 (x16, y16; x, y are NULL) normalized in the
     thread's buffer (converted there again unless g.keep) and converted
-    out. Streamed, the values ``ahead`` on in x (the next sample's, or 0:
-    none) are requested as it goes."""
+    out. Streamed, the values ``ahead`` on in x (the next sample's rows,
+    or negative: the chunk before's; 0: none) are requested as it goes."""
     cdef Py_ssize_t n = it // g.K, p0 = (it % g.K) * g.U
     cdef Py_ssize_t p1 = min(p0 + g.U, g.T)
     cdef Py_ssize_t off = (n * g.T + p0) * g.C, q

@@ -617,9 +617,9 @@ def test_dx_at_every_offset(shape, G, channels_last, dtype):
 ], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_inputs_at_every_offset(shape, G, dtype):
-    """The sums read dy and x by aligned lines where both start at the same
-    offset within one (joining two lines a vector): dy and x at every
-    offset, the same or not, give the bits of aligned ones."""
+    """The sums read dy and x by aligned lines where either starts off one
+    (joining two lines a vector): dy and x at every offset, the same or
+    not, give the bits of aligned ones."""
     rng = np.random.default_rng(23)
     x, dy, w = make_data(shape, dtype, rng, True)
     _, mean, rstd = fastgn.group_norm(x, G, w, return_stats=True)
