@@ -323,8 +323,9 @@ FG_WIDE_INL void fg_##NAME##_##SUF(const T *dy, const T *x, ptrdiff_t rows,   \
  * as FG_COLS holds its sums: loaded once per four-row step instead
  * (FG_ROWS_BODY), they took 1.5x the time from L2 on 64 channels (Zen 5).
  * Wider rows measured 1.05-1.15x slower in columns (512 channels) and run
- * WIDE, the loop of four rows a step. */
-#define FG_COLS_MAP(V, VU, NV, W, P1, P2, P3, P4, OUT, EXPR)                  \
+ * WIDE, the loop of four rows a step. REQ(o_) runs with each vector's
+ * store (fg_rows_affine's requests; FG_NOREQ for none). */
+#define FG_COLS_MAP(V, VU, NV, W, P1, P2, P3, P4, OUT, EXPR, REQ)             \
     for (; c + (NV) * (W) <= C; c += (NV) * (W)) {                            \
         V u1_[NV], u2_[NV], u3_[NV], u4_[NV];                                 \
         int j_;                                                               \
@@ -338,30 +339,43 @@ FG_WIDE_INL void fg_##NAME##_##SUF(const T *dy, const T *x, ptrdiff_t rows,   \
         for (p = r0; p < r1; p++)                                             \
             for (j_ = 0; j_ < (NV); j_++) {                                   \
                 const ptrdiff_t o_ = p * C + c + j_ * (W);                    \
+                REQ(o_);                                                      \
                 *(VU *)((OUT) + o_) = EXPR(VU);                               \
             }                                                                 \
     }
-#define FG_COLS_MAP_ALL(T, V, VU, P1, P2, P3, P4, OUT, EXPR, WIDE)            \
+#define FG_NOREQ(o) ((void)0)
+#define FG_COLS_MAP_ALL(T, V, VU, P1, P2, P3, P4, OUT, EXPR, WIDE, REQ)       \
     if (C > 8 * (ptrdiff_t)(sizeof(V) / sizeof(T))) {                         \
         WIDE                                                                  \
     } else                                                                    \
         FG_ROW_BLOCKS(T, V, 0, rows,                                          \
-                      FG_COLS_MAP(V, VU, 4, VL_, P1, P2, P3, P4, OUT, EXPR)   \
-                      FG_COLS_MAP(V, VU, 1, VL_, P1, P2, P3, P4, OUT, EXPR)   \
-                      FG_COLS_MAP(T, T, 1, 1, P1, P2, P3, P4, OUT, EXPR))
+                      FG_COLS_MAP(V, VU, 4, VL_, P1, P2, P3, P4, OUT, EXPR,   \
+                                  REQ)                                        \
+                      FG_COLS_MAP(V, VU, 1, VL_, P1, P2, P3, P4, OUT, EXPR,   \
+                                  REQ)                                        \
+                      FG_COLS_MAP(T, T, 1, 1, P1, P2, P3, P4, OUT, EXPR,      \
+                                  FG_NOREQ))
 /* y = (x - mhi) * sc + sh (no activation): same arithmetic, same bits as
- * FG_ROWS_BODY. */
+ * FG_ROWS_BODY. With `ahead`, the values that far on in x are requested
+ * (FG_REQ) as each vector is stored (FG_ROWS_BODY_REQ for wide rows). */
+#define FG_AHEAD_REQ(o) __builtin_prefetch(x + (o) + ahead, 0, 2)
 #define FG_AFFINE_EXPR(VU)                                                    \
     (*(const VU *)(x + o_) - u1_[j_]) * u2_[j_] + u3_[j_]
 #define FG_ROWS_AFFINE(T, V, VU, SUF)                                         \
 FG_WIDE_INL void fg_rows_affine_##SUF(const T *x, T *y, ptrdiff_t rows,       \
                                      ptrdiff_t C, const T *restrict mhi,      \
                                      const T *restrict sc,                    \
-                                     const T *restrict sh) {                  \
+                                     const T *restrict sh,                    \
+                                     ptrdiff_t ahead) {                       \
     typedef T fg_t;                                                           \
     ptrdiff_t p, c, i;                                                        \
-    FG_COLS_MAP_ALL(T, V, VU, mhi, sc, sh, sh, y, FG_AFFINE_EXPR,             \
-                    FG_ROWS_BODY(FG_NOACT, SUF))                              \
+    if (ahead) {                                                              \
+        FG_COLS_MAP_ALL(T, V, VU, mhi, sc, sh, sh, y, FG_AFFINE_EXPR,         \
+                        FG_ROWS_BODY_REQ(FG_NOACT, SUF), FG_AHEAD_REQ)        \
+    } else {                                                                  \
+        FG_COLS_MAP_ALL(T, V, VU, mhi, sc, sh, sh, y, FG_AFFINE_EXPR,         \
+                        FG_ROWS_BODY(FG_NOACT, SUF), FG_NOREQ)                \
+    }                                                                         \
 }
 
 /* Channels-last backward: `rows` positions of all C channels (a chunk of a
@@ -414,7 +428,7 @@ FG_WIDE_INL void fg_rows_dx_##SUF(const T *dy, const T *x, T *dx,             \
                                  const T *restrict dc) {                      \
     ptrdiff_t p, c, r;                                                        \
     FG_COLS_MAP_ALL(T, V, VU, a, bc, muc, dc, dx, FG_DX_EXPR,                 \
-                    FG_BWD_ROWS_DX(T))                                        \
+                    FG_BWD_ROWS_DX(T), FG_NOREQ)                              \
 }
 
 #define FG_ROWS_MOMENTS(T, AT, V, VU, SUF)                                    \
@@ -912,6 +926,32 @@ FG_FINISH(double, f64)
             y0[i] = ACT(SUF, (x0[i] - mhi[i]) * sc[i] + sh[i]);               \
     }
 
+/* FG_ROWS_BODY a row at a time, requesting (as FG_REQ) the values `ahead`
+ * on in x with the store of each 64 bytes, as FG_NT_RUN does; the same
+ * arithmetic per value, so the same bits. The caller's `ahead` is the next
+ * sample's rows: a channels-last sample's statistics walk its rows down
+ * columns, and from memory each column block's first rows had waited for
+ * their lines (64x512x7x7 cold took 1.45x its NCHW time). With the next
+ * sample requested as a row at a time is applied: 0.71-0.75x the time cold,
+ * 1.03-1.07x warm (data in L3; benchmarks/ab.py), and with NCHW calls
+ * interleaved on other arrays (as the bench times them) NHWC/NCHW went from
+ * 1.44-1.51x to 1.16-1.19x. Four rows a step with the same requests measured
+ * 0.92x cold. */
+#define FG_ROWS_BODY_REQ(ACT, SUF)                                            \
+    for (p = 0; p < rows; p++) {                                              \
+        const fg_t *x0 = x + p * C;                                           \
+        fg_t *y0 = y + p * C;                                                 \
+        ptrdiff_t j;                                                          \
+        for (j = 0; j + 64 / (ptrdiff_t)sizeof(fg_t) <= C;                    \
+             j += 64 / (ptrdiff_t)sizeof(fg_t)) {                             \
+            __builtin_prefetch(x0 + j + ahead, 0, 2);                         \
+            FG_SIMD for (i = j; i < j + 64 / (ptrdiff_t)sizeof(fg_t); i++)    \
+                y0[i] = ACT(SUF, (x0[i] - mhi[i]) * sc[i] + sh[i]);           \
+        }                                                                     \
+        FG_SIMD for (i = j; i < C; i++)                                       \
+            y0[i] = ACT(SUF, (x0[i] - mhi[i]) * sc[i] + sh[i]);               \
+    }
+
 /* The rows from the first cache line of y on, when every row starts at the
  * same offset q values before a line (C * sizeof(T) a multiple of 64): the
  * caller rotated the parameters by q (index t is channel (q + t) % C), so
@@ -933,7 +973,10 @@ FG_FINISH(double, f64)
                                    + sh[i]);
 #define FG_ROWS_ROTATED_LOOP(ACT, SUF) FG_ROWS_ROTATED(ACT, SUF, FG_ROWS_BODY)
 /* No activation: the parameters held in registers (fg_rows_affine). */
-#define FG_ROWS_WIDE(ACT, SUF) fg_rows_affine_##SUF(x, y, rows, C, mhi, sc, sh);
+#define FG_ROWS_WIDE(ACT, SUF)                                                \
+    fg_rows_affine_##SUF(x, y, rows, C, mhi, sc, sh, ahead);
+#define FG_ROWS_ROTATED_REQ(ACT, SUF)                                         \
+    FG_ROWS_ROTATED(ACT, SUF, FG_ROWS_BODY_REQ)
 
 /* One ISA's copy (the rows kernel it calls is of the same ISA: a copy of
  * another level would round the rows' ends differently, FMA or not, from
@@ -988,8 +1031,12 @@ FG_WIDE_FN void fg_apply_rows_##SUF##ISA(const T *x, T *y, ptrdiff_t rows,    \
         FG_ROWS_ROTATED(FG_NOACT, SUF##ISA, FG_ROWS_WIDE)                     \
     } else if (act == 0) {                                                    \
         FG_ROWS_WIDE(FG_NOACT, SUF##ISA)                                      \
+    } else if (q && ahead) {                                                  \
+        FG_ACT_SWITCH(FG_ROWS_ROTATED_REQ, SUF)                               \
     } else if (q) {                                                           \
         FG_ACT_SWITCH(FG_ROWS_ROTATED_LOOP, SUF)                              \
+    } else if (ahead) {                                                       \
+        FG_ACT_SWITCH(FG_ROWS_BODY_REQ, SUF)                                  \
     } else {                                                                  \
         FG_ACT_SWITCH(FG_ROWS_BODY, SUF)                                      \
     }                                                                         \
