@@ -86,6 +86,15 @@
         for (z_ = 0; z_ < (len); z_ += 64 / sizeof(*(p)))                     \
             __builtin_prefetch((p) + z_, 0, 3);                               \
     }
+/* The small-slab paths (fg_small_slabs, its flat functions) request each
+ * block before its statistics for float64 only. For float32 the requests
+ * cost time: without them 16384x1024 G=32 took 0.63-0.72x the time,
+ * 8192x2048 0.91-0.93x, 128x512x7x7 0.85-0.95x, 64x1024x7x7 0.85-0.96x,
+ * 512x256x5x5 0.72-0.86x, warm or cold, other shapes 0.97-1.03x
+ * (benchmarks/ab.py, Zen 5). For float64 they were mixed: 4096x1024 took
+ * 1.09-1.26x the time without (its two passes), 7x7 maps 0.88-0.95x, 10x10
+ * and 14x14 maps 1.03-1.07x. */
+#define FG_SMALL_AHEAD(T, ahead) ((ahead) && sizeof(T) == sizeof(double))
 /* Shifted sums s, q of n values (rn = 1/n) whose shift lies more than one
  * standard deviation from their mean: (s/n)^2 > m2/n. */
 #define FG_FAR(s, q, rn) ((s) * ((s) * (rn)) > (q) - (s) * ((s) * (rn)))
@@ -2604,7 +2613,7 @@ FG_WIDE_INL fg_vf64##ISA fg_flat_run_##SUF##ISA(const TIN *p, ptrdiff_t L,    \
         const ptrdiff_t nb = ng - g0 < bs ? ng - g0 : bs;                     \
         const T *xb = x + g0 * L;                                             \
         T *yb = y + g0 * L;                                                   \
-        FG_AHEAD(ahead, xb, nb * L)                                           \
+        FG_AHEAD(FG_SMALL_AHEAD(T, ahead), xb, nb * L)                        \
         for (g1 = 0; g1 < nb; g1 += VLD) {                                    \
             fg_vf64##ISA av[VLD], qv[VLD], k, s, q, v, mean;                  \
             STATS                                                             \
@@ -2915,7 +2924,7 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
     for (g0 = 0; g0 < ng; g0 += bs) {                                         \
         const ptrdiff_t nb = ng - g0 < bs ? ng - g0 : bs;                     \
         const T *xb = x + g0 * L;                                             \
-        FG_AHEAD(ahead, xb, nb * L)                                           \
+        FG_AHEAD(FG_SMALL_AHEAD(T, ahead), xb, nb * L)                        \
         if (m == L && sizeof(T) < sizeof(double)) {   /* tiny, float32 */     \
             fg_runs_dev64_##SUF##ISA(xb, nb, L, k, s, q);                     \
         } else {                                                              \
