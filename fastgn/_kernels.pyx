@@ -128,11 +128,12 @@ cdef extern from "_simd.h" nogil:
                               double*, double*)
     void fg_bwd_rows_dx_f32(const float*, const float*, float*, Py_ssize_t,
                             Py_ssize_t, const float*, const float*,
-                            const float*, const float*, Py_ssize_t, int)
+                            const float*, const float*, Py_ssize_t, int,
+                            Py_ssize_t)
     void fg_bwd_rows_dx_f64(const double*, const double*, double*,
                             Py_ssize_t, Py_ssize_t, const double*,
                             const double*, const double*, const double*,
-                            Py_ssize_t, int)
+                            Py_ssize_t, int, Py_ssize_t)
     void fg_rows_params_f32(const double*, const float*, const float*,
                             Py_ssize_t, Py_ssize_t, Py_ssize_t, float*,
                             float*, float*)
@@ -143,12 +144,12 @@ cdef extern from "_simd.h" nogil:
                              Py_ssize_t, Py_ssize_t, const float*,
                              const float*, const float*, double*, double*,
                              double*, double*, int, float*, float*,
-                             Py_ssize_t, int)
+                             Py_ssize_t, int, Py_ssize_t)
     void fg_bwd_rows_one_f64(const double*, const double*, double*,
                              Py_ssize_t, Py_ssize_t, Py_ssize_t,
                              const double*, const double*, const double*,
                              double*, double*, double*, double*, int,
-                             double*, double*, Py_ssize_t, int)
+                             double*, double*, Py_ssize_t, int, Py_ssize_t)
     void fg_rows_dx_params_f32(const float*, const float*, const float*,
                                const float*, Py_ssize_t, Py_ssize_t,
                                Py_ssize_t, float*, float*, float*, float*)
@@ -1416,12 +1417,12 @@ cdef inline void _bwd_rows_dx(const floating* dy, const floating* x,
         fg_rows_dx_params_f32(mean + s0, rstd + s0, coef + 2 * s0, w, g.G,
                               g.Cg, q, a, bc, muc, dc)
         fg_bwd_rows_dx_f32(dy + off, x + off, dx + off, p1 - p0, g.C, a, bc,
-                           muc, dc, q, g.stream)
+                           muc, dc, q, g.stream, 0)
     else:
         fg_rows_dx_params_f64(mean + s0, rstd + s0, coef + 2 * s0, w, g.G,
                               g.Cg, q, a, bc, muc, dc)
         fg_bwd_rows_dx_f64(dy + off, x + off, dx + off, p1 - p0, g.C, a, bc,
-                           muc, dc, q, g.stream)
+                           muc, dc, q, g.stream, 0)
 
 
 cdef inline void _bwd_rows_sample(const floating* dy, const floating* x,
@@ -1437,7 +1438,7 @@ cdef inline void _bwd_rows_sample(const floating* dy, const floating* x,
     row block's rows bs, bb (stored if first; fg_acc_groups). float16 (h
     not NULL): the sample converted in the thread's buffers, as
     _backward_block's slabs."""
-    cdef Py_ssize_t k, m = g.T * g.C
+    cdef Py_ssize_t k, m = g.T * g.C, ahead = 0
     cdef const floating* sy = dy + n * m
     cdef const floating* sx = x + n * m
     cdef floating* sd = dx + n * m
@@ -1447,17 +1448,24 @@ cdef inline void _bwd_rows_sample(const floating* dy, const floating* x,
             hb = _half_in(h, n * m, m)
             sy, sx, sd = hb, hb + h.stride, hb + 2 * h.stride
     cdef Py_ssize_t s0 = n * g.G
+    # the next sample's dy and x requested during dx where the sample's
+    # three arrays and the next's two fit L2 (as _rows_sample's apply)
+    if h == NULL and not g.stream and n + 1 < g.N and \
+            8 * m * <Py_ssize_t>sizeof(floating) <= L2_BYTES:
+        ahead = m
     if g.K == 1:        # one call: its phases and the row sums
         if floating is float:
             fg_bwd_rows_one_f32(sy, sx, sd, g.T, g.G, g.Cg, mean + s0,
                                 rstd + s0, w, ds, db, bs, bb, first,
                                 coef + 2 * s0, scratch,
-                                _rotation(sd, g.C, g.stream), g.stream)
+                                _rotation(sd, g.C, g.stream), g.stream,
+                                ahead)
         else:
             fg_bwd_rows_one_f64(sy, sx, sd, g.T, g.G, g.Cg, mean + s0,
                                 rstd + s0, w, ds, db, bs, bb, first,
                                 coef + 2 * s0, scratch,
-                                _rotation(sd, g.C, g.stream), g.stream)
+                                _rotation(sd, g.C, g.stream), g.stream,
+                                ahead)
     else:
         for k in range(g.K):
             _bwd_rows_sums(sy, sx, mean, g, n * g.K + k, parts + 2 * k * g.C,

@@ -425,7 +425,14 @@ FG_WIDE_FN void fg_bwd_rows_sums_##SUF(const T *dy, const T *x,               \
             db[c] = b;                                                        \
         }                                                                     \
 }
-/* dx = a*dy + B*(x - mean) + D over `rows` positions (FG_COLS_MAP). */
+/* dx = a*dy + B*(x - mean) + D over `rows` positions (FG_COLS_MAP); with
+ * `ahead`, dy's and x's values that far on requested as the forward's
+ * fg_rows_affine requests x's. */
+#define FG_DX_AHEAD_REQ(o)                                                    \
+    {                                                                         \
+        __builtin_prefetch(dy + (o) + ahead, 0, 2);                           \
+        __builtin_prefetch(x + (o) + ahead, 0, 2);                            \
+    }
 #define FG_DX_EXPR(VU)                                                        \
     u1_[j_] * *(const VU *)(dy + o_)                                          \
     + u2_[j_] * (*(const VU *)(x + o_) - u3_[j_]) + u4_[j_]
@@ -434,10 +441,15 @@ FG_WIDE_INL void fg_rows_dx_##SUF(const T *dy, const T *x, T *dx,             \
                                  ptrdiff_t rows, ptrdiff_t C,                 \
                                  const T *restrict a, const T *restrict bc,   \
                                  const T *restrict muc,                       \
-                                 const T *restrict dc) {                      \
+                                 const T *restrict dc, ptrdiff_t ahead) {     \
     ptrdiff_t p, c, r;                                                        \
-    FG_COLS_MAP_ALL(T, V, VU, a, bc, muc, dc, dx, FG_DX_EXPR,                 \
-                    FG_BWD_ROWS_DX(T), FG_NOREQ)                              \
+    if (ahead) {                                                              \
+        FG_COLS_MAP_ALL(T, V, VU, a, bc, muc, dc, dx, FG_DX_EXPR,             \
+                        FG_BWD_ROWS_DX_REQ(T), FG_DX_AHEAD_REQ)               \
+    } else {                                                                  \
+        FG_COLS_MAP_ALL(T, V, VU, a, bc, muc, dc, dx, FG_DX_EXPR,             \
+                        FG_BWD_ROWS_DX(T), FG_NOREQ)                          \
+    }                                                                         \
 }
 
 #define FG_ROWS_MOMENTS(T, AT, V, VU, SUF)                                    \
@@ -1062,13 +1074,13 @@ FG_WIDE_FN void fg_bwd_rows_dx_##SUF##ISA(const T *dy, const T *x, T *dx,     \
                                          const T *restrict bc,                \
                                          const T *restrict muc,               \
                                          const T *restrict dc, ptrdiff_t q,   \
-                                         int stream);                         \
+                                         int stream, ptrdiff_t ahead);        \
 FG_WIDE_FN __attribute__((noinline))                                          \
 void fg_bwd_dx_wide_##SUF##ISA(const T *dy, const T *x, T *dx,                 \
                                ptrdiff_t rows, ptrdiff_t C, ptrdiff_t P,      \
                                const T *restrict a, const T *restrict bc,     \
                                const T *restrict muc, const T *restrict dc,   \
-                               int stream) {                                  \
+                               int stream, ptrdiff_t ahead) {                 \
     T wa[FG_WIDE_MAX], wb[FG_WIDE_MAX], wm[FG_WIDE_MAX], wd[FG_WIDE_MAX];     \
     const ptrdiff_t k = P / C, n = rows / k * P;                              \
     FG_REPEAT(wa, a, C, P)                                                    \
@@ -1076,10 +1088,10 @@ void fg_bwd_dx_wide_##SUF##ISA(const T *dy, const T *x, T *dx,                 \
     FG_REPEAT(wm, muc, C, P)                                                  \
     FG_REPEAT(wd, dc, C, P)                                                   \
     fg_bwd_rows_dx_##SUF##ISA(dy, x, dx, rows / k, P, wa, wb, wm, wd, 0,      \
-                              stream);                                        \
+                              stream, ahead);                                 \
     if (rows % k)                                                             \
         fg_bwd_rows_dx_##SUF##ISA(dy + n, x + n, dx + n, rows % k, C, a, bc,  \
-                                  muc, dc, 0, stream);                        \
+                                  muc, dc, 0, stream, ahead);                 \
 }                                                                             \
 FG_WIDE_FN void fg_bwd_rows_dx_##SUF##ISA(const T *dy, const T *x, T *dx,     \
                                          ptrdiff_t rows, ptrdiff_t C,         \
@@ -1087,12 +1099,12 @@ FG_WIDE_FN void fg_bwd_rows_dx_##SUF##ISA(const T *dy, const T *x, T *dx,     \
                                          const T *restrict bc,                \
                                          const T *restrict muc,               \
                                          const T *restrict dc, ptrdiff_t q,   \
-                                         int stream) {                        \
+                                         int stream, ptrdiff_t ahead) {       \
     const ptrdiff_t P = FG_WIDE(C, sizeof(fg_vf32##ISA) / sizeof(T));        \
     ptrdiff_t p, c;                                                           \
     if (q == 0 && P != C && rows >= P / C) {                                  \
         fg_bwd_dx_wide_##SUF##ISA(dy, x, dx, rows, C, P, a, bc, muc, dc,      \
-                                  stream);                                    \
+                                  stream, ahead);                             \
         return;                                                               \
     }                                                                         \
     if (stream) {                                                             \
@@ -1112,7 +1124,7 @@ FG_WIDE_FN void fg_bwd_rows_dx_##SUF##ISA(const T *dy, const T *x, T *dx,     \
         dx += q;                                                              \
         rows -= 1;                                                            \
     }                                                                         \
-    fg_rows_dx_##SUF##ISA(dy, x, dx, rows, C, a, bc, muc, dc);                \
+    fg_rows_dx_##SUF##ISA(dy, x, dx, rows, C, a, bc, muc, dc, ahead);         \
     if (q)                                                                    \
         FG_SIMD for (c = 0; c < C - q; c++) {                                 \
             const ptrdiff_t i = rows * C + c;                                 \
@@ -2066,6 +2078,27 @@ FG_WIDE_FN void fg_bwd_slabs_##SUF##ISA(const T *dy, const T *x, T *dx,       \
             dx[i] = a[c] * dy[i] + bc[c] * (x[i] - muc[c]) + dc[c];           \
         }
 
+/* FG_BWD_ROWS_DX a row at a time, requesting dy's and x's values `ahead`
+ * on with the store of each 64 bytes (as FG_ROWS_BODY_REQ): the same
+ * arithmetic per value. */
+#define FG_BWD_ROWS_DX_REQ(T)                                                 \
+    for (p = 0; p < rows; p++) {                                              \
+        const ptrdiff_t o_ = p * C;                                           \
+        for (r = 0; r + 64 / (ptrdiff_t)sizeof(T) <= C;                       \
+             r += 64 / (ptrdiff_t)sizeof(T)) {                                \
+            __builtin_prefetch(dy + o_ + r + ahead, 0, 2);                    \
+            __builtin_prefetch(x + o_ + r + ahead, 0, 2);                     \
+            FG_SIMD for (c = r; c < r + 64 / (ptrdiff_t)sizeof(T); c++) {     \
+                const ptrdiff_t i = o_ + c;                                   \
+                dx[i] = a[c] * dy[i] + bc[c] * (x[i] - muc[c]) + dc[c];       \
+            }                                                                 \
+        }                                                                     \
+        FG_SIMD for (c = r; c < C; c++) {                                     \
+            const ptrdiff_t i = o_ + c;                                       \
+            dx[i] = a[c] * dy[i] + bc[c] * (x[i] - muc[c]) + dc[c];           \
+        }                                                                     \
+    }
+
 /* Backward for rank-2 input (HW == 1: one value per channel): dx of the
  * `ng` consecutive groups of one sample, and the sample's parameter-gradient
  * terms rstd*dy*(x-mean) and dy per channel stored into (acc == 0) or added
@@ -2252,7 +2285,8 @@ FG_WIDE_FN void fg_bwd_rows_one_##SUF##ISA(const T *dy, const T *x, T *dx,    \
                                            double *ds, double *db,            \
                                            double *bs, double *bb,            \
                                            int first, T *coef, T *scratch,    \
-                                           ptrdiff_t q, int stream) {         \
+                                           ptrdiff_t q, int stream,           \
+                                           ptrdiff_t ahead) {                 \
     const ptrdiff_t C = G * Cg;                                               \
     const double iM = 1.0 / (double)(Cg * rows);                              \
     T *a = scratch;                                                           \
@@ -2260,7 +2294,7 @@ FG_WIDE_FN void fg_bwd_rows_one_##SUF##ISA(const T *dy, const T *x, T *dx,    \
     fg_bwd_rows_sums_##SUF##ISA(dy, x, rows, C, a, ds, db, a + C, a + 2 * C); \
     FG_CG_SWITCH(fg_bwd_rows_groups_##SUF##ISA, 1)                            \
     fg_bwd_rows_dx_##SUF##ISA(dy, x, dx, rows, C, a, a + C, a + 2 * C,        \
-                              a + 3 * C, q, stream);                          \
+                              a + 3 * C, q, stream, ahead);                   \
 }
 /* Group g's entries of dx's per-channel vectors a = w*rstd, muc, bc, dc,
  * rotated by q (FG_ROTATED_RUNS). */
@@ -3456,18 +3490,19 @@ void fg_bwd_rows_sums_##SUF(const T *dy, const T *x, ptrdiff_t rows,          \
 void fg_bwd_rows_dx_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t rows,     \
                           ptrdiff_t C, const T *a, const T *bc,               \
                           const T *muc, const T *dc, ptrdiff_t q,             \
-                          int stream) {                                       \
+                          int stream, ptrdiff_t ahead) {                      \
     FG_PICK(fg_bwd_rows_dx_##SUF, (dy, x, dx, rows, C, a, bc, muc, dc, q,     \
-                                   stream))                                   \
+                                   stream, ahead))                            \
 }                                                                             \
 void fg_bwd_rows_one_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t rows,    \
                            ptrdiff_t G, ptrdiff_t Cg, const T *mean,          \
                            const T *rstd, const T *w, double *ds, double *db, \
                            double *bs, double *bb, int first, T *coef,        \
-                           T *scratch, ptrdiff_t q, int stream) {             \
+                           T *scratch, ptrdiff_t q, int stream,               \
+                           ptrdiff_t ahead) {                                 \
     FG_PICK(fg_bwd_rows_one_##SUF, (dy, x, dx, rows, G, Cg, mean, rstd, w,    \
                                     ds, db, bs, bb, first, coef, scratch, q,  \
-                                    stream))                                  \
+                                    stream, ahead))                           \
 }                                                                             \
 void fg_apply_rows_##SUF(const T *x, T *y, ptrdiff_t rows, ptrdiff_t C,       \
                          const T *mhi, const T *sc, const T *sh, ptrdiff_t q, \
