@@ -609,6 +609,51 @@ def test_dx_at_every_offset(shape, G, channels_last, dtype):
 
 @pytest.mark.compiled_only
 @pytest.mark.parametrize("shape,G", [
+    ((3, 256, 4, 5), 32),           # rows wider than 8 vectors, a row a step
+    ((2, 320, 3, 3), 32),
+    ((4, 64, 3, 5), 8),             # rows of a few vectors, in columns
+    ((3, 40, 5, 4), 4),             # rows of 40 taken as rows of 80
+], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channels_last_requests_same_bits(shape, G, dtype):
+    """The channels-last backward of samples that fit L2 requests the next
+    sample's dy and x during dx: a dx at every offset in a line gets the
+    bits of the backward without requests (back_bytes(0))."""
+    rng = np.random.default_rng(23)
+    x, dy, w = make_data(shape, dtype, rng, True)
+    xl, dyl = to_layout(x, True), to_layout(dy, True)
+    _, mean, rstd = fastgn.group_norm(xl, G, w, return_stats=True,
+                                      channels_last=True)
+    kern = fastgn._api._kern
+    old = kern.back_bytes(0)
+    try:
+        want = fastgn.group_norm_backward(dyl, xl, mean, rstd, G, w,
+                                          channels_last=True)
+    finally:
+        kern.back_bytes(old)
+    rdx = ref_backward(dy, x, G, w, 1e-5)
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    check_close(from_layout(want[0], True), rdx[0], tol, mag=rdx[3]["dx"])
+    N, C, HW = shape[0], shape[1], int(np.prod(shape[2:]))
+    per_line = 64 // x.itemsize
+    buf = np.empty(x.size + 2 * per_line, dtype)
+    start = (-buf.ctypes.data % 64) // x.itemsize
+    for nt in (1, 2):
+        for k in range(per_line):
+            buf.fill(-7.0)
+            dx = buf[start + k:start + k + x.size].reshape(xl.shape)
+            dw, db = np.empty(C, dtype), np.empty(C, dtype)
+            kern.backward(dyl, xl, mean, rstd, w, N, C, HW, G, True, dx, dw,
+                          db, nt)
+            assert (buf[:start + k] == -7.0).all()
+            assert (buf[start + k + x.size:] == -7.0).all()
+            assert dx.tobytes() == want[0].tobytes(), (nt, k)
+            assert dw.tobytes() == want[1].tobytes(), (nt, k)
+            assert db.tobytes() == want[2].tobytes(), (nt, k)
+
+
+@pytest.mark.compiled_only
+@pytest.mark.parametrize("shape,G", [
     ((2, 4, 60, 70), 2),            # channel runs of 4200 values
     ((3, 8, 9, 11), 2),             # runs of 99
     ((2, 6, 8, 10), 3),             # runs of 80: five float32 vectors

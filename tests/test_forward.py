@@ -950,6 +950,45 @@ def test_channels_last_output_at_every_offset(rng, oracle, dtype, C, G,
 
 
 @pytest.mark.compiled_only
+@pytest.mark.parametrize("shape,G", [
+    ((3, 4, 5, 256), 32),           # rows wider than 8 vectors, a row a step
+    ((2, 3, 3, 320), 32),
+    ((4, 3, 5, 64), 8),             # rows of a few vectors, in columns
+    ((3, 5, 4, 40), 4),             # rows of 40 taken as rows of 80
+], ids=str)
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("nt", [1, 2])
+def test_channels_last_requests_same_bits(rng, oracle, shape, G, dtype,
+                                          activation, nt):
+    """A channels-last apply of samples that fit L2 requests the next
+    sample's values as it stores (a row at a time where rows are wide): an
+    output at every offset in a line gets the bits of the apply without
+    requests (back_bytes(0): no sample fits, chunks last read first)."""
+    x = data(rng, shape, dtype, offset=3.0)
+    w, b = params(rng, shape[-1], "both", dtype)
+    kw = dict(channels_last=True, num_threads=nt, activation=activation)
+    kern = _api._kern
+    old = kern.back_bytes(0)
+    try:
+        want = gn(x, G, w, b, **kw)
+    finally:
+        kern.back_bytes(old)
+    assert_close(want, oracle(x, G, w, b, channels_last=True,
+                              activation=activation)[0], dtype, scale=4.0)
+    per_line = 64 // dtype.itemsize
+    buf = np.empty(x.size + 2 * per_line, dtype)
+    start = (-buf.ctypes.data % 64) // dtype.itemsize
+    for k in range(per_line):
+        buf.fill(-7.0)
+        y = buf[start + k:start + k + x.size].reshape(x.shape)
+        gn(x, G, w, b, out=y, **kw)
+        assert (buf[:start + k] == -7.0).all()
+        assert (buf[start + k + x.size:] == -7.0).all()
+        np.testing.assert_array_equal(y, want, err_msg=f"offset {k}")
+
+
+@pytest.mark.compiled_only
 @pytest.mark.parametrize("shape,G,channels_last", [
     ((1, 4, 300, 300), 2, True),    # one sample of 6 chunks, shared
     ((3, 12, 90, 100), 4, True),    # 3 samples on 2 threads: shared
