@@ -2921,6 +2921,14 @@ void fg_bwd_flat##ISA(const float *dy, const float *x, float *dx,             \
                 mean_out[g0 + g] = (CT)mean[g];                               \
                 rstd_out[g0 + g] = (CT)rstd[g];                               \
             }
+/* fg_small_slabs' blocks: slabs of 6 KiB or more of arrays larger than the
+ * cache (`ahead`) one at a time, others at least two at a time. From
+ * memory, 64x2048x7x7 (12 KiB slabs) took 0.85-0.95x the time one at a
+ * time, 64x1024x7x7 0.79-0.83x, float64 64x512x7x7 (6 KiB) 0.83-0.93x;
+ * 32x256x14x14 (6 KiB, in the cache) 1.08x warm, 0.87x cold; 128x512x7x7's
+ * 3 KiB slabs 1.08-1.13x (benchmarks/ab.py, Zen 5). */
+#define FG_SMALL_MIN_BLK(T, L, ahead)                                         \
+    ((ahead) && (L) * (ptrdiff_t)sizeof(T) >= 6144 ? 1 : 2)
 #define FG_SMALL_SLABS(T, AT, SUF, ISA)                                       \
 FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
                                           ptrdiff_t Cg, ptrdiff_t HW,         \
@@ -2954,7 +2962,8 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
                              ahead, (double *)mean_out, (double *)rstd_out);  \
         return;                                                               \
     }                                                                         \
-    bs = bs < 2 ? 2 : bs > FG_SMALL_BLK ? FG_SMALL_BLK : bs;                  \
+    bs = bs < 2 ? FG_SMALL_MIN_BLK(T, L, ahead)                              \
+                : bs > FG_SMALL_BLK ? FG_SMALL_BLK : bs;                      \
     for (g0 = 0; g0 < ng; g0 += bs) {                                         \
         const ptrdiff_t nb = ng - g0 < bs ? ng - g0 : bs;                     \
         const T *xb = x + g0 * L;                                             \
