@@ -894,6 +894,31 @@ def test_short_runs_small_path_any_array_size(rng, oracle, streaming,
 
 
 @pytest.mark.compiled_only
+@pytest.mark.parametrize("dtype,shape,G", [
+    (F64, (5, 32, 7, 7), 2),       # 6 KiB slabs
+    (F32, (4, 32, 7, 7), 1),       # 6 KiB slabs
+    (F32, (5, 32, 7, 7), 2),       # 3 KiB slabs: pairs either way
+], ids=str)
+@pytest.mark.parametrize("nt", [1, 2])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_small_slab_blocks_same_bits(rng, oracle, streaming, dtype, shape, G,
+                                     nt, activation):
+    """The small-slab path takes slabs of 6 KiB or more one at a time in
+    arrays larger than the cache (forced here), two at a time otherwise:
+    the same bits either way."""
+    x = data(rng, shape, dtype, offset=3.0)
+    w, b = params(rng, shape[1], "both", dtype)
+    kw = dict(num_threads=nt, activation=activation)
+    streaming.stream_bytes(1 << 62)
+    cached = gn(x, G, w, b, **kw)
+    streaming.stream_bytes(0)
+    big = gn(x, G, w, b, **kw)
+    assert big.tobytes() == cached.tobytes()
+    assert_close(big, oracle(x, G, w, b, activation=activation)[0], dtype,
+                 scale=4.0)
+
+
+@pytest.mark.compiled_only
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
 @pytest.mark.parametrize("shape,G", [
     ((3, 8, 40, 41), 2),           # one slab per thread, odd run lengths
