@@ -97,6 +97,40 @@ def make_data(shape, dtype, rng, with_weight):
     return x, dy, w
 
 
+def layout_inputs(shape, G, dtype, seed, channels_last):
+    """make_data's x, dy, w for an NCHW shape, x and dy in the layout
+    (xl, dyl) and the forward's mean and rstd of xl."""
+    x, dy, w = make_data(shape, dtype, np.random.default_rng(seed), True)
+    xl, dyl = to_layout(x, channels_last), to_layout(dy, channels_last)
+    _, mean, rstd = fastgn.group_norm(xl, G, w, return_stats=True,
+                                      channels_last=channels_last)
+    return x, dy, w, xl, dyl, mean, rstd
+
+
+def assert_dx_at_every_offset(want, dyl, xl, mean, rstd, w, G,
+                              channels_last, nts=(1,)):
+    """The kernel's backward into a dx at every offset within a cache line,
+    at each thread count of nts: nothing outside dx is written, and dx (and
+    dw, db where want holds them) has want's bits."""
+    kern = fastgn._api._kern
+    N, C = xl.shape[0], xl.shape[-1 if channels_last else 1]
+    HW = xl.size // (N * C)
+    per_line = 64 // xl.itemsize
+    buf = np.empty(xl.size + 2 * per_line, xl.dtype)
+    start = (-buf.ctypes.data % 64) // xl.itemsize
+    for nt in nts:
+        for k in range(per_line):
+            buf.fill(-7.0)
+            dx = buf[start + k:start + k + xl.size].reshape(xl.shape)
+            dw, db = np.empty(C, xl.dtype), np.empty(C, xl.dtype)
+            kern.backward(dyl, xl, mean, rstd, w, N, C, HW, G, channels_last,
+                          dx, dw, db, nt)
+            assert (buf[:start + k] == -7.0).all()
+            assert (buf[start + k + xl.size:] == -7.0).all()
+            for got, exp in zip((dx, dw, db), want):
+                assert got.tobytes() == exp.tobytes(), (nt, k)
+
+
 # ------------------------------------------------------- vs the formula
 
 @pytest.mark.parametrize("rank", [2, 3, 4, 5])
@@ -528,11 +562,8 @@ def test_streaming_dx_same_bits(shape, G, channels_last, dtype, nt):
     """dx larger than the cache is written with streaming stores: forced on
     small arrays here (outputs at every offset within 16 bytes, through the
     kernel), they give the bits of the plain stores."""
-    rng = np.random.default_rng(17)
-    x, dy, w = make_data(shape, dtype, rng, True)
-    xl, dyl = to_layout(x, channels_last), to_layout(dy, channels_last)
-    _, mean, rstd = fastgn.group_norm(xl, G, w, return_stats=True,
-                                      channels_last=channels_last)
+    x, dy, w, xl, dyl, mean, rstd = layout_inputs(shape, G, dtype, 17,
+                                                  channels_last)
     kern = fastgn._api._kern
     N, C = shape[0], shape[1]
     HW = int(np.prod(shape[2:]))
@@ -580,31 +611,16 @@ def test_dx_at_every_offset(shape, G, channels_last, dtype):
     peeled, channels-last vectors rotated, runs shorter than a vector by
     whole vectors of the slab): a dx at every offset within a line gets the
     same bits."""
-    rng = np.random.default_rng(19)
-    x, dy, w = make_data(shape, dtype, rng, True)
-    xl, dyl = to_layout(x, channels_last), to_layout(dy, channels_last)
-    _, mean, rstd = fastgn.group_norm(xl, G, w, return_stats=True,
-                                      channels_last=channels_last)
+    x, dy, w, xl, dyl, mean, rstd = layout_inputs(shape, G, dtype, 19,
+                                                  channels_last)
     want = fastgn.group_norm_backward(dyl, xl, mean, rstd, G, w,
                                       channels_last=channels_last)[0]
     rdx = ref_backward(dy, x, G, w, 1e-5)
     tol = 1e-5 if dtype == np.float32 else 1e-10
     check_close(from_layout(want, channels_last), rdx[0], tol,
                 mag=rdx[3]["dx"])
-    kern = fastgn._api._kern
-    N, C, HW = shape[0], shape[1], int(np.prod(shape[2:]))
-    per_line = 64 // x.itemsize
-    buf = np.empty(x.size + 2 * per_line, dtype)
-    start = (-buf.ctypes.data % 64) // x.itemsize
-    for k in range(per_line):
-        buf.fill(-7.0)
-        dx = buf[start + k:start + k + x.size].reshape(xl.shape)
-        dw, db = np.empty(C, dtype), np.empty(C, dtype)
-        kern.backward(dyl, xl, mean, rstd, w, N, C, HW, G, channels_last,
-                      dx, dw, db, 1)
-        assert (buf[:start + k] == -7.0).all()
-        assert (buf[start + k + x.size:] == -7.0).all()
-        assert dx.tobytes() == want.tobytes(), k
+    assert_dx_at_every_offset((want,), dyl, xl, mean, rstd, w, G,
+                              channels_last)
 
 
 @pytest.mark.compiled_only
@@ -619,11 +635,7 @@ def test_channels_last_requests_same_bits(shape, G, dtype):
     """The channels-last backward of samples that fit L2 requests the next
     sample's dy and x during dx: a dx at every offset in a line gets the
     bits of the backward without requests (back_bytes(0))."""
-    rng = np.random.default_rng(23)
-    x, dy, w = make_data(shape, dtype, rng, True)
-    xl, dyl = to_layout(x, True), to_layout(dy, True)
-    _, mean, rstd = fastgn.group_norm(xl, G, w, return_stats=True,
-                                      channels_last=True)
+    x, dy, w, xl, dyl, mean, rstd = layout_inputs(shape, G, dtype, 23, True)
     kern = fastgn._api._kern
     old = kern.back_bytes(0)
     try:
@@ -634,22 +646,8 @@ def test_channels_last_requests_same_bits(shape, G, dtype):
     rdx = ref_backward(dy, x, G, w, 1e-5)
     tol = 1e-5 if dtype == np.float32 else 1e-10
     check_close(from_layout(want[0], True), rdx[0], tol, mag=rdx[3]["dx"])
-    N, C, HW = shape[0], shape[1], int(np.prod(shape[2:]))
-    per_line = 64 // x.itemsize
-    buf = np.empty(x.size + 2 * per_line, dtype)
-    start = (-buf.ctypes.data % 64) // x.itemsize
-    for nt in (1, 2):
-        for k in range(per_line):
-            buf.fill(-7.0)
-            dx = buf[start + k:start + k + x.size].reshape(xl.shape)
-            dw, db = np.empty(C, dtype), np.empty(C, dtype)
-            kern.backward(dyl, xl, mean, rstd, w, N, C, HW, G, True, dx, dw,
-                          db, nt)
-            assert (buf[:start + k] == -7.0).all()
-            assert (buf[start + k + x.size:] == -7.0).all()
-            assert dx.tobytes() == want[0].tobytes(), (nt, k)
-            assert dw.tobytes() == want[1].tobytes(), (nt, k)
-            assert db.tobytes() == want[2].tobytes(), (nt, k)
+    assert_dx_at_every_offset(want, dyl, xl, mean, rstd, w, G, True,
+                              nts=(1, 2))
 
 
 @pytest.mark.compiled_only
