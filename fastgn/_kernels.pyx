@@ -1448,8 +1448,9 @@ cdef inline void _bwd_rows_sample(const floating* dy, const floating* x,
             hb = _half_in(h, n * m, m)
             sy, sx, sd = hb, hb + h.stride, hb + 2 * h.stride
     cdef Py_ssize_t s0 = n * g.G
-    # the next sample's dy and x requested during dx where the sample's
-    # three arrays and the next's two fit L2 (as _rows_sample's apply)
+    # the next sample's dy and x requested during dx where eight samples
+    # fit L2 (its three arrays, the next's two, and room; as _rows_sample's
+    # apply)
     if h == NULL and not g.stream and n + 1 < g.N and \
             8 * m * <Py_ssize_t>sizeof(floating) <= L2_BYTES:
         ahead = m
