@@ -1163,6 +1163,10 @@ typedef long long fg_vi64##ISA __attribute__((vector_size(VB)));
 typedef float fg_f8##ISA __attribute__((vector_size(32)));                    \
 typedef float fg_f4##ISA __attribute__((vector_size(16)));                    \
 typedef double fg_d4##ISA __attribute__((vector_size(32)));                   \
+typedef float fg_f4u##ISA                                                     \
+    __attribute__((vector_size(16), aligned(4), may_alias));                  \
+typedef double fg_d4u##ISA                                                    \
+    __attribute__((vector_size(32), aligned(8), may_alias));                  \
 /* float32 -> float64 conversions by intrinsic: GCC 12 lowers               \
  * __builtin_convertvector from 4 (8) floats to 4 (8) doubles in halves,      \
  * three or four instructions for one. */                                    \
@@ -1172,6 +1176,11 @@ FG_WIDE_INL fg_d4##ISA fg_cvt4##ISA(fg_f4##ISA v) {                           \
 FG_WIDE_INL double fg_d4sum##ISA(fg_d4##ISA v) {                              \
     return (v[0] + v[1]) + (v[2] + v[3]);                                     \
 }                                                                             \
+/* fg_bwd_coefs_in's sums of w*ds and w*db (Cg a multiple of 4) in four    \
+ * lanes, the order of its four scalar partial sums (the same bits; the     \
+ * scalar ones took a sixth of the channels-last backward of 2x2 maps) */   \
+FG_WDOTS(float, f32, ISA, fg_cvt4##ISA(*(const fg_f4u##ISA *)(w + c)))        \
+FG_WDOTS(double, f64, ISA, *(const fg_d4u##ISA *)(w + c))                     \
 FG_WIDE_INL double fg_f8sum##ISA(fg_f8##ISA v) {                              \
     return fg_d4sum##ISA(fg_cvt4##ISA((fg_f4##ISA)_mm256_castps256_ps128(    \
                              (__m256)v)) +                                    \
@@ -1287,7 +1296,32 @@ FG_WIDE_INL double fg_vsum_f32##ISA(fg_vf32##ISA v) {                         \
 FG_WIDE_INL double fg_vsum_f64##ISA(fg_vf64##ISA v) {                         \
     return fg_d4sum##ISA(v);                                                  \
 }
+#define FG_WDOTS(T, SUF, ISA, LOADW)                                          \
+FG_WIDE_INL int fg_wdots_##SUF##ISA(const T *w, const double *ds,             \
+                                    const double *db, ptrdiff_t Cg,           \
+                                    double *sa, double *sb) {                 \
+    fg_d4##ISA a = {0, 0, 0, 0}, b = a;                                       \
+    ptrdiff_t c;                                                              \
+    for (c = 0; c < Cg; c += 4) {                                             \
+        const fg_d4##ISA w_ = LOADW;                                          \
+        a += w_ * *(const fg_d4u##ISA *)(ds + c);                             \
+        b += w_ * *(const fg_d4u##ISA *)(db + c);                             \
+    }                                                                         \
+    *sa = fg_d4sum##ISA(a);                                                   \
+    *sb = fg_d4sum##ISA(b);                                                   \
+    return 1;                                                                 \
+}
+/* 16-byte registers: fg_bwd_coefs_in sums in scalars */
+#define FG_WDOTS_NONE(T, SUF, ISA)                                            \
+FG_WIDE_INL int fg_wdots_##SUF##ISA(const T *w, const double *ds,             \
+                                    const double *db, ptrdiff_t Cg,           \
+                                    double *sa, double *sb) {                 \
+    (void)w, (void)ds, (void)db, (void)Cg, (void)sa, (void)sb;                \
+    return 0;                                                                 \
+}
 #define FG_VSUMS_16(ISA)                                                      \
+FG_WDOTS_NONE(float, f32, ISA)                                                \
+FG_WDOTS_NONE(double, f64, ISA)                                               \
 FG_WIDE_INL fg_vf64##ISA fg_widen##ISA(const float *p) {                      \
     return __builtin_convertvector(*(const fg_vf32h##ISA *)p, fg_vf64##ISA);  \
 }                                                                             \
@@ -1924,6 +1958,11 @@ FG_WIDE_INL void fg_bwd_coefs_in_##SUF##ISA(const T *w, double rs,          \
                                             double iM, T *B, T *D) {          \
     double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;    \
     ptrdiff_t c = 0;                                                          \
+    if (Cg % 4 == 0 && fg_wdots_##SUF##ISA(w, ds, db, Cg, &a0, &b0)) {        \
+        *B = (T)(-rs * rs * rs * a0 * iM);                                    \
+        *D = (T)(-rs * b0 * iM);                                              \
+        return;                                                               \
+    }                                                                         \
     for (; c + 4 <= Cg; c += 4) {                                             \
         a0 += w[c] * ds[c];                                                   \
         a1 += w[c + 1] * ds[c + 1];                                           \
@@ -2209,15 +2248,22 @@ FG_PARAM_GRADS(double, f64)
  * any SIMD level. BODY writes channel c to index t. */
 #define FG_ROTATED_RUNS(c0, c1, BODY)                                         \
     {                                                                         \
-        const ptrdiff_t m_ = q < (c0) ? (c0) : q < (c1) ? q : (c1);           \
         ptrdiff_t c, t;                                                       \
-        FG_SIMD for (c = (c0); c < m_; c++) {                                 \
-            t = c + C - q;                                                    \
-            BODY                                                              \
-        }                                                                     \
-        FG_SIMD for (c = m_; c < (c1); c++) {                                 \
-            t = c - q;                                                        \
-            BODY                                                              \
+        if (q <= (c0) || q >= (c1)) {   /* one run: a constant length */      \
+            const ptrdiff_t d_ = q <= (c0) ? q : q - C;                       \
+            FG_SIMD for (c = (c0); c < (c1); c++) {                           \
+                t = c - d_;                                                   \
+                BODY                                                          \
+            }                                                                 \
+        } else {                                                              \
+            FG_SIMD for (c = (c0); c < q; c++) {                              \
+                t = c + C - q;                                                \
+                BODY                                                          \
+            }                                                                 \
+            FG_SIMD for (c = q; c < (c1); c++) {                              \
+                t = c - q;                                                    \
+                BODY                                                          \
+            }                                                                 \
         }                                                                     \
     }
 /* FN, fg_bwd_rows_groups' phase PH, with the common group sizes as
