@@ -218,11 +218,13 @@ def test_float32_tiny_variance_beside_eps(oracle, offset, scale, shape, G,
                          ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("scale", [1e19, 1e30], ids=str)
 @pytest.mark.parametrize("shape,G", [((2, 4, 64, 64), 2), ((16, 64, 7, 7), 2),
-                                     ((16, 64, 7, 7), 64)], ids=str)
+                                     ((16, 64, 7, 7), 64),
+                                     ((16, 64, 2, 2), 8)], ids=str)
 def test_float32_backward_extreme_magnitudes(scale, shape, G, channels_last):
     """dy * (x - mean) overflows float32 partial sums at these scales: the
     parameter gradients must still match the float64 formula (G = C: the
-    slabs of one channel, summed several at a time)."""
+    slabs of one channel, summed several at a time; 2x2 maps channels-last:
+    a sample's sums in one call with its groups' work)."""
     rng = np.random.default_rng(11)
     x = (scale * rng.standard_normal(shape)).astype(np.float32)
     dy = (scale * rng.standard_normal(shape)).astype(np.float32)
