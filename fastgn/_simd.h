@@ -2281,6 +2281,175 @@ FG_PARAM_GRADS(double, f64)
     default: FN(PH, G, Cg, mean, rstd, w, ds, db, bs, bb, first, coef, a, q,  \
                 iM);                                                          \
     }
+/* Four lanes from k on of a vector of T (float32 widened), four values of
+ * T at p as float64, and FG_ACC_RUN on four channels (pointers to
+ * fg_d4u). */
+#define FG_D4(T, ISA, v, k)                                                   \
+    (sizeof(T) == sizeof(float)                                               \
+         ? fg_cvt4##ISA((fg_f4##ISA){(float)(v)[k], (float)(v)[(k) + 1],      \
+                                     (float)(v)[(k) + 2],                     \
+                                     (float)(v)[(k) + 3]})                    \
+         : (fg_d4##ISA){(v)[k], (v)[(k) + 1], (v)[(k) + 2], (v)[(k) + 3]})
+#define FG_W4(T, ISA, p)                                                      \
+    (sizeof(T) == sizeof(float)                                               \
+         ? fg_cvt4##ISA(*(const fg_f4u##ISA *)(const void *)(p))              \
+         : (fg_d4##ISA) * (const fg_d4u##ISA *)(const void *)(p))
+#define FG_ACC4(ps, pb, rs, d, e, first)                                      \
+    if (first) {                                                              \
+        *(ps) = (rs) * (d);                                                   \
+        *(pb) = (e);                                                          \
+    } else {                                                                  \
+        *(ps) = *(ps) + (rs) * (d);                                           \
+        *(pb) = *(pb) + (e);                                                  \
+    }
+/* The lanes of group j of a vector (gi == j) set to val, in registers (a
+ * vector stored a lane at a time and loaded whole waits for the stores) */
+#define FG_LANES(V, VI, dst, j, val)                                          \
+    {                                                                         \
+        V t_ = {0};                                                           \
+        const VI z_ = {0}, m_ = gi == (int)(j);                               \
+        t_[0] = (val);                                                        \
+        t_ = __builtin_shuffle(t_, z_);                                       \
+        dst = (V)(((VI)t_ & m_) | ((VI)(dst) & ~m_));                         \
+    }
+/* fg_bwd_rows_one of a sample of few positions (fg_bwd_cols_fits: at
+ * most 9 rows and 16 KiB, C a multiple of the VL lanes, groups of Cg
+ * channels, a multiple of 4, within a vector; AVX2 and AVX-512): a vector
+ * of channels at a time, its sums down the rows, its groups' B, D and row
+ * sums, then its dx down the same rows, the per-channel vectors in
+ * registers. Each value's arithmetic is fg_bwd_rows_sums', fg_wdots',
+ * FG_ACC_RUN's and FG_DX_EXPR's: float32 has the bits of the phases one at
+ * a time (the row sums of float64 may differ in the last bit); which of
+ * the two a sample takes depends on its shape alone, not on the thread
+ * count (samples of one chunk are never shared). dx is not rotated
+ * (the column's rows stay in L1). Against the phases, each a loop over the
+ * sample (benchmarks/ab.py, 128x256x2x2, 256x256x3x3, 128x512x2x2
+ * channels-last): 0.60-0.85x the time cold, 0.92-1.04x warm; at AVX2
+ * 0.83-0.96x warm, 0.85-0.90x cold. At 12 or 16 rows (3x4, 4x4 maps) it
+ * took 1.01-1.11x, and 1.06x at 9 rows of 512 channels. */
+#define FG_BWD_COLS(T, AT, V, VU, VI, SUF, ISA)                               \
+static inline int fg_bwd_cols_fits_##SUF##ISA(ptrdiff_t rows, ptrdiff_t C,    \
+                                              ptrdiff_t Cg) {                 \
+    enum { VL = sizeof(V) / sizeof(T) };                                      \
+    return C % VL == 0 && Cg % 4 == 0 && VL % Cg == 0 && rows <= 9 &&         \
+           rows * C * (ptrdiff_t)sizeof(T) <= 16384;                          \
+}                                                                             \
+FG_WIDE_INL void fg_bwd_cols_##SUF##ISA(const T *dy, const T *x, T *dx,       \
+                                        ptrdiff_t rows, ptrdiff_t C,          \
+                                        ptrdiff_t Cg, const T *mean,          \
+                                        const T *rstd, const T *w,            \
+                                        double *bs, double *bb, int first,    \
+                                        T *coef, double iM, ptrdiff_t ahead) { \
+    enum { VL = sizeof(V) / sizeof(T) };                                      \
+    VI gi; /* each lane's group in the vector */                              \
+    ptrdiff_t c0, p, l, j, k;                                                 \
+    for (l = 0; l < VL; l++) gi[l] = l / Cg;                                  \
+    for (c0 = 0; c0 < C; c0 += VL) {                                          \
+        const ptrdiff_t g0 = c0 / Cg;                                         \
+        double ds[VL], db[VL];                                                \
+        V mu = {0}, rl = {0}, s = {0}, b = {0}, av, bv = {0}, dv = {0};       \
+        for (j = 0; j < VL / Cg; j++) {                                       \
+            FG_LANES(V, VI, mu, j, mean[g0 + j])                              \
+            FG_LANES(V, VI, rl, j, rstd[g0 + j])                              \
+        }                                                                     \
+        for (p = 0; p < rows; p++) {                                          \
+            const ptrdiff_t o = p * C + c0;                                   \
+            const V v = *(const VU *)(dy + o);                                \
+            if (ahead) {                                                      \
+                __builtin_prefetch(dy + o + ahead, 0, 2);                     \
+                __builtin_prefetch(x + o + ahead, 0, 2);                      \
+            }                                                                 \
+            s += v * (*(const VU *)(x + o) - mu);                             \
+            b += v;                                                           \
+        }                                                                     \
+        /* float64 sums four lanes a store, as fg_bwd_coefs_in and the row  \
+         * sums load them (a wider store would not forward to their loads) */ \
+        for (k = 0; k < VL; k += 4) {                                         \
+            *(fg_d4u##ISA *)(ds + k) = FG_D4(T, ISA, s, k);                   \
+            *(fg_d4u##ISA *)(db + k) = FG_D4(T, ISA, b, k);                   \
+        }                                                                     \
+        if (sizeof(AT) < sizeof(double) &&                                    \
+            fg_any_nan##ISA((fg_vf32##ISA)((s - s) + (b - b))))               \
+            for (l = 0; l < VL; l++)  /* as fg_bwd_rows_sums' */              \
+                if (FG_OVERFLOWED(AT, ds[l], db[l])) {                        \
+                    double s_ = 0, b_ = 0;                                    \
+                    for (p = 0; p < rows; p++) {                              \
+                        s_ += (double)dy[p * C + c0 + l] *                    \
+                              ((double)x[p * C + c0 + l] - mu[l]);            \
+                        b_ += dy[p * C + c0 + l];                             \
+                    }                                                         \
+                    ds[l] = s_;                                               \
+                    db[l] = b_;                                               \
+                }                                                             \
+        for (j = 0; j < VL / Cg; j++) {                                       \
+            const ptrdiff_t g = g0 + j;                                       \
+            const T rs = rstd[g];                                             \
+            const double drs = rs;                                            \
+            fg_d4##ISA sa = {0, 0, 0, 0}, sb = sa;                            \
+            for (k = j * Cg; k < (j + 1) * Cg; k += 4) {                      \
+                /* fg_wdots' sums and FG_ACC_RUN's rows, four lanes a step */ \
+                const fg_d4##ISA d_ = *(const fg_d4u##ISA *)(ds + k);         \
+                const fg_d4##ISA e_ = *(const fg_d4u##ISA *)(db + k);         \
+                const fg_d4##ISA w_ = FG_W4(T, ISA, w + c0 + k);              \
+                fg_d4u##ISA *ps = (fg_d4u##ISA *)(bs + c0 + k);               \
+                fg_d4u##ISA *pb = (fg_d4u##ISA *)(bb + c0 + k);               \
+                sa += w_ * d_;                                                \
+                sb += w_ * e_;                                                \
+                FG_ACC4(ps, pb, drs, d_, e_, first)                           \
+            }                                                                 \
+            {                                                                 \
+                const T B = (T)(-(double)rs * rs * rs * fg_d4sum##ISA(sa) * iM); \
+                const T D = (T)(-(double)rs * fg_d4sum##ISA(sb) * iM);        \
+                coef[2 * g] = B;                                              \
+                coef[2 * g + 1] = D;                                          \
+                FG_LANES(V, VI, bv, j, B)                                     \
+                FG_LANES(V, VI, dv, j, D)                                     \
+            }                                                                 \
+        }                                                                     \
+        av = *(const VU *)(w + c0) * rl;                                      \
+        for (p = 0; p < rows; p++) {                                          \
+            const ptrdiff_t o = p * C + c0;                                   \
+            *(VU *)(dx + o) = av * *(const VU *)(dy + o)                      \
+                              + bv * (*(const VU *)(x + o) - mu) + dv;        \
+        }                                                                     \
+    }                                                                         \
+}
+/* whether any lane is NaN (s - s + b - b: whether s or b is not finite) */
+#define FG_BWD_COLS_64(ISA)                                                   \
+FG_WIDE_INL int fg_any_nan##ISA(fg_vf32##ISA v) {                             \
+    return _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q) != 0;       \
+}                                                                             \
+FG_BWD_COLS_BOTH(ISA)
+#define FG_BWD_COLS_32(ISA)                                                   \
+FG_WIDE_INL int fg_any_nan##ISA(fg_vf32##ISA v) {                             \
+    return _mm256_movemask_ps(                                                \
+               _mm256_cmp_ps((__m256)v, (__m256)v, _CMP_UNORD_Q)) != 0;       \
+}                                                                             \
+FG_BWD_COLS_BOTH(ISA)
+#define FG_BWD_COLS_BOTH(ISA)                                                 \
+FG_BWD_COLS(float, float, fg_vf32##ISA, fg_vf32u##ISA, fg_vi32##ISA, f32, ISA) \
+FG_BWD_COLS(double, double, fg_vf64##ISA, fg_vf64u##ISA, fg_vi64##ISA, f64,   \
+            ISA)
+/* 16-byte registers: the phases one at a time */
+#define FG_BWD_COLS_NONE(T, SUF, ISA)                                         \
+static inline int fg_bwd_cols_fits_##SUF##ISA(ptrdiff_t rows, ptrdiff_t C,    \
+                                              ptrdiff_t Cg) {                 \
+    (void)rows, (void)C, (void)Cg;                                            \
+    return 0;                                                                 \
+}                                                                             \
+FG_WIDE_INL void fg_bwd_cols_##SUF##ISA(const T *dy, const T *x, T *dx,       \
+                                        ptrdiff_t rows, ptrdiff_t C,          \
+                                        ptrdiff_t Cg, const T *mean,          \
+                                        const T *rstd, const T *w,            \
+                                        double *bs, double *bb, int first,    \
+                                        T *coef, double iM, ptrdiff_t ahead) { \
+    (void)dy, (void)x, (void)dx, (void)rows, (void)C, (void)Cg, (void)mean;   \
+    (void)rstd, (void)w, (void)bs, (void)bb, (void)first, (void)coef;         \
+    (void)iM, (void)ahead;                                                    \
+}
+#define FG_BWD_COLS_16(ISA)                                                   \
+FG_BWD_COLS_NONE(float, f32, ISA)                                             \
+FG_BWD_COLS_NONE(double, f64, ISA)
 /* The channels-last backward of one sample of `rows` positions (its G
  * groups' mean, rstd; one chunk): its per-channel sums ds, db, its groups'
  * B, D into coef (pairs), its sums into its row block's rows bs, bb
@@ -2336,6 +2505,20 @@ FG_WIDE_FN void fg_bwd_rows_one_##SUF##ISA(const T *dy, const T *x, T *dx,    \
     const ptrdiff_t C = G * Cg;                                               \
     const double iM = 1.0 / (double)(Cg * rows);                              \
     T *a = scratch;                                                           \
+    if (!stream && fg_bwd_cols_fits_##SUF##ISA(rows, C, Cg)) {                \
+        switch (Cg) {   /* constants: a group's loops straight vector code */ \
+        case 4: fg_bwd_cols_##SUF##ISA(dy, x, dx, rows, C, 4, mean, rstd, w,  \
+                                       bs, bb, first, coef, iM, ahead); break; \
+        case 8: fg_bwd_cols_##SUF##ISA(dy, x, dx, rows, C, 8, mean, rstd, w,  \
+                                       bs, bb, first, coef, iM, ahead); break; \
+        case 16: fg_bwd_cols_##SUF##ISA(dy, x, dx, rows, C, 16, mean, rstd,   \
+                                        w, bs, bb, first, coef, iM, ahead);   \
+                 break;                                                       \
+        default: fg_bwd_cols_##SUF##ISA(dy, x, dx, rows, C, Cg, mean, rstd,   \
+                                        w, bs, bb, first, coef, iM, ahead);   \
+        }                                                                     \
+        return;                                                               \
+    }                                                                         \
     FG_CG_SWITCH(fg_bwd_rows_groups_##SUF##ISA, 0)                            \
     fg_bwd_rows_sums_##SUF##ISA(dy, x, rows, C, a, ds, db, a + C, a + 2 * C); \
     FG_CG_SWITCH(fg_bwd_rows_groups_##SUF##ISA, 1)                            \
@@ -3419,6 +3602,7 @@ FG_WIDE_FN void fg_small_slabs_f16##ISA(const unsigned short *x,              \
     FG_APPLY_ROWS(double, f64, ISA)                                           \
     FG_BWD_ROWS_DX_FN(float, f32, ISA)                                        \
     FG_BWD_ROWS_DX_FN(double, f64, ISA)                                       \
+    FG_BWD_COLS_##VB(ISA)                                                     \
     FG_BWD_ROWS_ONE(float, f32, ISA)                                          \
     FG_BWD_ROWS_ONE(double, f64, ISA)
 
