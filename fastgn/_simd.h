@@ -2312,6 +2312,13 @@ FG_PARAM_GRADS(double, f64)
         t_ = __builtin_shuffle(t_, z_);                                       \
         dst = (V)(((VI)t_ & m_) | ((VI)(dst) & ~m_));                         \
     }
+#define FG_BWD_COLS_SIG(T, SUF, ISA)                                          \
+FG_WIDE_INL void fg_bwd_cols_##SUF##ISA(const T *dy, const T *x, T *dx,       \
+                                        ptrdiff_t rows, ptrdiff_t C,          \
+                                        ptrdiff_t Cg, const T *mean,          \
+                                        const T *rstd, const T *w,            \
+                                        double *bs, double *bb, int first,    \
+                                        T *coef, double iM, ptrdiff_t ahead)
 /* fg_bwd_rows_one of a sample of few positions (fg_bwd_cols_fits: at
  * most 9 rows and 16 KiB, C a multiple of the VL lanes, groups of Cg
  * channels, a multiple of 4, within a vector; AVX2 and AVX-512): a vector
@@ -2334,12 +2341,7 @@ static inline int fg_bwd_cols_fits_##SUF##ISA(ptrdiff_t rows, ptrdiff_t C,    \
     return C % VL == 0 && Cg % 4 == 0 && VL % Cg == 0 && rows <= 9 &&         \
            rows * C * (ptrdiff_t)sizeof(T) <= 16384;                          \
 }                                                                             \
-FG_WIDE_INL void fg_bwd_cols_##SUF##ISA(const T *dy, const T *x, T *dx,       \
-                                        ptrdiff_t rows, ptrdiff_t C,          \
-                                        ptrdiff_t Cg, const T *mean,          \
-                                        const T *rstd, const T *w,            \
-                                        double *bs, double *bb, int first,    \
-                                        T *coef, double iM, ptrdiff_t ahead) { \
+FG_BWD_COLS_SIG(T, SUF, ISA) {                                                \
     enum { VL = sizeof(V) / sizeof(T) };                                      \
     VI gi; /* each lane's group in the vector */                              \
     ptrdiff_t c0, p, l, j, k;                                                 \
@@ -2437,12 +2439,7 @@ static inline int fg_bwd_cols_fits_##SUF##ISA(ptrdiff_t rows, ptrdiff_t C,    \
     (void)rows, (void)C, (void)Cg;                                            \
     return 0;                                                                 \
 }                                                                             \
-FG_WIDE_INL void fg_bwd_cols_##SUF##ISA(const T *dy, const T *x, T *dx,       \
-                                        ptrdiff_t rows, ptrdiff_t C,          \
-                                        ptrdiff_t Cg, const T *mean,          \
-                                        const T *rstd, const T *w,            \
-                                        double *bs, double *bb, int first,    \
-                                        T *coef, double iM, ptrdiff_t ahead) { \
+FG_BWD_COLS_SIG(T, SUF, ISA) {                                                \
     (void)dy, (void)x, (void)dx, (void)rows, (void)C, (void)Cg, (void)mean;   \
     (void)rstd, (void)w, (void)bs, (void)bb, (void)first, (void)coef;         \
     (void)iM, (void)ahead;                                                    \

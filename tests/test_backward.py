@@ -513,6 +513,33 @@ def test_small_slabs_batch_alone_same_bits(shape, G, dtype, nt):
     check_close(db, rdb, tol, mag=mags["db"])
 
 
+def assert_samples_match(shape, G, dtype, seed, every_offset=False):
+    """Channels-last backward of make_data's arrays (seed) for an NCHW
+    shape: each sample's dx has the bits it has alone, the call's results
+    those at two threads (and, every_offset, with dx at every offset in a
+    line), and all match the formula."""
+    x, dy, w, xl, dyl, mean, rstd = layout_inputs(shape, G, dtype, seed, True)
+    dx, dw, db = fastgn.group_norm_backward(dyl, xl, mean, rstd, G, w,
+                                            channels_last=True)
+    for n in range(shape[0]):
+        alone = fastgn.group_norm_backward(dyl[n:n + 1], xl[n:n + 1],
+                                           mean[n:n + 1], rstd[n:n + 1], G,
+                                           w, channels_last=True)[0]
+        assert alone.tobytes() == dx[n:n + 1].tobytes()
+    two = fastgn.group_norm_backward(dyl, xl, mean, rstd, G, w,
+                                     channels_last=True, num_threads=2)
+    for a, b in zip(two, (dx, dw, db)):
+        assert a.tobytes() == b.tobytes()
+    if every_offset:
+        assert_dx_at_every_offset((dx, dw, db), dyl, xl, mean, rstd, w, G,
+                                  True)
+    rdx, rdw, rdb, mags = ref_backward(dy, x, G, w, 1e-5)
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    check_close(from_layout(dx, True), rdx, tol, mag=mags["dx"])
+    check_close(dw, rdw, tol, mag=mags["dw"])
+    check_close(db, rdb, tol, mag=mags["db"])
+
+
 @pytest.mark.parametrize("C,G,spatial", [
     (3, 1, (224, 5)), (3, 3, (7, 9)), (5, 5, (33,)), (6, 2, (4, 4)),
     (20, 4, (3, 17)), (40, 8, (31,)), (100, 10, (6, 6)),
@@ -522,28 +549,7 @@ def test_channels_last_few_channels(C, G, spatial, dtype):
     """Channels-last rows of fewer channels than a vector, or not a
     multiple of one, taken as wider rows: each sample's dx has the bits it
     has alone and at two threads, and all match the formula."""
-    rng = np.random.default_rng(29)
-    shape = (4, C, *spatial)
-    x, dy, w = make_data(shape, dtype, rng, True)
-    xl, dyl = to_layout(x, True), to_layout(dy, True)
-    _, mean, rstd = fastgn.group_norm(xl, G, w, return_stats=True,
-                                      channels_last=True)
-    dx, dw, db = fastgn.group_norm_backward(dyl, xl, mean, rstd, G, w,
-                                            channels_last=True)
-    for n in range(4):
-        alone = fastgn.group_norm_backward(dyl[n:n + 1], xl[n:n + 1],
-                                           mean[n:n + 1], rstd[n:n + 1], G,
-                                           w, channels_last=True)[0]
-        assert alone.tobytes() == dx[n:n + 1].tobytes()
-    two = fastgn.group_norm_backward(dyl, xl, mean, rstd, G, w,
-                                     channels_last=True, num_threads=2)
-    for a, b in zip(two, (dx, dw, db)):
-        assert a.tobytes() == b.tobytes()
-    rdx, rdw, rdb, mags = ref_backward(dy, x, G, w, 1e-5)
-    tol = 1e-5 if dtype == np.float32 else 1e-10
-    check_close(from_layout(dx, True), rdx, tol, mag=mags["dx"])
-    check_close(dw, rdw, tol, mag=mags["dw"])
-    check_close(db, rdb, tol, mag=mags["db"])
+    assert_samples_match((4, C, *spatial), G, dtype, 29)
 
 
 @pytest.mark.parametrize("C,G,spatial", [
@@ -556,27 +562,8 @@ def test_channels_last_few_positions(C, G, spatial, dtype, backend):
     per-group work of fg_bwd_rows_one dominates), groups of 4-16
     channels: they match the formula, and each sample's dx has the bits
     it has alone, at two threads and written at every offset in a line."""
-    shape = (5, C, *spatial)
-    x, dy, w, xl, dyl, mean, rstd = layout_inputs(shape, G, dtype, 31, True)
-    dx, dw, db = fastgn.group_norm_backward(dyl, xl, mean, rstd, G, w,
-                                            channels_last=True)
-    for n in range(5):
-        alone = fastgn.group_norm_backward(dyl[n:n + 1], xl[n:n + 1],
-                                           mean[n:n + 1], rstd[n:n + 1], G,
-                                           w, channels_last=True)[0]
-        assert alone.tobytes() == dx[n:n + 1].tobytes()
-    two = fastgn.group_norm_backward(dyl, xl, mean, rstd, G, w,
-                                     channels_last=True, num_threads=2)
-    for a, b in zip(two, (dx, dw, db)):
-        assert a.tobytes() == b.tobytes()
-    if backend == "cython":
-        assert_dx_at_every_offset((dx, dw, db), dyl, xl, mean, rstd, w, G,
-                                  True)
-    rdx, rdw, rdb, mags = ref_backward(dy, x, G, w, 1e-5)
-    tol = 1e-5 if dtype == np.float32 else 1e-10
-    check_close(from_layout(dx, True), rdx, tol, mag=mags["dx"])
-    check_close(dw, rdw, tol, mag=mags["dw"])
-    check_close(db, rdb, tol, mag=mags["db"])
+    assert_samples_match((5, C, *spatial), G, dtype, 31,
+                         every_offset=backend == "cython")
 
 
 @pytest.mark.compiled_only
