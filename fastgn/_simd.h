@@ -471,12 +471,14 @@ FG_WIDE_INL void fg_rows_dev64_##SUF(const T *x, ptrdiff_t rows,             \
         }                                                                     \
     }                                                                         \
 }                                                                             \
-FG_WIDE_FN void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows,            \
-                                      ptrdiff_t C, ptrdiff_t G, double eps,   \
-                                      double *restrict dscr,                  \
-                                      AT *restrict acc, AT *restrict acq,     \
-                                      T *restrict kc, double *out) {          \
-    const ptrdiff_t Cg = C / G, ra = (FG_SHIFT_LEN + Cg - 1) / Cg;            \
+FG_WIDE_INL void fg_rows_moments_in_##SUF(const T *x, ptrdiff_t rows,        \
+                                          ptrdiff_t C, ptrdiff_t G,           \
+                                          ptrdiff_t Cg, double eps,           \
+                                          double *restrict dscr,              \
+                                          AT *restrict acc,                   \
+                                          AT *restrict acq,                   \
+                                          T *restrict kc, double *out) {      \
+    const ptrdiff_t ra = (FG_SHIFT_LEN + Cg - 1) / Cg;                        \
     const ptrdiff_t r0 = rows < ra ? rows : ra;                               \
     const double n = (double)rows * (double)Cg, n0 = (double)r0 * (double)Cg; \
     double *restrict da = dscr, *restrict dq = dscr + C;                      \
@@ -542,6 +544,25 @@ FG_WIDE_FN void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows,            \
             out[3 * g + 1] = kd[g * Cg] + s / n;                              \
             out[3 * g + 2] = q - s * (s / n);                                 \
         }                                                                     \
+    }                                                                         \
+}                                                                             \
+/* the common group sizes as constants: the loops over a group's channels  \
+ * straight code (2x2 maps of 256 channels had spent most of the moments'   \
+ * time in them) */                                                          \
+FG_WIDE_FN void fg_rows_moments_##SUF(const T *x, ptrdiff_t rows,            \
+                                      ptrdiff_t C, ptrdiff_t G, double eps,   \
+                                      double *restrict dscr,                  \
+                                      AT *restrict acc, AT *restrict acq,     \
+                                      T *restrict kc, double *out) {          \
+    switch (C / G) {                                                          \
+    case 4: fg_rows_moments_in_##SUF(x, rows, C, G, 4, eps, dscr, acc, acq,   \
+                                     kc, out); break;                         \
+    case 8: fg_rows_moments_in_##SUF(x, rows, C, G, 8, eps, dscr, acc, acq,   \
+                                     kc, out); break;                         \
+    case 16: fg_rows_moments_in_##SUF(x, rows, C, G, 16, eps, dscr, acc, acq, \
+                                      kc, out); break;                        \
+    default: fg_rows_moments_in_##SUF(x, rows, C, G, C / G, eps, dscr, acc,   \
+                                      acq, kc, out);                          \
     }                                                                         \
 }
 
@@ -2534,10 +2555,9 @@ FG_WIDE_FN void fg_bwd_rows_one_##SUF##ISA(const T *dy, const T *x, T *dx,    \
 #define FG_ROWS_PARAMS(T, SUF)                                                \
 /* Forward: y = (x - mhi) * sc + sh from each group's float64 mean and its  \
  * rstd (st: pairs per group), the mean as hi + lo. */                       \
-static void fg_rows_params_##SUF(const double *st, const T *w, const T *b,   \
-                                 ptrdiff_t G, ptrdiff_t Cg, ptrdiff_t q,      \
-                                 T *restrict mhi, T *restrict sc,             \
-                                 T *restrict sh) {                            \
+static inline FG_INLINE void fg_rows_params_in_##SUF(                         \
+    const double *st, const T *w, const T *b, ptrdiff_t G, ptrdiff_t Cg,      \
+    ptrdiff_t q, T *restrict mhi, T *restrict sc, T *restrict sh) {           \
     const ptrdiff_t C = G * Cg;                                               \
     ptrdiff_t g;                                                              \
     for (g = 0; g < G; g++) {                                                 \
@@ -2550,6 +2570,19 @@ static void fg_rows_params_##SUF(const double *st, const T *w, const T *b,   \
             sc[t] = s_;                                                       \
             sh[t] = b[c] - lo * s_;                                           \
         })                                                                    \
+    }                                                                         \
+}                                                                             \
+/* the common group sizes as constants (as FG_CG_SWITCH): a group's runs    \
+ * straight vector code (2x2 maps of 256 channels: 0.9x the forward) */      \
+static void fg_rows_params_##SUF(const double *st, const T *w, const T *b,   \
+                                 ptrdiff_t G, ptrdiff_t Cg, ptrdiff_t q,      \
+                                 T *restrict mhi, T *restrict sc,             \
+                                 T *restrict sh) {                            \
+    switch (Cg) {                                                             \
+    case 4: fg_rows_params_in_##SUF(st, w, b, G, 4, q, mhi, sc, sh); break;   \
+    case 8: fg_rows_params_in_##SUF(st, w, b, G, 8, q, mhi, sc, sh); break;   \
+    case 16: fg_rows_params_in_##SUF(st, w, b, G, 16, q, mhi, sc, sh); break; \
+    default: fg_rows_params_in_##SUF(st, w, b, G, Cg, q, mhi, sc, sh);        \
     }                                                                         \
 }                                                                             \
 /* Backward: dx = a*dy + bc*(x - muc) + dc from each group's mean, rstd and \

@@ -961,15 +961,17 @@ def test_streaming_stores_same_bits(rng, oracle, streaming, dtype, shape, G,
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
-@pytest.mark.parametrize("C,G", [(16, 4), (48, 3), (64, 64)])
+@pytest.mark.parametrize("C,G", [(16, 4), (48, 3), (64, 64), (256, 32)])
+@pytest.mark.parametrize("hw", [(5, 7), (2, 2)], ids=str)
 @pytest.mark.parametrize("activation", [None, "silu"])
-def test_channels_last_output_at_every_offset(rng, oracle, dtype, C, G,
+def test_channels_last_output_at_every_offset(rng, oracle, dtype, C, G, hw,
                                               activation):
     """Channels-last rows of whole cache lines (C * itemsize a multiple of
     64) are written from the output's first line boundary on, with the
-    per-channel vectors rotated to match: an output at every offset within
-    a line gets the bits of an aligned one."""
-    x = data(rng, (3, 5, 7, C), dtype, offset=3.0)
+    per-channel vectors rotated to match (groups of 4, 8 and 16 channels
+    by loops of their own): an output at every offset within a line gets
+    the bits of an aligned one."""
+    x = data(rng, (3, *hw, C), dtype, offset=3.0)
     w, b = params(rng, C, "both", dtype)
     assert_every_offset(oracle, x, G, w, b, dtype, channels_last=True,
                         activation=activation)
