@@ -1198,8 +1198,9 @@ FG_WIDE_INL double fg_d4sum##ISA(fg_d4##ISA v) {                              \
     return (v[0] + v[1]) + (v[2] + v[3]);                                     \
 }                                                                             \
 /* fg_bwd_coefs_in's sums of w*ds and w*db (Cg a multiple of 4) in four    \
- * lanes, the order of its four scalar partial sums (the same bits; the     \
- * scalar ones took a sixth of the channels-last backward of 2x2 maps) */   \
+ * lanes, the order of its four scalar partial sums (float32's bits; GCC    \
+ * had vectorized float64's scalar sums in another order); the scalar ones  \
+ * took a sixth of the channels-last backward of 2x2 maps */                \
 FG_WDOTS(float, f32, ISA, fg_cvt4##ISA(*(const fg_f4u##ISA *)(w + c)))        \
 FG_WDOTS(double, f64, ISA, *(const fg_d4u##ISA *)(w + c))                     \
 FG_WIDE_INL double fg_f8sum##ISA(fg_f8##ISA v) {                              \
