@@ -292,3 +292,29 @@ def test_ab_script_same_build(capsys):
     assert [line.split()[0] for line in lines] == cases + cases[1:2]
     assert all("new/old" in line and "BITS DIFFER" not in line
                for line in lines), lines
+
+
+# ------------------------------------------------- python -m fastgn bench
+
+def test_bench_past_l3(capsys, monkeypatch):
+    """--past-l3 times the target shapes with N multiplied past the L3
+    (here a pretended 1 MiB one): 256x1024 (1 MiB) becomes 512x1024, the
+    small call is left out, and the verdicts are computed as usual."""
+    from fastgn import _bench
+    for text, size in [("32768K", 32 * 2**20), ("1M", 2**20),
+                       ("unknown", _bench.L3_BYTES)]:
+        monkeypatch.setattr(_bench, "l3_size", lambda: text)
+        assert _bench.l3_bytes() == size
+    monkeypatch.setattr(_bench, "L3_BYTES", 2**20)
+    monkeypatch.setattr(_bench, "l3_bytes", lambda: 2**20)
+    assert _bench.main(["--quick", "--past-l3", "--no-extras", "--shapes",
+                        "256x1024", "1x32x16x16"]) == 0
+    out = capsys.readouterr().out
+    assert "inputs of at least 2 MiB (2x the L3): 512x1024" in out
+    rows = [ln.split() for ln in out.splitlines()]
+    assert any(r[:1] == ["512x1024"] for r in rows)
+    assert not any(r[:1] in (["256x1024"], ["1x32x16x16"]) for r in rows)
+    assert "SKIP  small call" in out
+    assert "out= <= 1.25x the streaming floor" in out
+    with pytest.raises(SystemExit, match="leaves no shape"):
+        _bench.main(["--quick", "--past-l3", "--shapes", "1x32x16x16"])

@@ -72,6 +72,9 @@ OTHER_SHAPES = [
     ((8, 3, 224, 224), 3, "RGB images, channels-last", True),
 ]
 L3_BYTES = 32 * 2**20                   # the target machine's L3
+# --past-l3: the target shapes with N multiplied until the float32 input is
+# at least this many times the L3 (so input plus output are four times it).
+PAST_L3 = 2
 
 # Performance targets (issue "performance").
 OUT_VS_FLOOR_MAX = 1.25
@@ -222,6 +225,30 @@ def l3_size():
             return f.read().strip()
     except OSError:
         return "unknown"
+
+
+def l3_bytes():
+    """This machine's L3 in bytes (sysfs), or L3_BYTES when unknown."""
+    text = l3_size()
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    try:
+        if text[-1:].upper() in units:
+            return int(text[:-1]) * units[text[-1].upper()]
+        return int(text)
+    except ValueError:
+        return L3_BYTES
+
+
+def past_l3(shapes, l3):
+    """``shapes`` but the small-call one, N multiplied so that each float32
+    input holds at least PAST_L3 * l3 bytes: the memory-bound regime."""
+    out = []
+    for shape, G in shapes:
+        if (shape, G) == SMALL_SHAPE:
+            continue
+        k = -(-PAST_L3 * l3 // _nbytes(shape))
+        out.append(((shape[0] * max(k, 1),) + tuple(shape[1:]), G))
+    return out
 
 
 def usable_cores():
@@ -999,6 +1026,10 @@ def add_arguments(p):
                    help="print GitHub-markdown tables")
     p.add_argument("--no-extras", action="store_true",
                    help="only the float32 forward table and its targets")
+    p.add_argument("--past-l3", action="store_true",
+                   help=f"the target shapes with N multiplied until each "
+                        f"input is {PAST_L3}x the L3 (memory-bound; no small "
+                        f"call, no 1->2 threads target, no other shapes)")
 
 
 def _thread_list(text):
@@ -1101,6 +1132,15 @@ def run(args):
     rep = Report(args.markdown)
     shapes = _select_shapes(args.shapes)
     env, notes = _setup_env(args)
+    if args.past_l3:
+        l3 = max(L3_BYTES, l3_bytes())
+        shapes = past_l3(shapes, l3)
+        if not shapes:
+            sys.exit("--past-l3 leaves no shape: the small call is not "
+                     "scaled")
+        notes.append(f"--past-l3: shapes scaled in N to inputs of at least "
+                     f"{PAST_L3 * l3 >> 20} MiB ({PAST_L3}x the L3): "
+                     f"{', '.join(shape_str(s) for s, _ in shapes)}")
     _print_header(rep, env, notes, args)
 
     def timing_opts(kind):
@@ -1144,7 +1184,7 @@ def run(args):
          "computed in float32; its floor moves the same bytes)",
          section_dtypes, table_dtypes),
     ]
-    if args.shapes is None and not args.no_extras:
+    if args.shapes is None and not args.no_extras and not args.past_l3:
         extras.append(("other", "other shapes (no targets): fastgn vs torch, "
                        "forward out of place and backward", section_other,
                        table_other))
@@ -1172,7 +1212,8 @@ def run(args):
         rep.note("(trivially: the fastgn rows ran the reference kernels)")
 
     env.busy = load_warning("after the run") or env.busy
-    rep.heading('performance targets (issue "performance")')
+    rep.heading('performance targets (issue "performance")' +
+                (", on the shapes scaled past the L3" if args.past_l3 else ""))
     if env.busy:
         rep.note("(the machine was busy during the run: treat these as "
                  "unreliable)")
