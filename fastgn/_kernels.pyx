@@ -159,6 +159,7 @@ cdef extern from "_simd.h" nogil:
                                double*)
     void fg_scale_copy_f32(const float*, float*, Py_ssize_t, float, int)
     void fg_scale_copy_f64(const double*, double*, Py_ssize_t, double, int)
+    void fg_sfence()
     bint FG_HAVE_F16
     void fg_f16_to_f32(const void*, float*, Py_ssize_t)
     void fg_f32_to_f16(const float*, void*, Py_ssize_t)
@@ -711,15 +712,20 @@ cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
     cdef bint back = g.T * size > L2_BYTES
     if _small(g, sizeof(floating)):
         # Small slabs: many slabs per call, no per-slab dispatch.
+        # each thread fences after its items: fg_small_slabs may stream
+        # without (rank-2 float64 groups in large arrays)
         items = _small_items(g)
         if nt == 1:
             for it in range(items):
                 _small_item(x, y, w, b, g, it, eps, act, mean_out, rstd_out,
                             x16, y16)
+            fg_sfence()
         else:
-            for it in prange(items, schedule="static", num_threads=nt):
-                _small_item(x, y, w, b, g, it, eps, act, mean_out, rstd_out,
-                            x16, y16)
+            with parallel(num_threads=nt):
+                for it in prange(items, schedule="static"):
+                    _small_item(x, y, w, b, g, it, eps, act, mean_out,
+                                rstd_out, x16, y16)
+                fg_sfence()
         return
     if nt == 1:
         for s in range(S):

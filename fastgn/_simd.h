@@ -745,7 +745,9 @@ static inline FG_INLINE double fg_relu_f64(double v) { return v < 0 ? 0 : v; }
  * legal in every clone) straight from the arithmetic: computing into an L1
  * buffer first and streaming that out measured no faster than plain stores.
  * Each call that streams ends with a store fence, so its output is visible
- * to other threads when it returns. Elsewhere plain stores. */
+ * to other threads when it returns (the small-slab path's rank-2 float64
+ * groups, fg_ntv below: its caller fences once per thread after its items).
+ * Elsewhere plain stores. */
 #if defined(__x86_64__) && defined(__SSE2__) && !defined(FASTGN_NO_NT)
 #include <emmintrin.h>
 #define FG_HAVE_NT 1
@@ -784,6 +786,29 @@ static void fg_sfence(void) { _mm_sfence(); }
 #define FG_NT_RUN(V, VL, STREAM, O, REQ, SCALAR, VECTOR)                      \
     ptrdiff_t i;                                                              \
     FG_SIMD for (i = 0; i < n; i++) O[i] = SCALAR;
+#endif
+/* fg_ntv_f32, fg_ntv_f64 of an ISA of VB-byte vectors: a whole vector
+ * streamed to p, aligned to VB (plain stores without FG_HAVE_NT). */
+#define FG_NTV_DEF(ISA, ST32, ST64, T32, T64)                                 \
+FG_WIDE_INL void fg_ntv_f32##ISA(float *p, fg_vf32##ISA v) {                  \
+    ST32(p, (T32)v);                                                          \
+}                                                                             \
+FG_WIDE_INL void fg_ntv_f64##ISA(double *p, fg_vf64##ISA v) {                 \
+    ST64(p, (T64)v);                                                          \
+}
+#define FG_PLAIN_ST(p, v) (*(__typeof__(v) *)(void *)(p) = (v))
+#if FG_HAVE_NT
+#define FG_NTV_64(ISA) FG_NTV_DEF(ISA, _mm512_stream_ps, _mm512_stream_pd,    \
+                                  __m512, __m512d)
+#define FG_NTV_32(ISA) FG_NTV_DEF(ISA, _mm256_stream_ps, _mm256_stream_pd,    \
+                                  __m256, __m256d)
+#define FG_NTV_16(ISA) FG_NTV_DEF(ISA, _mm_stream_ps, _mm_stream_pd, __m128,  \
+                                  __m128d)
+#else
+#define FG_NTV_64(ISA) FG_NTV_DEF(ISA, FG_PLAIN_ST, FG_PLAIN_ST,              \
+                                  fg_vf32##ISA, fg_vf64##ISA)
+#define FG_NTV_32(ISA) FG_NTV_64(ISA)
+#define FG_NTV_16(ISA) FG_NTV_64(ISA)
 #endif
 #define FG_NT_LOOP(V, VL, LOAD, STREAM, REQ, M, S, H, VM, VS, VH)             \
     FG_NT_RUN(V, VL, STREAM, yp, REQ, (xp[i] - M) * S + H,                    \
@@ -2804,6 +2829,38 @@ FG_WIDE_FN __attribute__((unused)) void fg_perm_dx_f32##ISA(                  \
         const V v = ((XV) - mhi) * sc + (*(const VU *)(b + (at)) - mlo * sc); \
         *(VU *)(y + (at)) = OP(V, VI, v);                                     \
     }
+/* The same values streamed (FG_FLAT_STREAMS; the state *st): the output's
+ * first vector boundary lies st->h values into it, and its groups are of
+ * whole vectors, so their vectors follow one another. Each vector computed
+ * completes the aligned vector that ends h values into it, which is
+ * streamed whole (its lanes from the previous vector and this one), and
+ * the same offset of the input 4 blocks on is requested, a line a vector.
+ * The output's first h values are stored plainly, its last VL - h at the
+ * end of FG_FLAT_BLOCKS. Each value's arithmetic is FG_FLAT_STEP's: the
+ * same bits. 16-byte pieces of the unaligned vectors instead took a
+ * store-queue entry each, and the statistics' own stores waited behind
+ * them (1.5x the time of plain stores). */
+#define FG_FLAT_NT_LOOP(V, VU, VI, OP, NTV)                                   \
+    for (g = 0; g < nb; g++) {                                                \
+        const fg_t *x = x0 + g * L, *w = w0 + g * L, *b = b0 + g * L;         \
+        fg_t *y = y0 + g * L;                                                 \
+        const fg_t mhi = mh[g], mlo = ml[g], rs = rf[g];                      \
+        for (i = 0; i < L; i += VL) {                                         \
+            const V sc = *(const VU *)(w + i) * rs;                           \
+            const V v = (*(const VU *)(x + i) - mhi) * sc +                   \
+                        (*(const VU *)(b + i) - mlo * sc);                    \
+            const V o = OP(V, VI, v);                                         \
+            if (st->n++ == 0) {                                               \
+                ptrdiff_t l_;                                                 \
+                for (l_ = 0; l_ < st->h; l_++) y[i + l_] = o[l_];             \
+            } else {                                                          \
+                NTV(y + i - VL + st->h, __builtin_shuffle(st->prev, o,        \
+                                                          st->idx));          \
+                __builtin_prefetch(x + i + st->ahead, 0, 2);                  \
+            }                                                                 \
+            st->prev = o;                                                     \
+        }                                                                     \
+    }
 #define FG_FLAT_LOOP(T, V, VU, VI, OP)                                        \
     for (g = 0; g < nb; g++) {                                                \
         const T *x = x0 + g * L, *w = w0 + g * L, *b = b0 + g * L;            \
@@ -2827,13 +2884,26 @@ FG_WIDE_FN void fg_runs_affine_##SUF(const T *x, T *y, ptrdiff_t Cg,          \
     else                                                                      \
         FG_RUNS_LOOP(V, VU, VI, FG_VNOACT)                                    \
 }                                                                             \
+/* The state of a streamed output (FG_FLAT_NT_LOOP): h, the shuffle's     \
+ * indices h .. h + VL - 1, the vectors computed so far and the last one,   \
+ * the distance of the requested input ahead. */                            \
+typedef struct {                                                              \
+    ptrdiff_t h, n, ahead;                                                    \
+    VI idx;                                                                   \
+    V prev;                                                                   \
+} fg_flat_nt_##SUF;                                                           \
 FG_WIDE_INL void fg_flat_affine_##SUF(const T *x0, T *y0, ptrdiff_t nb,      \
                                       ptrdiff_t L, const T *w0, const T *b0,  \
                                       const T *mh, const T *ml, const T *rf,  \
-                                      int relu) {                             \
+                                      int relu, fg_flat_nt_##SUF *st) {       \
+    typedef T fg_t;                                                           \
     enum { VL = sizeof(V) / sizeof(T) };                                      \
     ptrdiff_t i, g;                                                           \
-    if (relu)                                                                 \
+    if (st && relu)                                                           \
+        FG_FLAT_NT_LOOP(V, VU, VI, FG_VRELU, fg_ntv_##SUF)                    \
+    else if (st)                                                              \
+        FG_FLAT_NT_LOOP(V, VU, VI, FG_VNOACT, fg_ntv_##SUF)                   \
+    else if (relu)                                                            \
         FG_FLAT_LOOP(T, V, VU, VI, FG_VRELU)                                  \
     else                                                                      \
         FG_FLAT_LOOP(T, V, VU, VI, FG_VNOACT)                                 \
@@ -2894,15 +2964,26 @@ FG_WIDE_INL fg_vf64##ISA fg_flat_run_##SUF##ISA(const TIN *p, ptrdiff_t L,    \
     return s0 + s1;                                                           \
 }
 /* The blocks of a flat function: per VLD groups STATS (setting mh, ml, rf
- * from g1 on), then per block the statistics out, the apply, silu or gelu. */
-#define FG_FLAT_BLOCKS(T, SUF, ISA, STATS)                                    \
+ * from g1 on), then per block the statistics out, the apply, silu or gelu;
+ * the apply streamed when NT (a constant; its caller checked
+ * FG_FLAT_STREAMS). */
+#define FG_FLAT_BLOCKS(T, SUF, ISA, STATS, NT)                                \
     enum { VLD = sizeof(fg_vf64##ISA) / sizeof(double) };                     \
     const double rn = 1.0 / (double)L;                                        \
     const int fused = act >= 2 ? 0 : act;                                     \
     ptrdiff_t bs = 1024 / L, g0, g1, g, i;                                    \
     T mh[FG_SMALL_BLK], ml[FG_SMALL_BLK], rf[FG_SMALL_BLK];                   \
+    fg_flat_nt_##SUF##ISA nt_, *st = NULL;                                    \
     bs = bs < VLD ? VLD : bs > FG_SMALL_BLK ? FG_SMALL_BLK : bs;              \
     bs -= bs % VLD;                                                           \
+    if (NT) {                                                                 \
+        st = &nt_;                                                            \
+        st->h = (ptrdiff_t)((-(size_t)y & (sizeof(fg_vf32##ISA) - 1)) /       \
+                            sizeof(T));                                       \
+        st->n = 0;                                                            \
+        st->ahead = 4 * bs * L;                                               \
+        st->idx = FG_IOTA(__typeof__(nt_.idx)) + (int)st->h;                  \
+    }                                                                         \
     for (g0 = 0; g0 < ng; g0 += bs) {                                         \
         const ptrdiff_t nb = ng - g0 < bs ? ng - g0 : bs;                     \
         const T *xb = x + g0 * L;                                             \
@@ -2918,12 +2999,45 @@ FG_WIDE_INL fg_vf64##ISA fg_flat_run_##SUF##ISA(const TIN *p, ptrdiff_t L,    \
                 rstd_out[g0 + g] = rf[g];                                     \
             }                                                                 \
         fg_flat_affine_##SUF##ISA(xb, yb, nb, L, w + g0 * L, b + g0 * L, mh,  \
-                                  ml, rf, fused);                             \
+                                  ml, rf, fused, st);                         \
         if (fused != act) {                                                   \
             const ptrdiff_t nv = nb * L;                                      \
             FG_ACT_SWITCH(FG_ACT_RUN, SUF)                                    \
         }                                                                     \
+    }                                                                         \
+    if (st) {                                                                 \
+        enum { VL = sizeof(fg_vf32##ISA) / sizeof(T) };                       \
+        T *ye = y + ng * L - VL;                                              \
+        for (i = st->h; i < VL; i++) ye[i] = st->prev[i];                     \
     }
+/* Whether a flat function streams its output: arrays larger than the
+ * cache (`ahead`), groups of whole vectors, no activation applied after
+ * (silu and gelu read the output back). float64 only: 16384x1024 G=32
+ * took 0.67-0.69x the time at one thread, 0.79x at two, 4096x1024
+ * 0.71x, 16384x256 G=8 0.69x, 1536x1024 (12 MiB) 0.90x, 2048x1024 at
+ * two threads 0.97-1.04x (AVX2: 0.71-0.82x); float32 16384x1024
+ * 1.12-1.15x at one thread, 0.87-0.96x at two (AVX2 1.32x), with any
+ * request distance (benchmarks/ab.py). The stores are not fenced here:
+ * the small path's caller fences once per thread after all its items (a
+ * fence per call waits for the call's lines to drain: float32 16384x1024
+ * at two threads took 1.57-1.60x the copy's time so, 1.22-1.23x without). */
+#define FG_FLAT_STREAMS(T, ISA, ahead, act, L, y)                             \
+    (FG_HAVE_NT && (ahead) && (act) <= 1 &&                                   \
+     (L) % (ptrdiff_t)(sizeof(fg_vf32##ISA) / sizeof(T)) == 0 &&              \
+     (size_t)(y) % sizeof(T) == 0)
+/* {0, 1, ...} as the lane indices of T's vectors, from memory (built lane
+ * by lane, they would be loaded from stores still queued) */
+static const int fg_iota32[16] __attribute__((aligned(64))) = {
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+static const long long fg_iota64[8] __attribute__((aligned(64))) = {
+    0, 1, 2, 3, 4, 5, 6, 7};
+#define FG_IOTA(VI)                                                           \
+    __extension__({                                                           \
+        typedef VI fg_ia_ __attribute__((may_alias));                         \
+        sizeof(((VI){0})[0]) == sizeof(int)                                   \
+            ? *(const fg_ia_ *)(const void *)fg_iota32                        \
+            : *(const fg_ia_ *)(const void *)fg_iota64;                       \
+    })
 /* mean and variance v of VLD groups from their shift k and shifted sums s,
  * q (negative v as 0) */
 #define FG_FLAT_MOMENTS(ISA)                                                  \
@@ -2970,7 +3084,7 @@ FG_FLAT_RUN(ISA, f64, double, fg_load64##ISA)                                 \
 FG_WIDE_INL void fg_flat_body##ISA(FG_FLAT_PARAMS(float)) {                   \
     typedef float fg_h __attribute__((vector_size(sizeof(fg_vf64##ISA) / 2),  \
                                       aligned(4), may_alias));                \
-    FG_FLAT_BLOCKS(float, f32, ISA, FG_FLAT_STATS32(ISA))                     \
+    FG_FLAT_BLOCKS(float, f32, ISA, FG_FLAT_STATS32(ISA), 0)                  \
 }                                                                             \
 /* The same for float64 groups of one vector to FG_SHIFT_ALL values, with   \
  * fg_small_slabs' two passes (FG_FLAT_STATS64; 256x1024 G=32 float64:      \
@@ -2979,8 +3093,8 @@ FG_WIDE_INL void fg_flat_body##ISA(FG_FLAT_PARAMS(float)) {                   \
  * beyond a standard deviation only for data within a few ulps of one      \
  * value, whose deviations from k are exact (rstd exact, eps 0, on 3200     \
  * groups of 64 values within 3 ulps of each other). */                     \
-FG_WIDE_INL void fg_flat64_body##ISA(FG_FLAT_PARAMS(double)) {                \
-    FG_FLAT_BLOCKS(double, f64, ISA, FG_FLAT_STATS64(ISA))                    \
+FG_WIDE_INL void fg_flat64_body##ISA(FG_FLAT_PARAMS(double), int nt) {        \
+    FG_FLAT_BLOCKS(double, f64, ISA, FG_FLAT_STATS64(ISA), nt)                \
 }                                                                             \
 FG_WIDE_FN void fg_flat_slabs64##ISA(FG_FLAT_PARAMS(double)) {                \
     FG_CONST_L(FG_FLAT64_BODY, ISA)                                           \
@@ -3003,7 +3117,11 @@ FG_WIDE_FN void fg_flat_slabs##ISA(FG_FLAT_PARAMS(float)) {                   \
     default: BODY(ISA, L)                                                     \
     }
 #define FG_FLAT_BODY(ISA, L) fg_flat_body##ISA(FG_FLAT_ARGS(L));
-#define FG_FLAT64_BODY(ISA, L) fg_flat64_body##ISA(FG_FLAT_ARGS(L));
+#define FG_FLAT64_BODY(ISA, L)                                                \
+    if (FG_FLAT_STREAMS(double, ISA, ahead, act, L, y))                       \
+        fg_flat64_body##ISA(FG_FLAT_ARGS(L), 1);                              \
+    else                                                                      \
+        fg_flat64_body##ISA(FG_FLAT_ARGS(L), 0);
 
 /* The small-group backward (fg_bwd_small) of one sample of rank-2 float32
  * input whose G groups hold L >= one vector of values each, as vector steps:
@@ -3614,6 +3732,7 @@ FG_WIDE_FN void fg_small_slabs_f16##ISA(const unsigned short *x,              \
     FG_BWD_SLABS(double, f64, ISA)                                            \
     FG_BWD_SMALL(float, f32, ISA)                                             \
     FG_BWD_SMALL(double, f64, ISA)                                            \
+    FG_NTV_##VB(ISA)                                                          \
     FG_RUNS_AFFINE(float, fg_vf32##ISA, fg_vf32u##ISA, fg_vi32##ISA,          \
                    f32##ISA)                                                  \
     FG_RUNS_AFFINE(double, fg_vf64##ISA, fg_vf64u##ISA, fg_vi64##ISA,         \

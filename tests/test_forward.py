@@ -960,6 +960,40 @@ def test_streaming_stores_same_bits(rng, oracle, streaming, dtype, shape, G,
     assert_close(y, oracle(x, G, w, b, channels_last=channels_last)[0], dtype)
 
 
+@pytest.mark.compiled_only
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("L", [16, 20, 24, 32, 40, 64])
+@pytest.mark.parametrize("nt", [1, 2])
+@pytest.mark.parametrize("activation", [None, "relu", "silu"])
+def test_rank2_streaming_same_bits(rng, oracle, streaming, dtype, L, nt,
+                                   activation):
+    """Rank-2 groups of whole vectors in arrays larger than the cache
+    (forced here) are streamed a line-aligned vector at a time (float64),
+    the output's first and last values of each call stored plainly: the
+    bits and statistics of the plain stores, at every offset of the output
+    within a line, in place too, and nothing written outside it."""
+    G = 6
+    x = data(rng, (37, G * L), dtype, offset=50.0)
+    w, b = params(rng, G * L, "both", dtype)
+    kw = dict(num_threads=nt, activation=activation)
+    streaming.stream_bytes(1 << 62)
+    plain, mean, rstd = gn(x, G, w, b, return_stats=True, **kw)
+    streaming.stream_bytes(0)
+    for k in range(64 // dtype.itemsize):
+        buf = np.full(x.size + k + 1, -7.0, dtype)
+        y = buf[k:k + x.size].reshape(x.shape)
+        got = gn(x, G, w, b, out=y, return_stats=True, **kw)
+        assert got[0] is y
+        assert buf[:k].tolist() == [-7.0] * k and buf[-1] == -7.0
+        for g, want in zip(got, (plain, mean, rstd)):
+            np.testing.assert_array_equal(g, want)
+    y = x.copy()
+    gn(y, G, w, b, out=y, **kw)
+    np.testing.assert_array_equal(y, plain)
+    assert_close(plain, oracle(x, G, w, b, activation=activation)[0], dtype,
+                 scale=4.0)
+
+
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
 @pytest.mark.parametrize("C,G", [(16, 4), (48, 3), (64, 64), (256, 32)])
 @pytest.mark.parametrize("hw", [(5, 7), (2, 2)], ids=str)
