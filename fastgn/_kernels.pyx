@@ -436,6 +436,7 @@ cdef struct Geometry:
     Py_ssize_t K        # chunks per slab (per sample)
     bint rows           # channels-last memory
     bint big            # input plus output larger than the cache
+    bint huge           # ... than twice it (fg_small_slabs streams runs)
     int stream          # streaming stores (big, apply without activation)
     bint keep           # float16 rows: a sample's chunks stay in the buffer
     Py_ssize_t m        # rank-2 small items of m samples (_rank2_items)
@@ -452,6 +453,7 @@ cdef inline void _geometry(Geometry* g, Py_ssize_t N, Py_ssize_t C,
     g.U = max(1, ROW_CHUNK // C) if rows else CHUNK
     g.K = (g.T + g.U - 1) // g.U
     g.big = False
+    g.huge = False
     g.stream = 0
     g.keep = False
     g.m = 0
@@ -612,10 +614,10 @@ cdef inline void _small_run(const floating* xs, floating* ys,
     cdef floating* ro = NULL if rstd_out == NULL else rstd_out + s0
     if floating is float:
         fg_small_slabs_f32(xs, ys, ng, g.Cg, g.HW, w + c0, b + c0, eps, act,
-                           g.big, mo, ro)
+                           g.big + g.huge, mo, ro)
     else:
         fg_small_slabs_f64(xs, ys, ng, g.Cg, g.HW, w + c0, b + c0, eps, act,
-                           g.big, mo, ro)
+                           g.big + g.huge, mo, ro)
 
 
 cdef inline void _small_item(const floating* x, floating* y,
@@ -992,6 +994,7 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
     cdef Py_ssize_t scratch_bytes = 0
     _geometry(&g, N, C, HW, G, rows)
     g.big = 2 * N * C * HW * x.itemsize > STREAM_BYTES
+    g.huge = N * C * HW * x.itemsize > STREAM_BYTES
     g.stream = g.big and HW > 1 and activation == 0 and \
         _whole_runs(y, C if rows else HW)
     if N * C * HW < SERIAL_BELOW:

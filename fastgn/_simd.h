@@ -2861,6 +2861,44 @@ FG_WIDE_FN __attribute__((unused)) void fg_perm_dx_f32##ISA(                  \
             st->prev = o;                                                     \
         }                                                                     \
     }
+/* fg_runs_nt's parameters of its channel k: the slab's mean in two parts
+ * and the channel's scale and shift, as FG_SMALL_SLABS and FG_RUNS_LOOP
+ * compute them (mhi, mlo, rs; sc, sh) */
+#define FG_RUN_PARAMS(k, M, S, H)                                             \
+    {                                                                         \
+        const ptrdiff_t s_ = (k) / Cg;                                        \
+        const fg_t mlo_ = (fg_t)(mean[s_] - (double)(fg_t)mean[s_]);          \
+        const fg_t rs_ = (fg_t)rstd[s_];                                      \
+        M = (fg_t)mean[s_];                                                   \
+        S = w[k] * rs_;                                                       \
+        H = b[k] - mlo_ * S;                                                  \
+    }
+#define FG_RUN_VALUE(relu, xv, M, S, H)                                       \
+    ((relu) && ((xv) - (M)) * (S) + (H) < 0 ? 0 : ((xv) - (M)) * (S) + (H))
+/* Line-aligned vectors from y + e on, each of channel c's values (lanes
+ * before the run's end bnd) and channel c + 1's (m1, s1, h1: runs of at
+ * least a vector, so no third), the channel's values of x at the same
+ * offset loaded whole; the input `ahead` values on requested as each is
+ * stored. */
+#define FG_RUNS_NT_LOOP(V, VU, VI, OP, NTV)                                   \
+    for (; e + VL <= n; e += VL) {                                            \
+        VI in1_;                                                              \
+        V mv_, sv_, hv_;                                                      \
+        if (e >= bnd) {                                                       \
+            c++;                                                              \
+            bnd += HW;                                                        \
+            m0 = m1;                                                          \
+            s0 = s1;                                                          \
+            h0 = h1;                                                          \
+            FG_RUN_PARAMS(c < last ? c + 1 : c, m1, s1, h1)                   \
+        }                                                                     \
+        in1_ = (VI)(lane >= (V){0} + (fg_t)(bnd - e));                        \
+        mv_ = (V)(((VI)((V){0} + m0) & ~in1_) | ((VI)((V){0} + m1) & in1_));  \
+        sv_ = (V)(((VI)((V){0} + s0) & ~in1_) | ((VI)((V){0} + s1) & in1_));  \
+        hv_ = (V)(((VI)((V){0} + h0) & ~in1_) | ((VI)((V){0} + h1) & in1_));  \
+        NTV(y + e, OP(V, VI, (*(const VU *)(x + e) - mv_) * sv_ + hv_));       \
+        __builtin_prefetch(x + e + ahead, 0, 2);                              \
+    }
 #define FG_FLAT_LOOP(T, V, VU, VI, OP)                                        \
     for (g = 0; g < nb; g++) {                                                \
         const T *x = x0 + g * L, *w = w0 + g * L, *b = b0 + g * L;            \
@@ -2907,6 +2945,41 @@ FG_WIDE_INL void fg_flat_affine_##SUF(const T *x0, T *y0, ptrdiff_t nb,      \
         FG_FLAT_LOOP(T, V, VU, VI, FG_VRELU)                                  \
     else                                                                      \
         FG_FLAT_LOOP(T, V, VU, VI, FG_VNOACT)                                 \
+}                                                                             \
+/* The apply of a block of nb small slabs (x, y: the block's; w, b: its    \
+ * first channel's; mean, rstd: its slabs'), channel runs of HW >= VL      \
+ * values, streamed a line-aligned vector at a time (FG_RUNS_NT_LOOP). */   \
+FG_WIDE_FN __attribute__((noinline))                                          \
+void fg_runs_nt_##SUF(const T *x, T *y, ptrdiff_t nb, ptrdiff_t Cg,           \
+                      ptrdiff_t HW, const T *w, const T *b,                   \
+                      const double *mean, const double *rstd, int relu,       \
+                      ptrdiff_t ahead) {                                      \
+    typedef T fg_t;                                                           \
+    enum { VL = sizeof(V) / sizeof(T) };                                      \
+    const ptrdiff_t n = nb * Cg * HW, last = nb * Cg - 1;                     \
+    const ptrdiff_t a0 = (ptrdiff_t)((-(size_t)y & (sizeof(V) - 1)) /        \
+                                     sizeof(T));                              \
+    const V lane = FG_IOTA(V);                                                \
+    ptrdiff_t e, c, bnd;                                                      \
+    T m0, s0, h0, m1, s1, h1;                                                 \
+    for (e = 0; e < a0 && e < n; e++) {                                       \
+        FG_RUN_PARAMS(e / HW, m0, s0, h0)                                     \
+        y[e] = FG_RUN_VALUE(relu, x[e], m0, s0, h0);                          \
+    }                                                                         \
+    if (e + VL <= n) {                                                        \
+        c = e / HW;                                                           \
+        bnd = (c + 1) * HW;                                                   \
+        FG_RUN_PARAMS(c, m0, s0, h0)                                          \
+        FG_RUN_PARAMS(c < last ? c + 1 : c, m1, s1, h1)                       \
+        if (relu)                                                             \
+            FG_RUNS_NT_LOOP(V, VU, VI, FG_VRELU, fg_ntv_##SUF)                \
+        else                                                                  \
+            FG_RUNS_NT_LOOP(V, VU, VI, FG_VNOACT, fg_ntv_##SUF)               \
+    }                                                                         \
+    for (; e < n; e++) {                                                      \
+        FG_RUN_PARAMS(e / HW, m0, s0, h0)                                     \
+        y[e] = FG_RUN_VALUE(relu, x[e], m0, s0, h0);                          \
+    }                                                                         \
 }
 
 /* Rank-2 float32 input in groups of one vector to FG_SHIFT_ALL values
@@ -3031,12 +3104,21 @@ static const int fg_iota32[16] __attribute__((aligned(64))) = {
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 static const long long fg_iota64[8] __attribute__((aligned(64))) = {
     0, 1, 2, 3, 4, 5, 6, 7};
-#define FG_IOTA(VI)                                                           \
+static const float fg_iotaf[16] __attribute__((aligned(64))) = {
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+static const double fg_iotad[8] __attribute__((aligned(64))) = {
+    0, 1, 2, 3, 4, 5, 6, 7};
+/* (VT: an integer or floating vector type; lanes of 4 or 8 bytes) */
+#define FG_IOTA(VT)                                                           \
     __extension__({                                                           \
-        typedef VI fg_ia_ __attribute__((may_alias));                         \
-        sizeof(((VI){0})[0]) == sizeof(int)                                   \
-            ? *(const fg_ia_ *)(const void *)fg_iota32                        \
-            : *(const fg_ia_ *)(const void *)fg_iota64;                       \
+        typedef VT fg_ia_ __attribute__((may_alias));                         \
+        const VT z_ = {0};                                                    \
+        const int fl_ = (__typeof__(z_[0]))0.5 != 0;                          \
+        sizeof(z_[0]) == 4                                                    \
+            ? *(const fg_ia_ *)(const void *)(fl_ ? (const void *)fg_iotaf    \
+                                                  : (const void *)fg_iota32)  \
+            : *(const fg_ia_ *)(const void *)(fl_ ? (const void *)fg_iotad    \
+                                                  : (const void *)fg_iota64); \
     })
 /* mean and variance v of VLD groups from their shift k and shifted sums s,
  * q (negative v as 0) */
@@ -3307,6 +3389,13 @@ void fg_bwd_flat##ISA(const float *dy, const float *x, float *dx,             \
  * 3 KiB slabs 1.08-1.13x (benchmarks/ab.py, Zen 5). */
 #define FG_SMALL_MIN_BLK(T, L, ahead)                                         \
     ((ahead) && (L) * (ptrdiff_t)sizeof(T) >= 6144 ? 1 : 2)
+/* Whether fg_small_slabs streams a block's apply (fg_runs_nt): arrays
+ * larger than twice the cache (`ahead` 2; 1: larger than the cache),
+ * channel runs of at least a vector (not fg_perm_affine's), no activation
+ * applied after. */
+#define FG_RUNS_STREAM(T, ahead, act, runs, perm, y)                          \
+    (FG_HAVE_NT && (ahead) >= 2 && (act) <= 1 && (runs) && !(perm) &&         \
+     (size_t)(y) % sizeof(T) == 0)
 #define FG_SMALL_SLABS(T, AT, SUF, ISA)                                       \
 FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
                                           ptrdiff_t Cg, ptrdiff_t HW,         \
@@ -3323,6 +3412,7 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
     const int perm = FG_PERM_OK(T, sizeof(fg_vf32##ISA), Cg, HW);            \
     /* the activation applied with the affine; silu and gelu come after */   \
     const int fused = act >= 2 && (runs || perm) ? 0 : act, act0 = act;       \
+    const int nt = FG_RUNS_STREAM(T, ahead, act, runs, perm, y);             \
     double a[FG_SMALL_BLK], s[FG_SMALL_BLK], q[FG_SMALL_BLK];                 \
     double mean[FG_SMALL_BLK], rstd[FG_SMALL_BLK];                            \
     T k[FG_SMALL_BLK];                                                        \
@@ -3353,6 +3443,11 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
         }                                                                     \
         FG_SMALL_STATS(T, AT, SUF, ISA, FG_SAME)                              \
         ptrdiff_t done = 0;     /* values of the block activated */           \
+        if (nt) {                                                             \
+            fg_runs_nt_##SUF##ISA(xb, y + g0 * L, nb, Cg, HW, w + g0 * Cg,    \
+                                  b + g0 * Cg, mean, rstd, act, 4 * nb * L);  \
+            continue;                                                         \
+        }                                                                     \
         for (g = 0; g < nb; g++) {                                            \
             const T *xg = xb + g * L, *wg = w + (g0 + g) * Cg;                \
             const T *bg = b + (g0 + g) * Cg;                                  \

@@ -994,6 +994,42 @@ def test_rank2_streaming_same_bits(rng, oracle, streaming, dtype, L, nt,
                  scale=4.0)
 
 
+@pytest.mark.compiled_only
+@pytest.mark.parametrize("dtype,shape,G", [
+    (F32, (9, 64, 7, 7), 4),       # runs of 196 bytes, 3 KiB slabs
+    (F32, (7, 48, 5, 5), 3),       # runs of 100 bytes
+    (F32, (5, 32, 9, 9), 4),       # runs of 324 bytes
+    (F32, (6, 24, 4, 4), 3),       # runs of one AVX-512 vector
+    (F64, (7, 48, 5, 5), 3),       # runs of 200 bytes
+], ids=str)
+@pytest.mark.parametrize("nt", [1, 2])
+@pytest.mark.parametrize("activation", [None, "relu", "silu"])
+def test_small_runs_streaming_same_bits(rng, oracle, streaming, dtype, shape,
+                                        G, nt, activation):
+    """Small slabs of channel runs of a vector or more in arrays larger
+    than the cache (forced here) are streamed a line-aligned vector at a
+    time, a vector spanning two channels or two slabs taking each lane's
+    own: the bits of the plain stores at every offset of the output within
+    a line, in place too, and nothing written outside it."""
+    x = data(rng, shape, dtype, offset=50.0)
+    w, b = params(rng, shape[1], "both", dtype)
+    kw = dict(num_threads=nt, activation=activation)
+    streaming.stream_bytes(1 << 62)
+    plain = gn(x, G, w, b, **kw)
+    streaming.stream_bytes(0)
+    for k in range(64 // dtype.itemsize):
+        buf = np.full(x.size + k + 1, -7.0, dtype)
+        y = buf[k:k + x.size].reshape(x.shape)
+        assert gn(x, G, w, b, out=y, **kw) is y
+        assert buf[:k].tolist() == [-7.0] * k and buf[-1] == -7.0
+        np.testing.assert_array_equal(y, plain)
+    y = x.copy()
+    gn(y, G, w, b, out=y, **kw)
+    np.testing.assert_array_equal(y, plain)
+    assert_close(plain, oracle(x, G, w, b, activation=activation)[0], dtype,
+                 scale=4.0)
+
+
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
 @pytest.mark.parametrize("C,G", [(16, 4), (48, 3), (64, 64), (256, 32)])
 @pytest.mark.parametrize("hw", [(5, 7), (2, 2)], ids=str)
