@@ -714,20 +714,27 @@ cdef void _forward_nchw(const floating* x, floating* y, const floating* w,
     cdef bint back = g.T * size > L2_BYTES
     if _small(g, sizeof(floating)):
         # Small slabs: many slabs per call, no per-slab dispatch.
-        # each thread fences after its items: fg_small_slabs may stream
-        # without (rank-2 float64 groups in large arrays)
+        # In calls larger than the cache each thread fences after its
+        # items: fg_small_slabs may stream without (rank-2 float64 groups,
+        # channel runs). Elsewhere one parallel loop (the block and its
+        # fence cost a second barrier: 256x1024 at two threads 1.01-1.02x).
         items = _small_items(g)
         if nt == 1:
             for it in range(items):
                 _small_item(x, y, w, b, g, it, eps, act, mean_out, rstd_out,
                             x16, y16)
-            fg_sfence()
-        else:
+            if g.big:
+                fg_sfence()
+        elif g.big:
             with parallel(num_threads=nt):
                 for it in prange(items, schedule="static"):
                     _small_item(x, y, w, b, g, it, eps, act, mean_out,
                                 rstd_out, x16, y16)
                 fg_sfence()
+        else:
+            for it in prange(items, schedule="static", num_threads=nt):
+                _small_item(x, y, w, b, g, it, eps, act, mean_out, rstd_out,
+                            x16, y16)
         return
     if nt == 1:
         for s in range(S):

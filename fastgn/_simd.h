@@ -3396,23 +3396,28 @@ void fg_bwd_flat##ISA(const float *dy, const float *x, float *dx,             \
 #define FG_RUNS_STREAM(T, ahead, act, runs, perm, y)                          \
     (FG_HAVE_NT && (ahead) >= 2 && (act) <= 1 && (runs) && !(perm) &&         \
      (size_t)(y) % sizeof(T) == 0)
+/* fg_small_slabs' runs: HW values of T a vector or more and shorter than
+ * 512 bytes (FG_LINE_RUN peels those) */
+#define FG_SMALL_RUNS(T, ISA, HW)                                             \
+    ((HW) * sizeof(T) >= sizeof(fg_vf32##ISA) && (HW) * sizeof(T) < 512)
 #define FG_SMALL_SLABS(T, AT, SUF, ISA)                                       \
-FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
+/* the body, streaming when nt_on (a constant): the plain copy keeps the   \
+ * code it had (with the test inside, the small call took 1.03-1.05x) */   \
+FG_WIDE_INL void fg_small_body_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
                                           ptrdiff_t Cg, ptrdiff_t HW,         \
                                           const T *w, const T *b, double eps, \
                                           int act, int ahead, T *mean_out,    \
-                                          T *rstd_out) {                      \
+                                          T *rstd_out, int nt_on) {           \
     typedef T fg_t;                                                           \
     const ptrdiff_t L = Cg * HW;                                              \
     const ptrdiff_t m = FG_SHIFT_N(L);                                        \
     const double n = (double)L, rn = 1.0 / n, rm = 1.0 / (double)m;           \
     ptrdiff_t bs = 1024 / L, g0, g, i, c;                                     \
-    const int runs = HW * sizeof(T) >= sizeof(fg_vf32##ISA) &&               \
-                     HW * sizeof(T) < 512;   /* else FG_LINE_RUN peels */    \
+    const int runs = FG_SMALL_RUNS(T, ISA, HW);                               \
     const int perm = FG_PERM_OK(T, sizeof(fg_vf32##ISA), Cg, HW);            \
     /* the activation applied with the affine; silu and gelu come after */   \
     const int fused = act >= 2 && (runs || perm) ? 0 : act, act0 = act;       \
-    const int nt = FG_RUNS_STREAM(T, ahead, act, runs, perm, y);             \
+    const int nt = nt_on;                                                     \
     double a[FG_SMALL_BLK], s[FG_SMALL_BLK], q[FG_SMALL_BLK];                 \
     double mean[FG_SMALL_BLK], rstd[FG_SMALL_BLK];                            \
     T k[FG_SMALL_BLK];                                                        \
@@ -3475,6 +3480,19 @@ FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
             }                                                                 \
         }                                                                     \
     }                                                                         \
+}                                                                             \
+FG_WIDE_FN void fg_small_slabs_##SUF##ISA(const T *x, T *y, ptrdiff_t ng, \
+                                          ptrdiff_t Cg, ptrdiff_t HW,     \
+                                          const T *w, const T *b, double eps,\
+                                          int act, int ahead, T *mean_out,\
+                                          T *rstd_out) {                  \
+    if (FG_RUNS_STREAM(T, ahead, act, FG_SMALL_RUNS(T, ISA, HW),          \
+                       FG_PERM_OK(T, sizeof(fg_vf32##ISA), Cg, HW), y))   \
+        fg_small_body_##SUF##ISA(x, y, ng, Cg, HW, w, b, eps, act, ahead, \
+                                 mean_out, rstd_out, 1);                  \
+    else                                                                  \
+        fg_small_body_##SUF##ISA(x, y, ng, Cg, HW, w, b, eps, act, ahead, \
+                                 mean_out, rstd_out, 0);                  \
 }
 
 /* Float32 runs of at most FG_SHIFT_ALL values (tiny groups: rank-2 input),
