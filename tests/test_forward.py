@@ -960,6 +960,30 @@ def test_streaming_stores_same_bits(rng, oracle, streaming, dtype, shape, G,
     assert_close(y, oracle(x, G, w, b, channels_last=channels_last)[0], dtype)
 
 
+def assert_streamed_same_bits(oracle, streaming, x, G, w, b, nt,
+                              activation):
+    """The output and statistics of x in an array forced larger than the
+    cache equal those of plain stores, at every offset of the output within
+    a line (nothing written outside it) and in place; and the oracle's."""
+    kw = dict(num_threads=nt, activation=activation)
+    streaming.stream_bytes(1 << 62)
+    plain, mean, rstd = gn(x, G, w, b, return_stats=True, **kw)
+    streaming.stream_bytes(0)
+    for k in range(64 // x.itemsize):
+        buf = np.full(x.size + k + 1, -7.0, x.dtype)
+        y = buf[k:k + x.size].reshape(x.shape)
+        got = gn(x, G, w, b, out=y, return_stats=True, **kw)
+        assert got[0] is y
+        assert buf[:k].tolist() == [-7.0] * k and buf[-1] == -7.0
+        for g, want in zip(got, (plain, mean, rstd)):
+            np.testing.assert_array_equal(g, want)
+    y = x.copy()
+    gn(y, G, w, b, out=y, **kw)
+    np.testing.assert_array_equal(y, plain)
+    assert_close(plain, oracle(x, G, w, b, activation=activation)[0],
+                 x.dtype, scale=4.0)
+
+
 @pytest.mark.compiled_only
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
 @pytest.mark.parametrize("L", [16, 20, 24, 32, 40, 64])
@@ -975,23 +999,7 @@ def test_rank2_streaming_same_bits(rng, oracle, streaming, dtype, L, nt,
     G = 6
     x = data(rng, (37, G * L), dtype, offset=50.0)
     w, b = params(rng, G * L, "both", dtype)
-    kw = dict(num_threads=nt, activation=activation)
-    streaming.stream_bytes(1 << 62)
-    plain, mean, rstd = gn(x, G, w, b, return_stats=True, **kw)
-    streaming.stream_bytes(0)
-    for k in range(64 // dtype.itemsize):
-        buf = np.full(x.size + k + 1, -7.0, dtype)
-        y = buf[k:k + x.size].reshape(x.shape)
-        got = gn(x, G, w, b, out=y, return_stats=True, **kw)
-        assert got[0] is y
-        assert buf[:k].tolist() == [-7.0] * k and buf[-1] == -7.0
-        for g, want in zip(got, (plain, mean, rstd)):
-            np.testing.assert_array_equal(g, want)
-    y = x.copy()
-    gn(y, G, w, b, out=y, **kw)
-    np.testing.assert_array_equal(y, plain)
-    assert_close(plain, oracle(x, G, w, b, activation=activation)[0], dtype,
-                 scale=4.0)
+    assert_streamed_same_bits(oracle, streaming, x, G, w, b, nt, activation)
 
 
 @pytest.mark.compiled_only
@@ -1013,21 +1021,7 @@ def test_small_runs_streaming_same_bits(rng, oracle, streaming, dtype, shape,
     a line, in place too, and nothing written outside it."""
     x = data(rng, shape, dtype, offset=50.0)
     w, b = params(rng, shape[1], "both", dtype)
-    kw = dict(num_threads=nt, activation=activation)
-    streaming.stream_bytes(1 << 62)
-    plain = gn(x, G, w, b, **kw)
-    streaming.stream_bytes(0)
-    for k in range(64 // dtype.itemsize):
-        buf = np.full(x.size + k + 1, -7.0, dtype)
-        y = buf[k:k + x.size].reshape(x.shape)
-        assert gn(x, G, w, b, out=y, **kw) is y
-        assert buf[:k].tolist() == [-7.0] * k and buf[-1] == -7.0
-        np.testing.assert_array_equal(y, plain)
-    y = x.copy()
-    gn(y, G, w, b, out=y, **kw)
-    np.testing.assert_array_equal(y, plain)
-    assert_close(plain, oracle(x, G, w, b, activation=activation)[0], dtype,
-                 scale=4.0)
+    assert_streamed_same_bits(oracle, streaming, x, G, w, b, nt, activation)
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
