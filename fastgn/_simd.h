@@ -745,8 +745,9 @@ static inline FG_INLINE double fg_relu_f64(double v) { return v < 0 ? 0 : v; }
  * legal in every clone) straight from the arithmetic: computing into an L1
  * buffer first and streaming that out measured no faster than plain stores.
  * Each call that streams ends with a store fence, so its output is visible
- * to other threads when it returns (the small-slab path's rank-2 float64
- * groups, fg_ntv below: its caller fences once per thread after its items).
+ * to other threads when it returns (the small-slab path's streamed blocks,
+ * channel runs and rank-2 float64 groups through fg_ntv below: its caller
+ * fences once per thread after its items).
  * Elsewhere plain stores. */
 #if defined(__x86_64__) && defined(__SSE2__) && !defined(FASTGN_NO_NT)
 #include <emmintrin.h>
