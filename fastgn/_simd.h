@@ -2876,6 +2876,9 @@ FG_WIDE_FN __attribute__((unused)) void fg_perm_dx_f32##ISA(                  \
     }
 #define FG_RUN_VALUE(relu, xv, M, S, H)                                       \
     ((relu) && ((xv) - (M)) * (S) + (H) < 0 ? 0 : ((xv) - (M)) * (S) + (H))
+/* A vector of scalar a in the lanes where mask m is clear, b where set */
+#define FG_LANE_PICK(V, VI, m, a, b)                                          \
+    ((V)(((VI)((V){0} + (a)) & ~(m)) | ((VI)((V){0} + (b)) & (m))))
 /* Line-aligned vectors from y + e on, each of channel c's values (lanes
  * before the run's end bnd) and channel c + 1's (m1, s1, h1: runs of at
  * least a vector, so no third), the channel's values of x at the same
@@ -2894,9 +2897,9 @@ FG_WIDE_FN __attribute__((unused)) void fg_perm_dx_f32##ISA(                  \
             FG_RUN_PARAMS(c < last ? c + 1 : c, m1, s1, h1)                   \
         }                                                                     \
         in1_ = (VI)(lane >= (V){0} + (fg_t)(bnd - e));                        \
-        mv_ = (V)(((VI)((V){0} + m0) & ~in1_) | ((VI)((V){0} + m1) & in1_));  \
-        sv_ = (V)(((VI)((V){0} + s0) & ~in1_) | ((VI)((V){0} + s1) & in1_));  \
-        hv_ = (V)(((VI)((V){0} + h0) & ~in1_) | ((VI)((V){0} + h1) & in1_));  \
+        mv_ = FG_LANE_PICK(V, VI, in1_, m0, m1);                              \
+        sv_ = FG_LANE_PICK(V, VI, in1_, s0, s1);                              \
+        hv_ = FG_LANE_PICK(V, VI, in1_, h0, h1);                              \
         NTV(y + e, OP(V, VI, (*(const VU *)(x + e) - mv_) * sv_ + hv_));       \
         __builtin_prefetch(x + e + ahead, 0, 2);                              \
     }
