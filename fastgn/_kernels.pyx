@@ -437,7 +437,7 @@ cdef struct Geometry:
     bint rows           # channels-last memory
     bint big            # input plus output larger than the cache
     bint huge           # ... than twice it (fg_small_slabs streams runs)
-    int stream          # streaming stores (big, apply without activation)
+    int stream          # streaming stores (big; channels-last: no activation)
     bint keep           # float16 rows: a sample's chunks stay in the buffer
     Py_ssize_t m        # rank-2 small items of m samples (_rank2_items)
 
@@ -1002,7 +1002,7 @@ def forward(cnp.ndarray x, cnp.ndarray y, weight, bias, Py_ssize_t N,
     _geometry(&g, N, C, HW, G, rows)
     g.big = 2 * N * C * HW * x.itemsize > STREAM_BYTES
     g.huge = N * C * HW * x.itemsize > STREAM_BYTES
-    g.stream = g.big and HW > 1 and activation == 0 and \
+    g.stream = g.big and HW > 1 and (activation == 0 or not rows) and \
         _whole_runs(y, C if rows else HW)
     if N * C * HW < SERIAL_BELOW:
         nt = 1

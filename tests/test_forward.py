@@ -988,7 +988,7 @@ def assert_streamed_same_bits(oracle, streaming, x, G, w, b, nt,
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
 @pytest.mark.parametrize("L", [16, 20, 24, 32, 40, 64])
 @pytest.mark.parametrize("nt", [1, 2])
-@pytest.mark.parametrize("activation", [None, "relu", "silu"])
+@pytest.mark.parametrize("activation", [None, "relu", "silu", "gelu"])
 def test_rank2_streaming_same_bits(rng, oracle, streaming, dtype, L, nt,
                                    activation):
     """Rank-2 groups of whole vectors in arrays larger than the cache
@@ -1011,7 +1011,7 @@ def test_rank2_streaming_same_bits(rng, oracle, streaming, dtype, L, nt,
     (F64, (7, 48, 5, 5), 3),       # runs of 200 bytes
 ], ids=str)
 @pytest.mark.parametrize("nt", [1, 2])
-@pytest.mark.parametrize("activation", [None, "relu", "silu"])
+@pytest.mark.parametrize("activation", [None, "relu", "silu", "gelu"])
 def test_small_runs_streaming_same_bits(rng, oracle, streaming, dtype, shape,
                                         G, nt, activation):
     """Small slabs of channel runs of a vector or more in arrays larger
@@ -1022,6 +1022,35 @@ def test_small_runs_streaming_same_bits(rng, oracle, streaming, dtype, shape,
     x = data(rng, shape, dtype, offset=50.0)
     w, b = params(rng, shape[1], "both", dtype)
     assert_streamed_same_bits(oracle, streaming, x, G, w, b, nt, activation)
+
+
+@pytest.mark.compiled_only
+@pytest.mark.parametrize("dtype,shape,G,back", [
+    (F32, (3, 8, 32, 32), 2, False),    # slabs of 4096 values, one chunk
+    (F32, (2, 16, 24, 24), 2, False),   # 4608 values: two chunks
+    (F32, (2, 16, 24, 24), 2, True),    # ... applied last chunk first
+    (F32, (1, 8, 48, 48), 1, False),    # one slab: chunks shared (t=2)
+    (F64, (3, 8, 20, 20), 4, False),
+    (F32, (4, 16, 16, 16), 4, False),   # small slabs, the activation fused
+    (F32, (8, 12, 3, 3), 4, False),     # small slabs of few channels
+    (F64, (6, 8, 8, 8), 2, False),
+], ids=str)
+@pytest.mark.parametrize("nt", [1, 2])
+@pytest.mark.parametrize("activation", ["relu", "silu", "gelu"])
+def test_activation_streaming_same_bits(rng, oracle, streaming, dtype, shape,
+                                        G, back, nt, activation):
+    """An activation in arrays larger than the cache (forced here) is
+    computed into an L1 buffer a piece at a time and streamed out: the
+    bits and statistics of the plain stores, at every offset of the output
+    within a line, in place too, and nothing written outside it."""
+    x = data(rng, shape, dtype, offset=50.0)
+    w, b = params(rng, shape[1], "both", dtype)
+    old = streaming.back_bytes(0 if back else 1 << 62)
+    try:
+        assert_streamed_same_bits(oracle, streaming, x, G, w, b, nt,
+                                  activation)
+    finally:
+        streaming.back_bytes(old)
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
