@@ -3840,8 +3840,30 @@ FG_WIDE_INL void fg_st_f16##ISA(unsigned short *p, fg_vf32##ISA v) {          \
                                                  bp + (o), mhi, mlo, rs)
 #define FG_HALF_EACH_S(o)                                                     \
     ((_cvtsh_ss(xp[o]) - mhi) * (wp[o] * rs) + (bp[o] - mlo * (wp[o] * rs)))
+/* Values of a piece of fg_apply_span_f16's streamed output */
+#define FG_HALF_PIECE 256
 #define FG_HALF_KERNELS(ISA, VB)                                              \
 FG_HALF_IO_##VB(ISA)                                                          \
+/* dst[0 .. n) = src[0 .. n) in bytes, whole 64-byte lines of dst streamed  \
+ * (src at dst's offset within a line), the bytes before and after plain */ \
+FG_WIDE_INL void fg_nt_bytes##ISA(const unsigned char *src,                   \
+                                  unsigned char *dst, ptrdiff_t n,            \
+                                  const unsigned char *pf) {                  \
+    ptrdiff_t i = (ptrdiff_t)(-(size_t)dst & 63), e, j;                       \
+    if (i > n)                                                                \
+        i = n;                                                                \
+    for (j = 0; j < i; j++)                                                   \
+        dst[j] = src[j];                                                      \
+    e = i + (n - i) / 64 * 64;                                                \
+    for (; i < e; i += sizeof(fg_vf32##ISA)) {                                \
+        if (pf && i % 64 == 0)                                                \
+            __builtin_prefetch(pf + i, 0, 2);                                 \
+        fg_ntv_f32##ISA((float *)(void *)(dst + i),                           \
+                        *(const fg_vf32u##ISA *)(const void *)(src + i));     \
+    }                                                                         \
+    for (; i < n; i++)                                                        \
+        dst[i] = src[i];                                                      \
+}                                                                             \
 FG_VRUN_SUMS(unsigned short, float, fg_vf32##ISA, f16##ISA, f32##ISA,         \
              _cvtsh_ss)                                                       \
 /* Reached only by sums of squares that are infinite or NaN (float16's        \
@@ -3868,19 +3890,19 @@ FG_WIDE_INL fg_vf32##ISA fg_half_each##ISA(const unsigned short *x,           \
     return (fg_ld_f16##ISA(x) - mhi) * sc +                                   \
            (*(const fg_vf32u##ISA *)b - mlo * sc);                            \
 }                                                                             \
-/* Values [u0, u1) of a float16 slab: fg_apply_span_f32's arithmetic,         \
- * plain stores. */                                                           \
-FG_WIDE_FN void fg_apply_span_f16##ISA(const unsigned short *x,               \
-                                       unsigned short *y, ptrdiff_t u0,       \
-                                       ptrdiff_t u1, ptrdiff_t HW, float mhi, \
-                                       float mlo, float rs, const float *w,   \
-                                       const float *b, int act) {             \
+/* Values [u0, u1) of a float16 slab into yo[0 .. u1 - u0):                  \
+ * fg_apply_span_f32's arithmetic. */                                         \
+FG_WIDE_INL void fg_span_f16##ISA(const unsigned short *x, ptrdiff_t u0,      \
+                                  ptrdiff_t u1, ptrdiff_t HW, float mhi,      \
+                                  float mlo, float rs, const float *w,        \
+                                  const float *b, int act,                    \
+                                  unsigned short *yo) {                       \
     enum { VL = sizeof(fg_vf32##ISA) / sizeof(float), BLK = 512 };            \
     float buf[BLK] __attribute__((aligned(64)));                              \
     ptrdiff_t u = u0, i, j;                                                   \
     if (HW == 1) {                                                            \
         const unsigned short *xp = x + u0;                                    \
-        unsigned short *yp = y + u0;                                          \
+        unsigned short *yp = yo;                                              \
         const float *wp = w + u0, *bp = b + u0;                               \
         const ptrdiff_t m = u1 - u0;                                          \
         FG_HALF_RUN(ISA, FG_HALF_EACH_V, FG_HALF_EACH_S)                      \
@@ -3891,10 +3913,38 @@ FG_WIDE_FN void fg_apply_span_f16##ISA(const unsigned short *x,               \
         const ptrdiff_t m = ((c + 1) * HW < u1 ? (c + 1) * HW : u1) - u;      \
         const float sc = w[c] * rs, sh = b[c] - mlo * sc;                     \
         const unsigned short *xp = x + u;                                     \
-        unsigned short *yp = y + u;                                           \
+        unsigned short *yp = yo + (u - u0);                                   \
         FG_HALF_RUN(ISA, FG_HALF_RUN_V, FG_HALF_RUN_S)                        \
         u += m;                                                               \
     }                                                                         \
+}                                                                             \
+/* The same into y; `stream` (arrays larger than the cache): pieces of       \
+ * FG_HALF_PIECE values ending on y's lines computed into an L1 buffer at   \
+ * y's offset in a line, then streamed (fg_nt_bytes), the same bits. Plain  \
+ * stores read every output line first. */                                  \
+FG_WIDE_FN void fg_apply_span_f16##ISA(const unsigned short *x,               \
+                                       unsigned short *y, ptrdiff_t u0,       \
+                                       ptrdiff_t u1, ptrdiff_t HW, float mhi, \
+                                       float mlo, float rs, const float *w,   \
+                                       const float *b, int act, int stream,   \
+                                       const unsigned short *pf) {            \
+    if (FG_HAVE_NT && stream) {                                               \
+        unsigned short hb[FG_HALF_PIECE + 32] __attribute__((aligned(64)));  \
+        ptrdiff_t us = u0;                                                    \
+        while (us < u1) {                                                     \
+            unsigned short *hp = hb + ((size_t)(y + us) & 63) / 2;            \
+            const ptrdiff_t ue = us + FG_HALF_PIECE - (hp - hb) < u1          \
+                ? us + FG_HALF_PIECE - (hp - hb) : u1;                        \
+            fg_span_f16##ISA(x, us, ue, HW, mhi, mlo, rs, w, b, act, hp);     \
+            fg_nt_bytes##ISA((const unsigned char *)hp,                       \
+                             (unsigned char *)(y + us), 2 * (ue - us),        \
+                             pf ? (const unsigned char *)(pf + us) : NULL);   \
+            us = ue;                                                          \
+        }                                                                     \
+        fg_sfence();                                                          \
+        return;                                                               \
+    }                                                                         \
+    fg_span_f16##ISA(x, u0, u1, HW, mhi, mlo, rs, w, b, act, y + u0);         \
 }
 
 /* Small float16 slabs (fg_small_slabs' items) of more than FG_SHIFT_ALL
@@ -4203,10 +4253,12 @@ static void fg_small_slabs_f16(const void *x, void *y, ptrdiff_t ng,
 static void fg_apply_span_f16(const void *x, void *y, ptrdiff_t u0,
                               ptrdiff_t u1, ptrdiff_t HW, float mhi,
                               float mlo, float rs, const float *w,
-                              const float *b, int act) {
+                              const float *b, int act, int stream,
+                              const void *pf) {
     FG_PICK_HALF(fg_apply_span_f16, ((const unsigned short *)x,
                                      (unsigned short *)y, u0, u1, HW, mhi,
-                                     mlo, rs, w, b, act))
+                                     mlo, rs, w, b, act, stream,
+                                     (const unsigned short *)pf))
 }
 /* The level FG_PICK takes (show_config's "simd"). */
 static const char *fg_simd_level(void) {
@@ -4247,7 +4299,8 @@ static void fg_moments_f16(const void *x, ptrdiff_t len, int ahead,
 static void fg_apply_span_f16(const void *x, void *y, ptrdiff_t u0,
                               ptrdiff_t u1, ptrdiff_t HW, float mhi,
                               float mlo, float rs, const float *w,
-                              const float *b, int act) {}
+                              const float *b, int act, int stream,
+                              const void *pf) {}
 #endif
 FG_APPLY_SPAN(float, f32)
 FG_APPLY_SPAN(double, f64)

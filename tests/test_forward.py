@@ -1053,6 +1053,34 @@ def test_activation_streaming_same_bits(rng, oracle, streaming, dtype, shape,
         streaming.back_bytes(old)
 
 
+@pytest.mark.compiled_only
+@pytest.mark.parametrize("shape,G,back", [
+    ((3, 8, 64, 64), 2, False),     # slabs of 16384 values: two chunks
+    ((2, 8, 48, 96), 2, False),     # 18432 values: three chunks
+    ((2, 8, 48, 96), 2, True),      # ... applied last chunk first
+    ((1, 8, 48, 48), 1, False),     # one slab: chunks shared (t=2)
+    ((2, 6, 1, 9000), 3, False),    # runs of 9000 values
+    ((3, 20000), 1, False),         # rank 2: each value its own weight
+], ids=str)
+@pytest.mark.parametrize("nt", [1, 2])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_half_streaming_same_bits(rng, oracle, streaming, shape, G, back, nt,
+                                  activation):
+    """float16 slabs in arrays larger than the cache (forced here) are
+    computed into an L1 buffer a piece at a time and streamed out (the
+    AVX2 and AVX-512 copies): the bits and statistics of the plain
+    stores, at every offset of the output within a line, in place too,
+    and nothing written outside it."""
+    x = data(rng, shape, F16, offset=30.0)
+    w, b = params(rng, shape[1], "both", F16)
+    old = streaming.back_bytes(0 if back else 1 << 62)
+    try:
+        assert_streamed_same_bits(oracle, streaming, x, G, w, b, nt,
+                                  activation)
+    finally:
+        streaming.back_bytes(old)
+
+
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
 @pytest.mark.parametrize("C,G", [(16, 4), (48, 3), (64, 64), (256, 32)])
 @pytest.mark.parametrize("hw", [(5, 7), (2, 2)], ids=str)
