@@ -961,10 +961,19 @@ def test_streaming_stores_same_bits(rng, oracle, streaming, dtype, shape, G,
 
 
 def assert_streamed_same_bits(oracle, streaming, x, G, w, b, nt,
-                              activation):
+                              activation, back=None):
     """The output and statistics of x in an array forced larger than the
     cache equal those of plain stores, at every offset of the output within
-    a line (nothing written outside it) and in place; and the oracle's."""
+    a line (nothing written outside it) and in place; and the oracle's.
+    ``back``: slabs applied from their last chunk (True) or first."""
+    if back is not None:
+        old = streaming.back_bytes(0 if back else 1 << 62)
+        try:
+            assert_streamed_same_bits(oracle, streaming, x, G, w, b, nt,
+                                      activation)
+        finally:
+            streaming.back_bytes(old)
+        return
     kw = dict(num_threads=nt, activation=activation)
     streaming.stream_bytes(1 << 62)
     plain, mean, rstd = gn(x, G, w, b, return_stats=True, **kw)
@@ -1045,12 +1054,8 @@ def test_activation_streaming_same_bits(rng, oracle, streaming, dtype, shape,
     within a line, in place too, and nothing written outside it."""
     x = data(rng, shape, dtype, offset=50.0)
     w, b = params(rng, shape[1], "both", dtype)
-    old = streaming.back_bytes(0 if back else 1 << 62)
-    try:
-        assert_streamed_same_bits(oracle, streaming, x, G, w, b, nt,
-                                  activation)
-    finally:
-        streaming.back_bytes(old)
+    assert_streamed_same_bits(oracle, streaming, x, G, w, b, nt, activation,
+                              back)
 
 
 @pytest.mark.compiled_only
@@ -1073,12 +1078,8 @@ def test_half_streaming_same_bits(rng, oracle, streaming, shape, G, back, nt,
     and nothing written outside it."""
     x = data(rng, shape, F16, offset=30.0)
     w, b = params(rng, shape[1], "both", F16)
-    old = streaming.back_bytes(0 if back else 1 << 62)
-    try:
-        assert_streamed_same_bits(oracle, streaming, x, G, w, b, nt,
-                                  activation)
-    finally:
-        streaming.back_bytes(old)
+    assert_streamed_same_bits(oracle, streaming, x, G, w, b, nt, activation,
+                              back)
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
