@@ -937,6 +937,22 @@ static void fg_sfence(void) {}
     }
 #define FG_SPAN_BODY(ACT, SUF) FG_SPAN_AT(ACT, SUF, u1, y, 0)
 #define FG_SPAN_PIECE(ACT, SUF) FG_SPAN_AT(ACT, SUF, ue, bp, us)
+/* buf (64-byte aligned) at p's offset within a line */
+#define FG_AT_LINE_OFF(buf, p)                                                \
+    ((buf) + ((size_t)(p) & 63) / sizeof(*(p)))
+/* Values [u0, u1) of an output y in pieces of at most PIECE values, each
+ * ending on one of y's lines: per piece [us, ue), BODY with bp, the buffer
+ * buf (PIECE values and a line more) at y + us's offset within a line. */
+#define FG_PIECES(buf, PIECE, u0, u1, y, ...)                                 \
+    {                                                                         \
+        ptrdiff_t us, ue;                                                     \
+        for (us = (u0); us < (u1); us = ue) {                                 \
+            __typeof__(&(buf)[0]) const bp = FG_AT_LINE_OFF(buf, (y) + us);   \
+            ue = us + (PIECE) - (bp - (buf)) < (u1)                           \
+                ? us + (PIECE) - (bp - (buf)) : (u1);                         \
+            __VA_ARGS__                                                       \
+        }                                                                     \
+    }
 /* Values of T in a piece of fg_apply_span's streamed activation */
 #define FG_ACT_PIECE(T) (1024 / (ptrdiff_t)sizeof(T))
 
@@ -964,14 +980,10 @@ FG_CLONES void fg_apply_span_##SUF(const T *x, T *y, ptrdiff_t u0,            \
     if (FG_HAVE_NT && stream && act) {                                        \
         fg_t buf_[FG_ACT_PIECE(T) + 64 / sizeof(T)]                           \
             __attribute__((aligned(64)));                                     \
-        while (u < u1) {                                                      \
-            const ptrdiff_t us = u;                                           \
-            fg_t *bp = buf_ + ((size_t)(y + us) & 63) / sizeof(T);            \
-            const ptrdiff_t ue = us + FG_ACT_PIECE(T) - (bp - buf_) < u1      \
-                ? us + FG_ACT_PIECE(T) - (bp - buf_) : u1;                    \
-            FG_ACT_SWITCH(FG_SPAN_PIECE, SUF)                                 \
-            fg_nt_copy_##SUF(bp, y + us, ue - us, pf ? pf + us : NULL);       \
-        }                                                                     \
+        FG_PIECES(buf_, FG_ACT_PIECE(T), u0, u1, y,                           \
+                  FG_ACT_SWITCH(FG_SPAN_PIECE, SUF)                           \
+                  fg_nt_copy_##SUF(bp, y + us, ue - us,                       \
+                                   pf ? pf + us : NULL);)                     \
         fg_sfence();                                                          \
     } else if (stream) {                                                      \
         while (u < u1) {                                                      \
@@ -3132,7 +3144,7 @@ FG_WIDE_INL fg_vf64##ISA fg_flat_run_##SUF##ISA(const TIN *p, ptrdiff_t L,    \
                 rstd_out[g0 + g] = rf[g];                                     \
             }                                                                 \
         if (nbuf && nb * L <= FG_NT_BUF(T)) {                                 \
-            T *yd = nbuf + ((size_t)yb & 63) / sizeof(T);                     \
+            T *yd = FG_AT_LINE_OFF(nbuf, yb);                                 \
             fg_flat_affine_##SUF##ISA(xb, yd, nb, L, w + g0 * L, b + g0 * L,  \
                                       mh, ml, rf, fused, NULL);               \
             fg_act_nt_##SUF##ISA(yd, yb, nb * L, fused != act ? act : 0,      \
@@ -3582,7 +3594,7 @@ FG_WIDE_INL void fg_small_body_##SUF##ISA(const T *x, T *y, ptrdiff_t ng,     \
             continue;                                                         \
         }                                                                     \
         if (nbuf && nb * L <= FG_NT_BUF(T))                                   \
-            yd = nbuf + ((size_t)yo & 63) / sizeof(T);                        \
+            yd = FG_AT_LINE_OFF(nbuf, yo);                                    \
         for (g = 0; g < nb; g++) {                                            \
             const T *xg = xb + g * L, *wg = w + (g0 + g) * Cg;                \
             const T *bg = b + (g0 + g) * Cg;                                  \
@@ -3931,17 +3943,13 @@ FG_WIDE_FN void fg_apply_span_f16##ISA(const unsigned short *x,               \
                                        const unsigned short *pf) {            \
     if (FG_HAVE_NT && stream) {                                               \
         unsigned short hb[FG_HALF_PIECE + 32] __attribute__((aligned(64)));  \
-        ptrdiff_t us = u0;                                                    \
-        while (us < u1) {                                                     \
-            unsigned short *hp = hb + ((size_t)(y + us) & 63) / 2;            \
-            const ptrdiff_t ue = us + FG_HALF_PIECE - (hp - hb) < u1          \
-                ? us + FG_HALF_PIECE - (hp - hb) : u1;                        \
-            fg_span_f16##ISA(x, us, ue, HW, mhi, mlo, rs, w, b, act, hp);     \
-            fg_nt_bytes##ISA((const unsigned char *)hp,                       \
-                             (unsigned char *)(y + us), 2 * (ue - us),        \
-                             pf ? (const unsigned char *)(pf + us) : NULL);   \
-            us = ue;                                                          \
-        }                                                                     \
+        FG_PIECES(hb, FG_HALF_PIECE, u0, u1, y,                               \
+                  fg_span_f16##ISA(x, us, ue, HW, mhi, mlo, rs, w, b, act,    \
+                                   bp);                                       \
+                  fg_nt_bytes##ISA((const unsigned char *)bp,                 \
+                                   (unsigned char *)(y + us), 2 * (ue - us),  \
+                                   pf ? (const unsigned char *)(pf + us)      \
+                                      : NULL);)                               \
         fg_sfence();                                                          \
         return;                                                               \
     }                                                                         \
