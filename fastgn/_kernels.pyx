@@ -197,12 +197,11 @@ cdef Py_ssize_t ROW_CHUNK = 65536
 # time for slabs of 1024-2048 values, 1.1x at 4096).
 cdef Py_ssize_t SMALL_SLAB = 2048
 # Slabs of short channel runs (2 to SHORT_RUN bytes) take it up to
-# SMALL_RUNS_SLAB values where the call keeps its arrays in the cache: the
-# chunked path's apply pays per run; 128x768x16 G=1 took 3.4x the time
-# there, 8x2560x8x8 G=32 1.45x, 4x1024x10x10 G=16 1.3x, while runs of 144
-# and 196 values took 1.2-1.35x the time here, arrays streamed (the
-# chunked path's non-temporal stores) 1.05-1.2x, and rank-2 groups (one
-# loop over channels there) 1.03-1.12x.
+# SMALL_RUNS_SLAB values: the chunked path's apply pays per run;
+# 128x768x16 G=1 took 3.4x the time there, 8x2560x8x8 G=32 1.45x,
+# 4x1024x10x10 G=16 1.3x, while runs of 144 and 196 values took
+# 1.2-1.35x the time here, and rank-2 groups (one loop over channels
+# there) 1.03-1.12x. So in calls of any size (see _small).
 cdef Py_ssize_t SHORT_RUN = 512
 cdef Py_ssize_t SMALL_RUNS_SLAB = 16384
 cdef Py_ssize_t SMALL_ITEM = 8192
@@ -559,14 +558,18 @@ cdef inline bint _small(Geometry* g, Py_ssize_t size) noexcept nogil:
     """Whether NCHW slabs take the small-slab path, computed in values of
     ``size`` bytes (float16: 4, its float32 path's choice, so the same bits;
     fg_half_small takes them in registers in the AVX2 and AVX-512 copies).
-    Short runs: where the call's arrays stay in the cache, or, float32,
-    where the runs cannot be streamed (not whole 16 bytes): 64x2048x7x7
-    0.85-0.93x the time, float16 0.60-0.79x (its small path had been
-    buffered above 2048 values); float64 there measured 1.05x slower."""
+    The choice depends on the slab alone: the two paths' statistics round
+    differently, so a choice by the call's size (short runs had taken the
+    chunked path in calls larger than the cache) made a sample's bits
+    depend on the batch it came in. The small path streams too now:
+    calls larger than the cache took 0.46-0.48x the time of the chunked
+    path with runs of 4 and 8 values (4096x1024x4 G=1), 0.54x with 16
+    (512x768x16 G=1), float64 7x7 and 5x5 maps 0.71-0.74x (0.82x at two
+    threads), float16 8x8 0.86-0.91x, 10x10 maps 1.01-1.03x, float32 8x8
+    (256x512x8x8 G=8) 1.06-1.10x at one thread, 0.98-0.99x at two
+    (benchmarks/ab.py)."""
     return g.T <= SMALL_SLAB or (
-        1 < g.HW and g.HW * size < SHORT_RUN and g.T <= SMALL_RUNS_SLAB and
-        (2 * g.N * g.C * g.HW * size <= STREAM_BYTES or
-         (size == 4 and (g.HW * size) % 16 != 0)))
+        1 < g.HW and g.HW * size < SHORT_RUN and g.T <= SMALL_RUNS_SLAB)
 
 
 cdef inline Py_ssize_t _slabs_per_item(Geometry* g) noexcept nogil:

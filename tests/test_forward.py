@@ -781,6 +781,31 @@ def test_batch_size_independence(rng, dtype, channels_last):
     np.testing.assert_array_equal(yi, y[1:4])
 
 
+@pytest.mark.compiled_only
+@pytest.mark.parametrize("dtype,shape", [
+    (F32, (6, 184, 100)),       # runs of 400 bytes (whole 16 bytes)
+    (F64, (6, 846, 31)),
+    (F16, (6, 384, 64)),        # float32's choice of path
+], ids=str)
+def test_batch_independence_across_the_streaming_size(rng, streaming, dtype,
+                                                      shape):
+    """A sample gives the same bits alone and in a batch whose arrays
+    exceed the streaming size (set between the two here): slabs of
+    2049-16384 values in channel runs under 512 bytes had taken the chunked
+    path in such calls and the small-slab path in smaller ones, whose
+    statistics round differently."""
+    x = data(rng, shape, dtype, offset=3.0)
+    w, b = params(rng, shape[1], "both", dtype)
+    streaming.stream_bytes(4 * x[:1].size * max(x.itemsize, 4))
+    y, m, r = gn(x, 2, w, b, return_stats=True, num_threads=1)
+    for i in (0, shape[0] - 1):
+        yi, mi, ri = gn(x[i:i + 1], 2, w, b, return_stats=True,
+                        num_threads=1)
+        np.testing.assert_array_equal(yi, y[i:i + 1])
+        np.testing.assert_array_equal(mi, m[i:i + 1])
+        np.testing.assert_array_equal(ri, r[i:i + 1])
+
+
 @pytest.mark.parametrize("dtype", [F16, F32, F64], ids=str)
 @pytest.mark.parametrize("shape,G", [
     ((4096, 64), 1),        # rank-2 items of many whole samples
