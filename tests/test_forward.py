@@ -1275,9 +1275,7 @@ def test_silu_within_ulps_over_the_exp_range(dtype):
     place of v / (1 + exp(-v)) computed in float64 with NumPy's exp (and
     rounded, for float32). float64: over the exp's whole range, where it
     overflows to inf and where its results go subnormal or to 0. float32:
-    from -87 up, the float32 exp's lower bound (below, its result stays
-    exp(88), so SiLU gives about |v| * 6e-39 for a true v * exp(v), both
-    under 1e-35)."""
+    from -87 up (below: the next test)."""
     if dtype == F64:
         v = np.concatenate([np.linspace(-800, 800, 4001),
                             [-745.2, -745.1, -709.8, -709.78, -708.4,
@@ -1301,6 +1299,26 @@ def test_silu_within_ulps_over_the_exp_range(dtype):
     assert ulps.max() <= 4, (v[ulps.argmax()], y[ulps.argmax()],
                              want[ulps.argmax()])
     assert np.array_equal(np.signbit(y), np.signbit(want))
+
+
+def test_silu_float32_below_the_exp_range():
+    """float32 SiLU from v = -87 down to -inf: within 1e-36 of v / (1 +
+    exp(-v)) in float64 (values under 6e-37 from -88 down, where the
+    float32 exp gives inf from -v = 88.38 on: -0), NaN at -inf as in
+    PyTorch. That exp had stopped at exp(88): v / 1.65e38, -0.006 for
+    v = -1e36, -inf for -inf."""
+    v = np.concatenate([np.linspace(-87, -110, 47),
+                        [-1e4, -1e30, -1e36, -3.4e38, -np.inf]]).astype(F32)
+    C = v.size
+    x = np.tile(np.array([-1.0, 1.0], F32), (1, C, 1))
+    y = gn(x, C, np.zeros(C, F32), v, eps=0.0, activation="silu")[0, :, 0]
+    v64 = v.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = v64 / (1.0 + np.exp(-v64))
+    assert np.isnan(want[-1]) and np.isnan(y[-1])
+    err = np.abs(y[:-1].astype(np.float64) - want[:-1])
+    assert err.max() <= 1e-36, (v[err.argmax()], y[err.argmax()])
+    assert np.signbit(y[:-1]).all()
 
 
 @pytest.mark.compiled_only
