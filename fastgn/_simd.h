@@ -169,6 +169,13 @@ FG_WIDE_FN void fg_moments_##SUF##ISA(const T *x, ptrdiff_t len, int ahead,  \
  * measured 1.02x cold on 7x7.
  * scratch: 2*C doubles, 2*C values of AT and C values of T. */
 #define FG_ROWBLK 64
+/* Rows of fewer than FG_FEW_CHANNELS channels flush every FG_ROWBLK_FEW
+ * rows: integer-valued images in HWC (0..255) had come out up to 9e-7 off
+ * with 64 (PyTorch 1.4-2.7e-7), the float32 lanes' roundings alike on
+ * values of few significant bits; 0.8-2.4e-7 with 16, at no cost measured
+ * on 8x3x224x224 (rows of 64-512 channels took 1.04-1.09x the time so). */
+#define FG_FEW_CHANNELS 16
+#define FG_ROWBLK_FEW 16
 /* Rows of C channels fewer than, or not a multiple of, VL lanes are taken
  * as rows of FG_WIDE(C, VL) values, the least multiple of both up to
  * FG_WIDE_MAX (else C): 8x3x224x224 channels-last had taken 9x the time
@@ -269,7 +276,7 @@ static inline ptrdiff_t fg_wide(ptrdiff_t C, ptrdiff_t VL) {
 /* A pass of per-channel sums over `rows` positions of C channels (dy, x;
  * the moments' pass has no dy): STEP adds the vector at each offset to the
  * AT lanes a1, a2 (C each; k the channels' vector of KV, mean or shift),
- * flushed into the float64 sums s1, s2 every FG_ROWBLK rows. Rows of C
+ * flushed into the float64 sums s1, s2 every blk rows. Rows of C
  * channels fewer than VL, or not a multiple of it, are taken as rows of
  * P = FG_WIDE(C) values (k repeated P / C times; fg_NAME_wide, on the
  * stack) and each wide column's sums added into its channel's, the rows
@@ -279,28 +286,29 @@ static inline ptrdiff_t fg_wide(ptrdiff_t C, ptrdiff_t VL) {
 #define FG_ROWS_PASS(T, AT, V, VU, SUF, NAME, STEP)                           \
 FG_WIDE_INL void fg_##NAME##_pass_##SUF(const T *dy, const T *x,              \
                                         ptrdiff_t rows, ptrdiff_t C,          \
-                                        const T *restrict k,                  \
+                                        ptrdiff_t blk, const T *restrict k,   \
                                         double *restrict s1,                  \
                                         double *restrict s2,                  \
                                         AT *restrict a1, AT *restrict a2) {   \
     ptrdiff_t p, p0, p1, c;                                                   \
     (void)dy;                                                                 \
-    for (p0 = 0; p0 < rows; p0 += FG_ROWBLK) {                                \
-        p1 = p0 + FG_ROWBLK < rows ? p0 + FG_ROWBLK : rows;                   \
+    for (p0 = 0; p0 < rows; p0 += blk) {                                      \
+        p1 = p0 + blk < rows ? p0 + blk : rows;                               \
         FG_COLS_ALL(T, V, VU, k, a1, a2, STEP)                                \
         FG_FLUSH2(p0 == 0, s1, s2, a1, a2)                                    \
     }                                                                         \
 }                                                                             \
 FG_WIDE_FN __attribute__((noinline))                                          \
 void fg_##NAME##_wide_##SUF(const T *dy, const T *x, ptrdiff_t rows,           \
-                            ptrdiff_t C, ptrdiff_t P, const T *restrict k,    \
+                            ptrdiff_t C, ptrdiff_t P, ptrdiff_t blk,          \
+                            const T *restrict k,                              \
                             double *restrict s1, double *restrict s2) {       \
     double w1[FG_WIDE_MAX], w2[FG_WIDE_MAX];                                  \
     AT b1[FG_WIDE_MAX], b2[FG_WIDE_MAX];                                      \
     T wk[FG_WIDE_MAX];                                                        \
     ptrdiff_t j;                                                              \
     FG_REPEAT(wk, k, C, P)                                                    \
-    fg_##NAME##_pass_##SUF(dy, x, rows, P, wk, w1, w2, b1, b2);               \
+    fg_##NAME##_pass_##SUF(dy, x, rows, P, blk, wk, w1, w2, b1, b2);          \
     for (j = 0; j < P; j++) {                                                 \
         s1[j % C] += w1[j];                                                   \
         s2[j % C] += w2[j];                                                   \
@@ -312,17 +320,18 @@ FG_WIDE_INL void fg_##NAME##_##SUF(const T *dy, const T *x, ptrdiff_t rows,   \
                                    AT *restrict a1, AT *restrict a2) {        \
     const ptrdiff_t P = FG_WIDE(C, sizeof(V) / sizeof(T)), m = P / C;        \
     const ptrdiff_t n = rows / m * P;                                         \
+    const ptrdiff_t blk = C < FG_FEW_CHANNELS ? FG_ROWBLK_FEW : FG_ROWBLK;   \
     ptrdiff_t c;                                                              \
     if (m == 1 || rows < m) {                                                 \
-        fg_##NAME##_pass_##SUF(dy, x, rows, C, k, s1, s2, a1, a2);            \
+        fg_##NAME##_pass_##SUF(dy, x, rows, C, blk, k, s1, s2, a1, a2);       \
         return;                                                               \
     }                                                                         \
     if (rows % m)                                                             \
-        fg_##NAME##_pass_##SUF(dy ? dy + n : NULL, x + n, rows % m, C, k, s1, \
-                               s2, a1, a2);                                   \
+        fg_##NAME##_pass_##SUF(dy ? dy + n : NULL, x + n, rows % m, C, blk,   \
+                               k, s1, s2, a1, a2);                            \
     else                                                                      \
         for (c = 0; c < C; c++) s1[c] = s2[c] = 0;                            \
-    fg_##NAME##_wide_##SUF(dy, x, rows / m, C, P, k, s1, s2);                 \
+    fg_##NAME##_wide_##SUF(dy, x, rows / m, C, P, blk, k, s1, s2);            \
 }
 
 /* OUT = EXPR(VU) over rows [0, rows) of C channels (NHWC), where EXPR uses
@@ -1506,7 +1515,15 @@ static const long long fg_ones64[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1,
 /* The shift and shifted sums of a run of values of type T, loaded as
  * vectors V of CT by fg_ld_SUF and one by one by SC, summed in CT lanes
  * (fg_vsum_VS at the end): float32 and float64 data as they are, float16
- * converted to float32 in registers. */
+ * converted to float32 in registers. float32 lanes add at most
+ * FG_DEV_BLOCK squares each before their sums go into float64: over a
+ * whole chunk (128 a lane at AVX-512, 256 at AVX2, 512 at SSE2) their
+ * roundings, alike on data of few significant bits, had made the variance
+ * of integer-valued data (0..255) off by up to 2e-6 at AVX-512 (outputs
+ * 1.7e-6 off, against PyTorch's 2.6e-7; 4e-6 and 7e-6 at AVX2 and SSE2);
+ * now 2.6e-7, for 0.99-1.03x the time (float16 1.035x). The sums of
+ * deviations need no such care: their error divides by the count. */
+#define FG_DEV_BLOCK 16
 #define FG_VRUN_SUMS(T, CT, V, SUF, VS, SC)                                   \
 FG_WIDE_INL double fg_vrun_sum_##SUF(const T *p, ptrdiff_t len) {             \
     enum { VL = sizeof(V) / sizeof(CT) };                                     \
@@ -1538,12 +1555,18 @@ FG_WIDE_INL void fg_vrun_dev_##SUF(const T *p, ptrdiff_t len,                 \
     V s0 = {0}, s1 = {0}, q0 = {0}, q1 = {0}, d;                              \
     V s2 = {0}, s3 = {0}, q2 = {0}, q3 = {0};                                 \
     ptrdiff_t j = 0;                                                          \
+    int blk = 0;                                                              \
     double ts = 0, tq = 0;                                                    \
     for (; j + 4 * VL <= len; j += 4 * VL) {                                  \
         FG_DEV_STEP(SUF, s0, q0, 0)                                           \
         FG_DEV_STEP(SUF, s1, q1, VL)                                          \
         FG_DEV_STEP(SUF, s2, q2, 2 * VL)                                      \
         FG_DEV_STEP(SUF, s3, q3, 3 * VL)                                      \
+        if (sizeof(CT) == 4 && ++blk == FG_DEV_BLOCK) {                       \
+            tq += fg_vsum_##VS((q0 + q1) + (q2 + q3));                        \
+            q0 = q1 = q2 = q3 = (V){0};                                       \
+            blk = 0;                                                          \
+        }                                                                     \
     }                                                                         \
     s0 += s2;                                                                 \
     s1 += s3;                                                                 \
