@@ -172,8 +172,9 @@ FG_WIDE_FN void fg_moments_##SUF##ISA(const T *x, ptrdiff_t len, int ahead,  \
 /* Rows of fewer than FG_FEW_CHANNELS channels flush every FG_ROWBLK_FEW
  * rows: integer-valued images in HWC (0..255) had come out up to 9e-7 off
  * with 64 (PyTorch 1.4-2.7e-7), the float32 lanes' roundings alike on
- * values of few significant bits; 0.8-2.4e-7 with 16, at no cost measured
- * on 8x3x224x224 (rows of 64-512 channels took 1.04-1.09x the time so). */
+ * values of few significant bits; 0.8-2.6e-7 with 16. 8x3x224x224 took
+ * 0.96-0.98x the time, 8x4x224x224 1.02-1.03x, 8x8x128x128 1.05-1.07x;
+ * rows of 64-512 channels took 1.04-1.09x so, and keep 64. */
 #define FG_FEW_CHANNELS 16
 #define FG_ROWBLK_FEW 16
 /* Rows of C channels fewer than, or not a multiple of, VL lanes are taken
