@@ -763,6 +763,15 @@ def test_empty_inputs(shape, dtype, channels_last):
 
 # ------------------------------------------------------------ consistency
 
+def assert_alone_same_bits(x, G, w, b, rows, batch, **kw):
+    """Each sample i in rows, normalized alone, gives the bits of its row
+    of ``batch`` (y, mean, rstd of the whole x with the same arguments)."""
+    for i in rows:
+        for got, want in zip(gn(x[i:i + 1], G, w, b, return_stats=True,
+                                **kw), batch):
+            np.testing.assert_array_equal(got, want[i:i + 1])
+
+
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_batch_size_independence(rng, dtype, channels_last):
@@ -771,12 +780,8 @@ def test_batch_size_independence(rng, dtype, channels_last):
         x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
     w, b = params(rng, 8, "both", dtype)
     y, m, r = gn(x, 4, w, b, channels_last=channels_last, return_stats=True)
-    for i in range(5):
-        yi, mi, ri = gn(x[i:i + 1], 4, w, b, channels_last=channels_last,
-                        return_stats=True)
-        np.testing.assert_array_equal(yi, y[i:i + 1])
-        np.testing.assert_array_equal(mi, m[i:i + 1])
-        np.testing.assert_array_equal(ri, r[i:i + 1])
+    assert_alone_same_bits(x, 4, w, b, range(5), (y, m, r),
+                           channels_last=channels_last)
     yi = gn(x[1:4], 4, w, b, channels_last=channels_last)
     np.testing.assert_array_equal(yi, y[1:4])
 
@@ -797,13 +802,9 @@ def test_batch_independence_across_the_streaming_size(rng, streaming, dtype,
     x = data(rng, shape, dtype, offset=3.0)
     w, b = params(rng, shape[1], "both", dtype)
     streaming.stream_bytes(4 * x[:1].size * max(x.itemsize, 4))
-    y, m, r = gn(x, 2, w, b, return_stats=True, num_threads=1)
-    for i in (0, shape[0] - 1):
-        yi, mi, ri = gn(x[i:i + 1], 2, w, b, return_stats=True,
-                        num_threads=1)
-        np.testing.assert_array_equal(yi, y[i:i + 1])
-        np.testing.assert_array_equal(mi, m[i:i + 1])
-        np.testing.assert_array_equal(ri, r[i:i + 1])
+    batch = gn(x, 2, w, b, return_stats=True, num_threads=1)
+    assert_alone_same_bits(x, 2, w, b, (0, shape[0] - 1), batch,
+                           num_threads=1)
 
 
 @pytest.mark.parametrize("dtype", [F16, F32, F64], ids=str)
@@ -820,17 +821,15 @@ def test_rank2_many_samples_per_item(rng, oracle, dtype, shape, G,
     (weights misplaced by a sample fail this), at any thread count."""
     x = data(rng, shape, dtype, offset=4.0)
     w, b = params(rng, shape[1], "both", dtype)
-    kw = dict(activation=activation, return_stats=True)
-    y, m, r = gn(x, G, w, b, num_threads=1, **kw)
+    y, m, r = gn(x, G, w, b, num_threads=1, activation=activation,
+                 return_stats=True)
     for nt in (2, 3):
-        for got, want in zip(gn(x, G, w, b, num_threads=nt, **kw),
+        for got, want in zip(gn(x, G, w, b, num_threads=nt,
+                                activation=activation, return_stats=True),
                              (y, m, r)):
             np.testing.assert_array_equal(got, want)
-    for i in (0, 1, 84, 85, 86, shape[0] - 1):
-        yi, mi, ri = gn(x[i:i + 1], G, w, b, **kw)
-        np.testing.assert_array_equal(yi, y[i:i + 1])
-        np.testing.assert_array_equal(mi, m[i:i + 1])
-        np.testing.assert_array_equal(ri, r[i:i + 1])
+    assert_alone_same_bits(x, G, w, b, (0, 1, 84, 85, 86, shape[0] - 1),
+                           (y, m, r), activation=activation)
     ref = oracle(x.astype(F64), G, w.astype(F64), b.astype(F64),
                  activation=activation)[0]
     assert_close(y, ref, dtype, scale=4.0)
